@@ -1,0 +1,93 @@
+"""The balancing contract: K task losses in, one backward pass (or gradient update) out.
+
+A balancer is an ``nn.Module`` so learned weights are parameters and everything else it keeps
+(loss history, RNG) is explicit state in ``state_dict`` (via ``get_extra_state``), which the
+trainer checkpoints. The trainer only talks to this interface; it never compares method names.
+
+Two spaces:
+- ``loss``: weights (or a function) of the task losses; one ordinary backward of their combination.
+- ``gradient``: acts on per-task gradients (w.r.t. the shared representation or parameters);
+  subclasses override :meth:`Balancer.backward` and use the context's features/parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class BalancerSetup:
+    """What a balancer may know before training starts."""
+
+    tasks: list[str]
+    task_weights: dict[str, float]  # static weights from the task configs
+    dataset_sizes: dict[str, int]  # labelled training examples per task
+    steps_per_epoch: int
+
+
+@dataclass
+class StepContext:
+    """What the trainer offers a balancer for one (micro-)step."""
+
+    step: int
+    backward: Callable[[Tensor], None]  # AMP-scaled, accumulation-aware backward of a scalar
+    loss_values: dict[str, float]  # detached losses, averaged over ranks: use these for state updates
+    model: nn.Module | None = None
+    features: dict[str, Any] = field(default_factory=dict)  # source -> shared representation
+    source_tasks: dict[str, list[str]] = field(default_factory=dict)  # source -> tasks computed on it
+
+
+class Balancer(nn.Module):
+    """Base class; subclasses declare their space and cost and implement :meth:`backward`."""
+
+    space: ClassVar[str]
+    #: extra backward passes / memory / randomness, for ``jointtrain list`` and the docs
+    cost: ClassVar[str] = "none"
+    randomized: ClassVar[bool] = False
+    ddp_safe: ClassVar[bool] = True
+
+    def setup(self, setup: BalancerSetup) -> None:
+        """Called once by the trainer before the first step (and before loading a checkpoint)."""
+        self.tasks = list(setup.tasks)
+
+    def backward(self, losses: dict[str, Tensor], ctx: StepContext) -> dict[str, float]:
+        """Backpropagate the combination of ``losses``; return the weight applied to each task."""
+        raise NotImplementedError
+
+    def after_step(self, recompute_losses: Callable[[], dict[str, float]]) -> None:
+        """Hook after the optimizer step; ``recompute_losses`` re-evaluates the step's losses."""
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class LossBalancer(Balancer):
+    """Loss-space methods: ``total = sum_k w_k * L_k`` unless :meth:`combine` says otherwise."""
+
+    space: ClassVar[str] = "loss"
+
+    def weights(self, losses: dict[str, Tensor], ctx: StepContext) -> dict[str, Tensor | float]:
+        raise NotImplementedError
+
+    def combine(self, losses: dict[str, Tensor], ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        weights = self.weights(losses, ctx)
+        total = sum(weights[t] * losses[t] for t in losses)
+        return total, {t: float(weights[t]) for t in losses}  # type: ignore[return-value]
+
+    def backward(self, losses: dict[str, Tensor], ctx: StepContext) -> dict[str, float]:
+        total, applied = self.combine(losses, ctx)
+        ctx.backward(total)
+        return applied
+
+
+def normalise(raw: dict[str, float]) -> dict[str, float]:
+    """Rescale positive weights to sum to K, so the loss scale matches equal weighting."""
+    total = sum(raw.values())
+    return {t: len(raw) * w / total for t, w in raw.items()}

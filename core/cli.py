@@ -1,0 +1,156 @@
+"""``jointtrain`` command line: train, evaluate, predict, list."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import plugins
+from .checkpoint import atomic_write_json
+from .config import load_config
+from .errors import DataError, JointTrainError
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .run import train
+
+    overrides = list(args.set or [])
+    if args.output_dir:
+        overrides.append(f"output_dir={args.output_dir}")
+    config = load_config(args.config, overrides)
+    report = train(config, resume=args.resume)
+    if report.get("status") == "interrupted":
+        print(f"interrupted at step {report['step']}; continue with: jointtrain train {args.config} --resume",
+              file=sys.stderr)
+        return 130
+    print(format_results(report["tasks"], f"{report['split']} metrics of the best checkpoint"))
+    print(f"run directory: {config.output_dir}")
+    return 0
+
+
+def _model_dir_and_config(path: Path) -> tuple[Path, Any]:
+    """A run directory (config.yaml + best/) or a model directory that records its data spec."""
+    from .data import Loading
+
+    if (path / "config.yaml").is_file():
+        config = load_config(path / "config.yaml")
+        return path / "best", (config.data, config.loading, config.imports)
+    model_config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
+    extra = model_config.get("extra", {})
+    if "data" not in extra:
+        raise DataError(f"{path} is neither a run directory (config.yaml) nor a model that records its data")
+    return path, (extra["data"], Loading(**extra.get("loading", {})), [])
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .data import DATASETS
+    from .distributed import init_distributed
+    from .evaluation import evaluate
+    from .model import JointModel
+
+    path = Path(args.path)
+    model_dir, (data_spec, loading, imports) = _model_dir_and_config(path)
+    plugins.load(imports)
+    env = init_distributed(args.device)
+    model = JointModel.from_pretrained(model_dir, map_location=env.device)
+    data = DATASETS.build(data_spec)
+    sources = {"train": data.train, "val": data.val, "test": data.test}[args.split]
+    if not sources:
+        raise DataError(f"the data has no '{args.split}' split")
+    results = evaluate(model, sources, loading, env)
+    out = Path(args.out) if args.out else path / "eval.json"
+    if env.is_main:
+        atomic_write_json(out, {"tasks": results, "split": args.split, "model": str(model_dir)})
+        print(format_results(results, f"{args.split} metrics"))
+        print(f"written: {out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .distributed import resolve_device
+    from .model import JointModel
+    from .predict import PREDICTORS
+
+    plugins.load()
+    model_dir = Path(args.model)
+    if (model_dir / "best" / "config.json").is_file():
+        model_dir = model_dir / "best"
+    tasks = args.tasks.split(",") if args.tasks else None
+    model = JointModel.from_pretrained(model_dir, tasks=tasks, map_location=resolve_device(args.device))
+    predictor = PREDICTORS.get(model.extra.get("predictor", "tensor"))
+    out = Path(args.out)
+    records = predictor(model, Path(args.input), out)
+    atomic_write_json(out, {"model": str(model_dir), "predictions": records})
+    print(f"{len(records)} prediction(s) written to {out}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .balancing import BALANCERS
+    from .registry import REGISTRIES
+
+    plugins.load()
+    for kind, registry in sorted(REGISTRIES.items()):
+        if kind == "balancing method":
+            print("balancing methods:")
+            for name in registry.names():
+                cls = BALANCERS.get(name)
+                print(f"  {name:<12} space={cls.space:<8} cost={cls.cost}")
+        else:
+            print(f"{kind}s: {', '.join(registry.names())}")
+    return 0
+
+
+def format_results(results: dict[str, dict[str, float]], title: str) -> str:
+    lines = [title]
+    for task, metrics in results.items():
+        lines.append(f"  {task:<16} " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    return "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jointtrain", description="Joint (multi-task) training for PyTorch.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a joint model from a YAML config")
+    t.add_argument("config")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    t.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoints/last.pt")
+    t.add_argument("--output-dir", help="shortcut for --set output_dir=...")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="per-task metrics of a run's best model (or a model directory)")
+    e.add_argument("path", help="run directory or model directory")
+    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e.add_argument("--out", help="where to write the JSON (default: PATH/eval.json)")
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("predict", help="run a saved model on an input file")
+    r.add_argument("model", help="model directory (or a run directory: its best/ model)")
+    r.add_argument("input", help="input file (format depends on the model: .npy/.csv, image, text, records)")
+    r.add_argument("--out", default="predictions.json")
+    r.add_argument("--tasks", help="comma-separated subset of tasks")
+    r.add_argument("--device", default="auto")
+    r.set_defaults(func=cmd_predict)
+
+    ls = sub.add_parser("list", help="list balancing methods, samplers and registered components")
+    ls.set_defaults(func=cmd_list)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except JointTrainError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

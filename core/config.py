@@ -1,0 +1,166 @@
+"""Run configuration: a YAML file plus ``--set key=value`` overrides, validated into dataclasses.
+
+Every section that names a component (``model.backbone``, ``data``, ``balancing``, ``sampler``)
+is a ``{name, **kwargs}`` spec checked against the component's signature when it is built, so
+a misspelled key fails with the valid ones listed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .data import Loading
+from .errors import ConfigError
+from .registry import suggest
+from .trainer import TrainConfig
+
+
+@dataclass
+class ModelConfig:
+    backbone: dict[str, Any] = field(default_factory=dict)  # {name, **kwargs}
+    head_dropout: float = 0.0  # dropout on shared features before every head
+
+
+@dataclass
+class FinetuneConfig:
+    """Optional second stage: per-task fine-tuning starting from the joint model."""
+
+    mode: str = "head"  # head (backbone frozen) | full (head + backbone)
+    steps: int = 200
+    lr_scale: float = 0.1  # fine-tuning lr = train.lr * lr_scale
+    tasks: list[str] = field(default_factory=list)  # empty = every task
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig
+    tasks: dict[str, dict[str, Any]]  # task name -> {type, **kwargs}
+    data: dict[str, Any]  # {name, **kwargs}: a dataset factory returning a DataBundle
+    loading: Loading = field(default_factory=Loading)
+    balancing: dict[str, Any] = field(default_factory=lambda: {"name": "ew"})
+    sampler: dict[str, Any] = field(default_factory=lambda: {"name": "all"})
+    train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig | None = None
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> metric -> value, for Δm
+    output_dir: str = "runs/default"
+    imports: list[str] = field(default_factory=list)  # modules to import so they register components
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_type(value: Any, annotation: Any, where: str) -> Any:
+    """Validate (and lightly coerce: int -> float, list -> tuple) a YAML value against a field type."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if dataclasses.is_dataclass(annotation):
+        return from_dict(annotation, value, where)
+    if annotation is Any:
+        return value
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, float, str, bool):
+        if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
+            raise ConfigError(f"'{where}' must be {annotation.__name__}, got {value!r}")
+        return value
+    if origin in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"'{where}' must be a mapping, got {value!r}")
+        return dict(value)
+    if origin in (list, tuple, Sequence):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"'{where}' must be a list, got {value!r}")
+        return list(value)
+    return value
+
+
+def from_dict(cls: type, data: Any, where: str = "config") -> Any:
+    """Build dataclass ``cls`` from a mapping; unknown keys fail with a suggestion."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"'{where}' must be a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(
+                f"unknown key '{where}.{key}'.{suggest(str(key), list(fields))} Valid keys: {', '.join(fields)}"
+            )
+        kwargs[key] = _check_type(value, hints[key], f"{where}.{key}")
+    missing = [
+        n for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"'{where}' is missing required key(s): {', '.join(missing)}")
+    return cls(**kwargs)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings; values are parsed as YAML (``1e-3``, ``[1, 2]``, ``null``)."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' must look like key.sub=value")
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(text)
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), raw: dict[str, Any] | None = None) -> RunConfig:
+    """Read YAML (or take ``raw``), apply overrides, validate."""
+    if raw is None:
+        if path is None:
+            raise ConfigError("give a config path or a raw mapping")
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    raw = apply_overrides(dict(raw), overrides)
+    config: RunConfig = from_dict(RunConfig, raw)
+    if not config.tasks:
+        raise ConfigError("the config defines no tasks")
+    if config.finetune is not None and config.finetune.mode not in ("head", "full"):
+        raise ConfigError(f"finetune.mode must be 'head' or 'full', got '{config.finetune.mode}'")
+    if "name" not in config.model.backbone:
+        raise ConfigError("model.backbone needs a 'name'")
+    if "name" not in config.data:
+        raise ConfigError("data needs a 'name' (a registered dataset or 'package.module:factory')")
+    return config
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

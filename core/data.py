@@ -1,0 +1,172 @@
+"""Data sources and their rank-aware, resumable batch streams.
+
+A :class:`Source` is one dataset and the tasks it labels. Samples are dicts: the backbone input
+under ``input_key`` and each task's label under the task's ``label_key``.
+
+Sharding keeps DDP equivalent to one process: global batch i is ``perm[i*B*W:(i+1)*B*W]`` of a
+seeded per-epoch permutation and rank r takes every W-th element of it, so W ranks with batch
+B see exactly the samples one process sees with batch B*W.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import DataError
+from .registry import Registry
+from .sampling import stable_hash
+from .task import label_mask
+
+#: dataset factories: ``(**kwargs) -> DataBundle``
+DATASETS: Registry[DataBundle] = Registry("dataset")
+
+
+@dataclass
+class Source:
+    """One dataset and the tasks whose labels it carries."""
+
+    name: str
+    dataset: Dataset
+    tasks: list[str]
+    collate_fn: Callable[[list[Any]], Any] | None = None
+    input_key: str = "inputs"
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+
+@dataclass
+class DataBundle:
+    """Train/validation/test sources and what the model must remember about the data."""
+
+    train: list[Source]
+    val: list[Source]
+    test: list[Source] = field(default_factory=list)
+    #: task -> labelled training examples (for size-based weights and samplers); computed if absent
+    task_sizes: dict[str, int] = field(default_factory=dict)
+    #: JSON-able preprocessing / label metadata saved inside the model directory
+    extra: dict[str, Any] = field(default_factory=dict)
+    #: what the data knows that the model config must agree with, merged into the specs
+    #: before the model is built (e.g. label names per task, input columns for the backbone)
+    task_updates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    backbone_updates: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Loading:
+    """DataLoader settings shared by all sources."""
+
+    batch_size: int = 32
+    eval_batch_size: int = 0  # 0 = 2 * batch_size
+    num_workers: int = 0
+    pin_memory: bool = False
+
+
+class SourceStream(Iterator[Any]):
+    """An endless, seeded stream of this rank's training batches of one source.
+
+    Its state is (epoch, batches consumed this epoch); restoring it resumes mid-epoch on the
+    exact batch where the run stopped.
+    """
+
+    def __init__(self, source: Source, loading: Loading, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.source, self.loading = source, loading
+        self.seed = seed + stable_hash(source.name)
+        self.rank, self.world_size = rank, world_size
+        self.global_batch = loading.batch_size * world_size
+        if len(source) == 0:
+            raise DataError(f"training source '{source.name}' is empty")
+        if len(source) < self.global_batch:
+            raise DataError(
+                f"training source '{source.name}' has {len(source)} samples, fewer than one global batch "
+                f"({loading.batch_size} x {world_size} ranks); lower batch_size"
+            )
+        self.epoch, self.offset = 0, 0
+        self._iterator: Iterator[Any] | None = None
+
+    def __len__(self) -> int:
+        return len(self.source) // self.global_batch
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        perm = torch.randperm(len(self.source), generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+        b, w = self.loading.batch_size, self.world_size
+        return [perm[i * b * w : (i + 1) * b * w][self.rank :: w] for i in range(len(self))]
+
+    def __next__(self) -> Any:
+        if self._iterator is None:
+            batches = self.epoch_batches(self.epoch)[self.offset :]
+            # A private generator keeps the DataLoader from drawing on the global RNG, whose
+            # state must only depend on the step for exact resume.
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            self._iterator = iter(make_loader(self.source, self.loading, batches, generator))
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            self.epoch, self.offset, self._iterator = self.epoch + 1, 0, None
+            return next(self)
+        self.offset += 1
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.offset, self._iterator = int(state["epoch"]), int(state["offset"]), None
+
+
+def make_loader(
+    source: Source, loading: Loading, batches: list[list[int]], generator: torch.Generator | None = None
+) -> DataLoader:
+    return DataLoader(
+        source.dataset, batch_sampler=batches, collate_fn=source.collate_fn, generator=generator,
+        num_workers=loading.num_workers, pin_memory=loading.pin_memory,
+    )
+
+
+def eval_loader(source: Source, loading: Loading, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Sequential batches of this rank's strided shard (no padding, so no sample counts twice)."""
+    size = loading.eval_batch_size or 2 * loading.batch_size
+    indices = list(range(rank, len(source), world_size))
+    batches = [indices[i : i + size] for i in range(0, len(indices), size)]
+    return make_loader(source, loading, batches, torch.Generator().manual_seed(0))
+
+
+def count_labelled(source: Source, label_keys: dict[str, str]) -> dict[str, int]:
+    """Labelled examples per task in a source (reads every sample once; datasets may override
+    with a ``labelled_counts()`` method when that is expensive)."""
+    counts_fn = getattr(source.dataset, "labelled_counts", None)
+    if callable(counts_fn):
+        return {t: int(c) for t, c in counts_fn().items() if t in source.tasks}
+    counts = dict.fromkeys(source.tasks, 0)
+    for i in range(len(source)):
+        sample = source.dataset[i]
+        for t in source.tasks:
+            label = sample.get(label_keys[t])
+            if label is None:
+                continue
+            counts[t] += int(label_mask(torch.as_tensor(label)).any())
+    return counts
+
+
+class DictDataset(Dataset):
+    """Samples from a dict of equal-length tensors: ``{"inputs": X, "task_a": y_a, ...}``."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        lengths = {k: len(v) for k, v in tensors.items()}
+        if len(set(lengths.values())) != 1:
+            raise DataError(f"all tensors need the same length, got {lengths}")
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(next(iter(self.tensors.values())))
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {k: v[index] for k, v in self.tensors.items()}
+
+    def labelled_counts(self) -> dict[str, int]:
+        return {k: int(label_mask(v).reshape(len(v), -1).any(1).sum()) for k, v in self.tensors.items()}

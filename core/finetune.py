@@ -1,0 +1,59 @@
+"""Second stage of joint training: fine-tune each task alone, starting from the joint model."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from .balancing import build as build_balancer
+from .data import DataBundle, Loading
+from .distributed import DistEnv
+from .model import JointModel
+from .sampling import SAMPLERS
+from .trainer import TrainConfig, Trainer
+
+
+def single_task_model(model: JointModel, task: str) -> JointModel:
+    """A deep copy of the backbone with one head: the fine-tuning (and single-task) starting point."""
+    t = model.tasks[task]
+    return JointModel(copy.deepcopy(model.backbone), [dataclasses.replace(t, head=copy.deepcopy(t.head))],
+                      backbone_spec=model.backbone_spec, head_dropout=model.head_dropout.p, extra=model.extra)
+
+
+def single_task_data(data: DataBundle, task: str) -> DataBundle:
+    """The sources that label ``task``, restricted to it."""
+
+    def keep(sources: list[Any]) -> list[Any]:
+        return [dataclasses.replace(s, tasks=[task]) for s in sources if task in s.tasks]
+
+    sizes = {task: data.task_sizes[task]} if task in data.task_sizes else {}
+    return dataclasses.replace(data, train=keep(data.train), val=keep(data.val), test=keep(data.test), task_sizes=sizes)
+
+
+def finetune(
+    model: JointModel, data: DataBundle, train: TrainConfig, loading: Loading, *, mode: str, steps: int,
+    lr_scale: float, tasks: list[str], out_dir: Path | None, env: DistEnv,
+) -> dict[str, dict[str, Any]]:
+    """For each task: metrics before and after ``steps`` of single-task training.
+
+    ``mode="head"`` freezes the backbone; ``"full"`` trains it too, at ``lr * lr_scale``.
+    Fine-tuned models are saved to ``out_dir/finetuned/<task>/final``.
+    """
+    report: dict[str, dict[str, Any]] = {}
+    for task in tasks or list(model.tasks):
+        sub_model, sub_data = single_task_model(model, task), single_task_data(data, task)
+        if mode == "head":
+            for p in sub_model.backbone.parameters():
+                p.requires_grad_(False)
+        config = dataclasses.replace(train, max_steps=steps, lr=train.lr * lr_scale, warmup_steps=0,
+                                     eval_every=0, early_stopping_patience=0)
+        sampler = SAMPLERS.build("all" if len(sub_data.train) == 1 else "proportional", seed=train.seed)
+        trainer = Trainer(sub_model, sub_data, build_balancer("ew"), sampler, config, loading,
+                          out_dir / "finetuned" / task if out_dir else None, env)
+        before = {split: trainer.evaluate(split).get(task, {}) for split in ("val", "test") if getattr(sub_data, split)}
+        trainer.fit()
+        after = {split: trainer.evaluate(split).get(task, {}) for split in before}
+        report[task] = {"mode": mode, "steps": steps, "before": before, "after": after}
+    return report

@@ -1,0 +1,155 @@
+"""JointModel: one shared backbone, one head per task, saved as safetensors + JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from .backbones import BACKBONES
+from .checkpoint import atomic_write_dir
+from .errors import CheckpointError
+from .task import Task
+from .tasks import build_task
+
+FORMAT = "jointtrain.model/1"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def tree_map(fn: Any, features: Any) -> Any:
+    """Apply ``fn`` to every tensor of a (nested) list/tuple/dict of features."""
+    if isinstance(features, Tensor):
+        return fn(features)
+    if isinstance(features, dict):
+        return {k: tree_map(fn, v) for k, v in features.items()}
+    if isinstance(features, (list, tuple)):
+        return type(features)(tree_map(fn, v) for v in features)
+    return features
+
+
+class JointModel(nn.Module):
+    """Shared backbone + ``heads[task]``; ``forward`` runs the backbone once for all tasks asked."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        tasks: Sequence[Task],
+        backbone_spec: dict[str, Any] | None = None,
+        head_dropout: float = 0.0,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if not tasks:
+            raise ValueError("a JointModel needs at least one task")
+        self.backbone = backbone
+        self.tasks: dict[str, Task] = {t.name: t for t in tasks}
+        if len(self.tasks) != len(tasks):
+            raise ValueError(f"task names must be unique, got {[t.name for t in tasks]}")
+        self.heads = nn.ModuleDict({t.name: t.head for t in tasks})
+        self.head_dropout = nn.Dropout(head_dropout)
+        self.backbone_spec = backbone_spec or {}
+        self.extra = extra or {}  # JSON-able preprocessing / metadata saved with the model
+
+    # -- forward ---------------------------------------------------------------------------
+    def encode(self, inputs: Any) -> Any:
+        return self.backbone(inputs)
+
+    def decode(self, features: Any, tasks: Iterable[str] | None = None) -> dict[str, Any]:
+        features = tree_map(self.head_dropout, features)
+        return {name: self.heads[name](features) for name in (tasks if tasks is not None else self.tasks)}
+
+    def forward(self, inputs: Any, tasks: Iterable[str] | None = None) -> dict[str, Any]:
+        return self.decode(self.encode(inputs), tasks)
+
+    @torch.no_grad()
+    def predict(self, inputs: Any, tasks: Iterable[str] | None = None) -> dict[str, list[Any]]:
+        """Per-task, per-sample JSON-friendly predictions in eval mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            outputs = self(inputs, tasks)
+        finally:
+            self.train(was_training)
+        return {name: self.tasks[name].postprocess(out) for name, out in outputs.items()}
+
+    # -- parameter partition -----------------------------------------------------------------
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        return self.backbone.parameters()
+
+    def task_parameters(self, name: str) -> Iterator[nn.Parameter]:
+        return self.heads[name].parameters()
+
+    # -- persistence -----------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        export = getattr(self.backbone, "export_spec", None)
+        return {
+            "format": FORMAT,
+            "backbone": export() if callable(export) else self.backbone_spec,
+            "tasks": {name: task.spec for name, task in self.tasks.items()},
+            "head_dropout": self.head_dropout.p,
+            "extra": self.extra,
+        }
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` atomically; returns the directory."""
+        config = self.config()
+        # Tied tensors share storage, which safetensors refuses; each gets its own copy.
+        state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.state_dict().items()}
+
+        def write(tmp: Path) -> None:
+            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
+
+        atomic_write_dir(directory, write)
+        return Path(directory)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], tasks: Sequence[str] | None = None) -> JointModel:
+        """Build the architecture (random weights) from a saved config; optionally a subset of heads."""
+        from . import plugins
+
+        plugins.load()
+        backbone = BACKBONES.build(config["backbone"])
+        wanted = list(config["tasks"]) if tasks is None else list(tasks)
+        unknown = [t for t in wanted if t not in config["tasks"]]
+        if unknown:
+            raise CheckpointError(f"tasks {unknown} are not in this model; it has {list(config['tasks'])}")
+        built = [build_task(name, config["tasks"][name], backbone) for name in wanted]
+        return cls(backbone, built, backbone_spec=config["backbone"],
+                   head_dropout=config.get("head_dropout", 0.0), extra=config.get("extra", {}))
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, tasks: Sequence[str] | None = None, map_location: str | torch.device = "cpu"
+    ) -> JointModel:
+        """Rebuild a saved model with no pickle and no network; ``tasks`` loads a subset of heads."""
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        if not config_path.is_file() or not weights_path.is_file():
+            raise CheckpointError(
+                f"{directory} is not a jointtrain model directory: it needs {CONFIG_NAME} and {WEIGHTS_NAME}"
+            )
+        try:
+            config = json.loads(config_path.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{config_path} is not valid JSON: {e}") from e
+        if config.get("format") != FORMAT:
+            raise CheckpointError(f"{config_path} has format {config.get('format')!r}, expected {FORMAT!r}")
+        model = cls.from_config(config, tasks)
+        try:
+            state = load_file(str(weights_path), device=str(map_location))
+        except Exception as e:  # safetensors raises its own error type for truncated files
+            raise CheckpointError(f"{weights_path} is corrupt: {e}") from e
+        dropped = set(config["tasks"]) - set(model.tasks)
+        state = {k: v for k, v in state.items() if not any(k.startswith(f"heads.{t}.") for t in dropped)}
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise CheckpointError(f"weights in {weights_path} do not match its config: {e}") from e
+        return model.to(map_location)
