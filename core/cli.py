@@ -24,8 +24,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     report = train(config, resume=args.resume)
     if report.get("status") == "interrupted":
-        print(f"interrupted at step {report['step']}; continue with: jointtrain train {args.config} --resume",
-              file=sys.stderr)
+        print(
+            f"interrupted at step {report['step']}; continue with: jointtrain train {args.config} --resume",
+            file=sys.stderr,
+        )
         return 130
     print(format_results(report["tasks"], f"{report['split']} metrics of the best checkpoint"))
     print(f"run directory: {config.output_dir}")

@@ -110,7 +110,8 @@ def from_dict(cls: type, data: Any, where: str = "config") -> Any:
             )
         kwargs[key] = _check_type(value, hints[key], f"{where}.{key}")
     missing = [
-        n for n, f in fields.items()
+        n
+        for n, f in fields.items()
         if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
     if missing:
@@ -137,7 +138,9 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     return raw
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), raw: dict[str, Any] | None = None) -> RunConfig:
+def load_config(
+    path: str | Path | None = None, overrides: Sequence[str] = (), raw: dict[str, Any] | None = None
+) -> RunConfig:
     """Read YAML (or take ``raw``), apply overrides, validate."""
     if raw is None:
         if path is None:

@@ -123,8 +123,12 @@ def make_loader(
     source: Source, loading: Loading, batches: list[list[int]], generator: torch.Generator | None = None
 ) -> DataLoader:
     return DataLoader(
-        source.dataset, batch_sampler=batches, collate_fn=source.collate_fn, generator=generator,
-        num_workers=loading.num_workers, pin_memory=loading.pin_memory,
+        source.dataset,
+        batch_sampler=batches,
+        collate_fn=source.collate_fn,
+        generator=generator,
+        num_workers=loading.num_workers,
+        pin_memory=loading.pin_memory,
     )
 
 

@@ -61,7 +61,9 @@ def evaluate(
                     _, _, count = task.labelled(outputs[t], target)
                     if count:
                         loss = task.loss(outputs[t], target)
-                        loss_sums[wanted.index(t)] += torch.stack([loss.double() * count, torch.tensor(count, device=env.device, dtype=torch.float64)])
+                        loss_sums[wanted.index(t)] += torch.stack(
+                            [loss.double() * count, torch.tensor(count, device=env.device, dtype=torch.float64)]
+                        )
     finally:
         model.train(was_training)
     all_reduce_sum(loss_sums, env)
@@ -78,7 +80,9 @@ def higher_is_better(model: JointModel) -> dict[str, dict[str, bool]]:
     return {name: {**task.higher_is_better(), "loss": False} for name, task in model.tasks.items()}
 
 
-def aggregate_score(results: Results, primary: Mapping[str, str], directions: Mapping[str, Mapping[str, bool]]) -> float:
+def aggregate_score(
+    results: Results, primary: Mapping[str, str], directions: Mapping[str, Mapping[str, bool]]
+) -> float:
     """Mean over tasks of each task's primary metric, negated where lower is better.
 
     Used for early stopping and best-checkpoint selection; ``monitor`` can pick one metric instead.

@@ -18,8 +18,13 @@ from .trainer import TrainConfig, Trainer
 def single_task_model(model: JointModel, task: str) -> JointModel:
     """A deep copy of the backbone with one head: the fine-tuning (and single-task) starting point."""
     t = model.tasks[task]
-    return JointModel(copy.deepcopy(model.backbone), [dataclasses.replace(t, head=copy.deepcopy(t.head))],
-                      backbone_spec=model.backbone_spec, head_dropout=model.head_dropout.p, extra=model.extra)
+    return JointModel(
+        copy.deepcopy(model.backbone),
+        [dataclasses.replace(t, head=copy.deepcopy(t.head))],
+        backbone_spec=model.backbone_spec,
+        head_dropout=model.head_dropout.p,
+        extra=model.extra,
+    )
 
 
 def single_task_data(data: DataBundle, task: str) -> DataBundle:
@@ -33,8 +38,17 @@ def single_task_data(data: DataBundle, task: str) -> DataBundle:
 
 
 def finetune(
-    model: JointModel, data: DataBundle, train: TrainConfig, loading: Loading, *, mode: str, steps: int,
-    lr_scale: float, tasks: list[str], out_dir: Path | None, env: DistEnv,
+    model: JointModel,
+    data: DataBundle,
+    train: TrainConfig,
+    loading: Loading,
+    *,
+    mode: str,
+    steps: int,
+    lr_scale: float,
+    tasks: list[str],
+    out_dir: Path | None,
+    env: DistEnv,
 ) -> dict[str, dict[str, Any]]:
     """For each task: metrics before and after ``steps`` of single-task training.
 
@@ -47,11 +61,20 @@ def finetune(
         if mode == "head":
             for p in sub_model.backbone.parameters():
                 p.requires_grad_(False)
-        config = dataclasses.replace(train, max_steps=steps, lr=train.lr * lr_scale, warmup_steps=0,
-                                     eval_every=0, early_stopping_patience=0)
+        config = dataclasses.replace(
+            train, max_steps=steps, lr=train.lr * lr_scale, warmup_steps=0, eval_every=0, early_stopping_patience=0
+        )
         sampler = SAMPLERS.build("all" if len(sub_data.train) == 1 else "proportional", seed=train.seed)
-        trainer = Trainer(sub_model, sub_data, build_balancer("ew"), sampler, config, loading,
-                          out_dir / "finetuned" / task if out_dir else None, env)
+        trainer = Trainer(
+            sub_model,
+            sub_data,
+            build_balancer("ew"),
+            sampler,
+            config,
+            loading,
+            out_dir / "finetuned" / task if out_dir else None,
+            env,
+        )
         before = {split: trainer.evaluate(split).get(task, {}) for split in ("val", "test") if getattr(sub_data, split)}
         trainer.fit()
         after = {split: trainer.evaluate(split).get(task, {}) for split in before}

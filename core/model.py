@@ -121,8 +121,13 @@ class JointModel(nn.Module):
         if unknown:
             raise CheckpointError(f"tasks {unknown} are not in this model; it has {list(config['tasks'])}")
         built = [build_task(name, config["tasks"][name], backbone) for name in wanted]
-        return cls(backbone, built, backbone_spec=config["backbone"],
-                   head_dropout=config.get("head_dropout", 0.0), extra=config.get("extra", {}))
+        return cls(
+            backbone,
+            built,
+            backbone_spec=config["backbone"],
+            head_dropout=config.get("head_dropout", 0.0),
+            extra=config.get("extra", {}),
+        )
 
     @classmethod
     def from_pretrained(

@@ -15,13 +15,19 @@ SCHEDULES: Registry[Callable[[int], float]] = Registry("schedule")
 
 
 @OPTIMIZERS.register("adamw")
-def adamw(params: Iterable[Any], lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
+def adamw(
+    params: Iterable[Any], lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999)
+) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
 
 
 @OPTIMIZERS.register("sgd")
-def sgd(params: Iterable[Any], lr: float, weight_decay: float, momentum: float = 0.9, nesterov: bool = True) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov and momentum > 0)
+def sgd(
+    params: Iterable[Any], lr: float, weight_decay: float, momentum: float = 0.9, nesterov: bool = True
+) -> torch.optim.Optimizer:
+    return torch.optim.SGD(
+        params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov and momentum > 0
+    )
 
 
 def _warmup(step: int, warmup: int) -> float | None:

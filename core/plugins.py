@@ -27,8 +27,9 @@ def load(modules: Sequence[str] = ()) -> None:
             try:
                 ep.load()
             except ImportError as e:  # a domain installed without its extra
-                warnings.warn(f"jointtrain plugin '{ep.name}' not loaded: {e}; install jointtrain[{ep.name}]",
-                              stacklevel=2)
+                warnings.warn(
+                    f"jointtrain plugin '{ep.name}' not loaded: {e}; install jointtrain[{ep.name}]", stacklevel=2
+                )
         _loaded = True
     for name in modules:
         try:

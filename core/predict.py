@@ -19,7 +19,9 @@ PREDICTORS: Registry[Callable[..., list[dict[str, Any]]]] = Registry("predictor"
 
 
 @PREDICTORS.register("tensor")
-def predict_tensor(model: JointModel, path: str | Path, out_path: Path | None = None, batch_size: int = 256) -> list[dict[str, Any]]:
+def predict_tensor(
+    model: JointModel, path: str | Path, out_path: Path | None = None, batch_size: int = 256
+) -> list[dict[str, Any]]:
     """Rows of numbers from ``.npy`` or ``.csv`` (no header), one sample per row."""
     path = Path(path)
     if not path.is_file():

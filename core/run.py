@@ -39,7 +39,9 @@ def build_model(config: RunConfig, data: DataBundle) -> JointModel:
     plugins.load(config.imports)
     backbone_spec = {**config.model.backbone, **data.backbone_updates}
     backbone = BACKBONES.build(backbone_spec)
-    tasks = [build_task(name, {**spec, **data.task_updates.get(name, {})}, backbone) for name, spec in config.tasks.items()]
+    tasks = [
+        build_task(name, {**spec, **data.task_updates.get(name, {})}, backbone) for name, spec in config.tasks.items()
+    ]
     extra = {**data.extra, "data": config.data, "loading": dataclasses.asdict(config.loading)}
     return JointModel(backbone, tasks, backbone_spec, head_dropout=config.model.head_dropout, extra=extra)
 
@@ -51,8 +53,16 @@ def build_trainer(config: RunConfig, env: DistEnv | None = None, out_dir: str | 
     model = build_model(config, data)
     balancer = BALANCERS.build(config.balancing)
     sampler = SAMPLERS.build({"seed": config.train.seed, **config.sampler})
-    return Trainer(model, data, balancer, sampler, config.train, config.loading,
-                   out_dir if out_dir is not None else config.output_dir, env)
+    return Trainer(
+        model,
+        data,
+        balancer,
+        sampler,
+        config.train,
+        config.loading,
+        out_dir if out_dir is not None else config.output_dir,
+        env,
+    )
 
 
 def check_run_dir(config: RunConfig, out_dir: Path) -> None:
@@ -91,16 +101,30 @@ def train(config: RunConfig, resume: bool = False, env: DistEnv | None = None) -
     split = "test" if trainer.data.test else "val"
     sources = trainer.data.test or trainer.data.val
     results = evaluate(best, sources, trainer.loading, env, trainer.autocast)
-    report: dict[str, Any] = {"tasks": results, "split": split, "val": summary["best_val"], **{
-        k: summary[k] for k in ("status", "step", "best_score", "nonfinite_steps", "train_time_s")}}
+    report: dict[str, Any] = {
+        "tasks": results,
+        "split": split,
+        "val": summary["best_val"],
+        **{k: summary[k] for k in ("status", "step", "best_score", "nonfinite_steps", "train_time_s")},
+    }
     if config.baselines:
         report["delta_m"] = delta_m(results, config.baselines, higher_is_better(best))
     if torch.cuda.is_available() and env.device.type == "cuda":
         report["peak_memory_mb"] = torch.cuda.max_memory_allocated(env.device) / 2**20
     if config.finetune is not None:
         f = config.finetune
-        report["finetune"] = finetune(best, trainer.data, config.train, config.loading, mode=f.mode, steps=f.steps,
-                                      lr_scale=f.lr_scale, tasks=f.tasks, out_dir=out_dir, env=env)
+        report["finetune"] = finetune(
+            best,
+            trainer.data,
+            config.train,
+            config.loading,
+            mode=f.mode,
+            steps=f.steps,
+            lr_scale=f.lr_scale,
+            tasks=f.tasks,
+            out_dir=out_dir,
+            env=env,
+        )
     if env.is_main:
         atomic_write_json(out_dir / "eval.json", report)
     return report

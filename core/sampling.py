@@ -52,8 +52,10 @@ class TaskSampler:
         return sum(self.sizes.values())
 
     def describe(self) -> str:
-        return (f"{type(self).__name__}: one source per step; 1 epoch = {self.steps_per_epoch()} steps "
-                f"(the batches of all sources together)")
+        return (
+            f"{type(self).__name__}: one source per step; 1 epoch = {self.steps_per_epoch()} steps "
+            f"(the batches of all sources together)"
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(seed={self.seed})"
@@ -70,8 +72,9 @@ class AllSources(TaskSampler):
         return max(self.sizes.values())
 
     def describe(self) -> str:
-        return (f"all: every source each step; 1 epoch = {self.steps_per_epoch()} steps "
-                f"(one pass over the largest source)")
+        return (
+            f"all: every source each step; 1 epoch = {self.steps_per_epoch()} steps (one pass over the largest source)"
+        )
 
 
 @SAMPLERS.register("round_robin")

@@ -110,14 +110,25 @@ def classification(
     """Multi-class classification with cross-entropy."""
     if num_classes < 2:
         raise ConfigError(f"task '{name}': num_classes must be >= 2, got {num_classes}")
-    spec = {"type": "classification", "num_classes": num_classes, "head": head, "metrics": list(metrics),
-            "label_key": label_key or name, "weight": weight, "label_smoothing": label_smoothing,
-            "label_names": _names(label_names, num_classes, name)}
+    spec = {
+        "type": "classification",
+        "num_classes": num_classes,
+        "head": head,
+        "metrics": list(metrics),
+        "label_key": label_key or name,
+        "weight": weight,
+        "label_smoothing": label_smoothing,
+        "label_names": _names(label_names, num_classes, name),
+    }
     return ClassificationTask(
-        name=name, head=_head(head, backbone, num_classes),
+        name=name,
+        head=_head(head, backbone, num_classes),
         loss_fn=functools.partial(F.cross_entropy, label_smoothing=label_smoothing),
-        metrics=_metric_factories(metrics, "multiclass", num_classes), label_key=label_key or name,
-        weight=weight, label_names=spec["label_names"], spec=spec,
+        metrics=_metric_factories(metrics, "multiclass", num_classes),
+        label_key=label_key or name,
+        weight=weight,
+        label_names=spec["label_names"],
+        spec=spec,
     )
 
 
@@ -142,12 +153,22 @@ def binary(
     pos_weight: float | None = None,
 ) -> Task:
     """Binary classification with BCE on one logit; ``pos_weight`` counters class imbalance."""
-    spec = {"type": "binary", "head": head, "metrics": list(metrics), "label_key": label_key or name,
-            "weight": weight, "pos_weight": pos_weight}
+    spec = {
+        "type": "binary",
+        "head": head,
+        "metrics": list(metrics),
+        "label_key": label_key or name,
+        "weight": weight,
+        "pos_weight": pos_weight,
+    }
     return BinaryTask(
-        name=name, head=_head(head, backbone, 1), loss_fn=_bce(pos_weight),
-        metrics=_metric_factories(metrics, "binary", None), label_key=label_key or name,
-        weight=weight, spec=spec,
+        name=name,
+        head=_head(head, backbone, 1),
+        loss_fn=_bce(pos_weight),
+        metrics=_metric_factories(metrics, "binary", None),
+        label_key=label_key or name,
+        weight=weight,
+        spec=spec,
     )
 
 
@@ -163,13 +184,24 @@ def multilabel(
     label_names: Sequence[str] | None = None,
 ) -> Task:
     """Several independent binary labels per sample; each entry may be missing (NaN)."""
-    spec = {"type": "multilabel", "num_labels": num_labels, "head": head, "metrics": list(metrics),
-            "label_key": label_key or name, "weight": weight,
-            "label_names": _names(label_names, num_labels, name)}
+    spec = {
+        "type": "multilabel",
+        "num_labels": num_labels,
+        "head": head,
+        "metrics": list(metrics),
+        "label_key": label_key or name,
+        "weight": weight,
+        "label_names": _names(label_names, num_labels, name),
+    }
     return BinaryTask(
-        name=name, head=_head(head, backbone, num_labels), loss_fn=F.binary_cross_entropy_with_logits,
-        metrics=_metric_factories(metrics, "multilabel", None), label_key=label_key or name,
-        weight=weight, label_names=spec["label_names"], spec=spec,
+        name=name,
+        head=_head(head, backbone, num_labels),
+        loss_fn=F.binary_cross_entropy_with_logits,
+        metrics=_metric_factories(metrics, "multilabel", None),
+        label_key=label_key or name,
+        weight=weight,
+        label_names=spec["label_names"],
+        spec=spec,
     )
 
 
@@ -190,12 +222,23 @@ def regression(
     """Real-valued targets; ``loss`` is one of mse, l1, huber."""
     if loss not in _REGRESSION_LOSSES:
         raise ConfigError(f"task '{name}': unknown regression loss '{loss}'; valid: {', '.join(_REGRESSION_LOSSES)}")
-    spec = {"type": "regression", "out_dim": out_dim, "head": head, "loss": loss, "metrics": list(metrics),
-            "label_key": label_key or name, "weight": weight}
+    spec = {
+        "type": "regression",
+        "out_dim": out_dim,
+        "head": head,
+        "loss": loss,
+        "metrics": list(metrics),
+        "label_key": label_key or name,
+        "weight": weight,
+    }
     return RegressionTask(
-        name=name, head=_head(head, backbone, out_dim), loss_fn=_REGRESSION_LOSSES[loss],
-        metrics=_metric_factories(metrics, "regression", None), label_key=label_key or name,
-        weight=weight, spec=spec,
+        name=name,
+        head=_head(head, backbone, out_dim),
+        loss_fn=_REGRESSION_LOSSES[loss],
+        metrics=_metric_factories(metrics, "regression", None),
+        label_key=label_key or name,
+        weight=weight,
+        spec=spec,
     )
 
 

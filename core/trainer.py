@@ -70,8 +70,10 @@ def seed_everything(seed: int) -> None:
 def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     return {
-        "python": list(random.getstate()[1]), "python_pos": random.getstate()[2],
-        "numpy": torch.from_numpy(np_state[1].astype(np.int64)), "numpy_pos": int(np_state[2]),
+        "python": list(random.getstate()[1]),
+        "python_pos": random.getstate()[2],
+        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -114,15 +116,20 @@ class Trainer:
         self.source_by_name = {s.name: s for s in data.train}
         sampler.setup({name: len(stream) for name, stream in self.streams.items()})
         sizes = data.task_sizes or self._count_labelled()
-        balancer.setup(BalancerSetup(
-            tasks=list(model.tasks), task_weights={t: task.weight for t, task in model.tasks.items()},
-            dataset_sizes=sizes, steps_per_epoch=sampler.steps_per_epoch(),
-        ))
+        balancer.setup(
+            BalancerSetup(
+                tasks=list(model.tasks),
+                task_weights={t: task.weight for t, task in model.tasks.items()},
+                dataset_sizes=sizes,
+                steps_per_epoch=sampler.steps_per_epoch(),
+            )
+        )
         self.balancer.to(self.env.device)
 
         self.optimizer = self._build_optimizer()
-        factor = SCHEDULES.build(config.schedule, total=config.max_steps, warmup=config.warmup_steps,
-                                 min_ratio=config.min_lr_ratio)
+        factor = SCHEDULES.build(
+            config.schedule, total=config.max_steps, warmup=config.warmup_steps, min_ratio=config.min_lr_ratio
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler(self.env.device.type, enabled=self.amp_dtype is torch.float16)
@@ -210,7 +217,9 @@ class Trainer:
         tasks = list(self.model.tasks)
         buf = torch.zeros(len(tasks), 2, device=self.env.device, dtype=torch.float64)
         for t, loss in losses.items():
-            buf[tasks.index(t)] = torch.stack([loss.detach().double(), torch.ones((), device=self.env.device, dtype=torch.float64)])
+            buf[tasks.index(t)] = torch.stack(
+                [loss.detach().double(), torch.ones((), device=self.env.device, dtype=torch.float64)]
+            )
         all_reduce_sum(buf, self.env)
         return {t: float(buf[i, 0] / buf[i, 1]) for i, t in enumerate(tasks) if buf[i, 1] > 0}
 
@@ -234,8 +243,14 @@ class Trainer:
             if not losses:
                 continue  # no labelled sample of any task on this rank
             ctx = StepContext(
-                step=self.step, backward=self._backward, loss_values=values, model=self.model, features=features,
+                step=self.step,
+                backward=self._backward,
+                loss_values=values,
+                model=self.model,
+                features=features,
                 source_tasks={name: self.source_by_name[name].tasks for name in batches},
+                env=self.env,
+                scaler=self.scaler,
             )
             weights = self.balancer.backward(losses, ctx)
             for t, v in values.items():
@@ -318,9 +333,13 @@ class Trainer:
         if state.get("format") != "jointtrain.trainer/1":
             raise CheckpointError("not a jointtrain trainer checkpoint")
         if state["tasks"] != list(self.model.tasks):
-            raise CheckpointError(f"checkpoint tasks {state['tasks']} differ from the config's {list(self.model.tasks)}")
+            raise CheckpointError(
+                f"checkpoint tasks {state['tasks']} differ from the config's {list(self.model.tasks)}"
+            )
         if set(state["streams"]) != set(self.streams):
-            raise CheckpointError(f"checkpoint data sources {sorted(state['streams'])} differ from {sorted(self.streams)}")
+            raise CheckpointError(
+                f"checkpoint data sources {sorted(state['streams'])} differ from {sorted(self.streams)}"
+            )
         try:
             self.model.load_state_dict(state["model"])
             self.balancer.load_state_dict(state["balancer"])
@@ -384,9 +403,18 @@ class Trainer:
             seed_everything(c.seed + self.env.rank)
         self._open_writer()
         if self.env.is_main and self.step == 0:
-            self.log({"split": "setup", "step": 0, "sampler": self.sampler.describe(), "balancer": repr(self.balancer),
-                      "world_size": self.env.world_size, "device": str(self.env.device),
-                      "amp": str(self.amp_dtype), "config": asdict(c)})
+            self.log(
+                {
+                    "split": "setup",
+                    "step": 0,
+                    "sampler": self.sampler.describe(),
+                    "balancer": repr(self.balancer),
+                    "world_size": self.env.world_size,
+                    "device": str(self.env.device),
+                    "amp": str(self.amp_dtype),
+                    "config": asdict(c),
+                }
+            )
         self.model.train()
         status = "completed"
         best: Results = {}
@@ -397,8 +425,10 @@ class Trainer:
                 self.step += 1
                 bar.update(1)
                 if self.step % c.log_every == 0 or self.step == c.max_steps:
-                    bar.set_postfix({k.split("/", 1)[1]: f"{v:.3f}" for k, v in record.items() if k.startswith("loss/")},
-                                    refresh=False)
+                    bar.set_postfix(
+                        {k.split("/", 1)[1]: f"{v:.3f}" for k, v in record.items() if k.startswith("loss/")},
+                        refresh=False,
+                    )
                     self.log({"split": "train", "step": self.step, "time": time.perf_counter() - start, **record})
                 at_end = self.step == c.max_steps
                 if (c.eval_every and self.step % c.eval_every == 0) or at_end:
@@ -407,7 +437,10 @@ class Trainer:
                     if improved:
                         best = results
                     self.save_checkpoint()
-                    if self.evals_without_improvement and self.evals_without_improvement >= c.early_stopping_patience > 0:
+                    if (
+                        self.evals_without_improvement
+                        and self.evals_without_improvement >= c.early_stopping_patience > 0
+                    ):
                         status = "early_stopped"
                         break
                 if self._stop_requested:
@@ -420,8 +453,13 @@ class Trainer:
                 self.save_model("best")
         if self._writer is not None:
             self._writer.close()
-        return {"status": status, "step": self.step, "best_score": self.best_score, "best_val": best,
-                "nonfinite_steps": self.nonfinite_total}
+        return {
+            "status": status,
+            "step": self.step,
+            "best_score": self.best_score,
+            "best_val": best,
+            "nonfinite_steps": self.nonfinite_total,
+        }
 
     def _track(self, results: Results) -> bool:
         """Log a validation result; save ``best/`` when the monitored score improves."""
@@ -474,10 +512,15 @@ def _graceful_interrupt(trainer: Trainer) -> Iterator[None]:
 def _progress(trainer: Trainer, c: TrainConfig) -> Iterator[Any]:
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=c.max_steps, initial=trainer.step, disable=not (c.progress and trainer.env.is_main),
-               dynamic_ncols=True, mininterval=1.0, desc=f"train {'+'.join(trainer.model.tasks)}")
+    bar = tqdm(
+        total=c.max_steps,
+        initial=trainer.step,
+        disable=not (c.progress and trainer.env.is_main),
+        dynamic_ncols=True,
+        mininterval=1.0,
+        desc=f"train {'+'.join(trainer.model.tasks)}",
+    )
     try:
         yield bar
     finally:
         bar.close()
-

@@ -16,7 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
+
+from ..distributed import DistEnv
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ class StepContext:
     model: nn.Module | None = None
     features: dict[str, Any] = field(default_factory=dict)  # source -> shared representation
     source_tasks: dict[str, list[str]] = field(default_factory=dict)  # source -> tasks computed on it
+    env: DistEnv = field(default_factory=DistEnv)  # rank / world size / device
+    scaler: torch.amp.GradScaler | None = None  # the trainer's AMP scaler (enabled only for fp16)
 
 
 class Balancer(nn.Module):

@@ -58,8 +58,13 @@ class DynamicWeightAverage(LossBalancer):
             self.sums, self.counts, self.steps_in_period = {}, {}, 0
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {"sums": dict(self.sums), "counts": dict(self.counts), "history": {k: list(v) for k, v in self.history.items()},
-                "steps_in_period": self.steps_in_period, "period": self.period}
+        return {
+            "sums": dict(self.sums),
+            "counts": dict(self.counts),
+            "history": {k: list(v) for k, v in self.history.items()},
+            "steps_in_period": self.steps_in_period,
+            "period": self.period,
+        }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.sums, self.counts = dict(state["sums"]), dict(state["counts"])

@@ -61,10 +61,12 @@ class FAMO(LossBalancer):
             return
         after = recompute_losses()
         tasks = [t for t in self.before if t in after]
-        delta = torch.tensor([
-            torch.log(torch.tensor(self.before[t] + self.eps)) - torch.log(torch.tensor(after[t] + self.eps))
-            for t in tasks
-        ])
+        delta = torch.tensor(
+            [
+                torch.log(torch.tensor(self.before[t] + self.eps)) - torch.log(torch.tensor(after[t] + self.eps))
+                for t in tasks
+            ]
+        )
         idx = torch.tensor([self.index[t] for t in tasks])
         with torch.enable_grad():
             xi = self.logits[idx].clone().requires_grad_(True)
