@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.data import DictDataset, Loading, Source, SourceStream
+from core.errors import DataError
+
+
+def _source(n: int = 50) -> Source:
+    return Source("s", DictDataset({"inputs": torch.arange(n).float()[:, None], "y": torch.arange(n)}), ["y"])
+
+
+def test_two_ranks_see_exactly_one_process_global_batch():
+    one = SourceStream(_source(), Loading(batch_size=8), seed=1)
+    ranks = [SourceStream(_source(), Loading(batch_size=4), seed=1, rank=r, world_size=2) for r in range(2)]
+    assert len(one) == len(ranks[0]) == 6
+    for _ in range(14):  # crosses an epoch boundary
+        merged = torch.cat([next(r)["y"] for r in ranks]).sort().values
+        assert torch.equal(next(one)["y"].sort().values, merged)
+
+
+def test_stream_resumes_mid_epoch_on_the_exact_batch():
+    stream = SourceStream(_source(), Loading(batch_size=8), seed=0)
+    seen = [next(stream)["y"] for _ in range(9)]
+    state = stream.state_dict()
+    expected = [next(stream)["y"] for _ in range(5)]
+    again = SourceStream(_source(), Loading(batch_size=8), seed=0)
+    again.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(expected, [next(again)["y"] for _ in range(5)], strict=True))
+    assert state == {"epoch": 1, "offset": 3} and len(seen) == 9
+
+
+def test_empty_or_too_small_sources_are_refused():
+    with pytest.raises(DataError, match="'s' is empty"):
+        SourceStream(_source(0), Loading(batch_size=8), seed=0)
+    with pytest.raises(DataError, match="fewer than one global batch"):
+        SourceStream(_source(10), Loading(batch_size=8), seed=0, world_size=2)
+
+
+def test_dict_dataset_counts_labelled_samples():
+    data = DictDataset({"x": torch.zeros(4, 2), "y": torch.tensor([0, -1, 2, -100]),
+                        "z": torch.tensor([[1.0, float("nan")], [float("nan")] * 2, [0.0, 1.0], [1.0, 1.0]])})
+    assert data.labelled_counts() == {"x": 4, "y": 2, "z": 3}
+    with pytest.raises(DataError, match="same length"):
+        DictDataset({"x": torch.zeros(3), "y": torch.zeros(4)})

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from core.backbones import BACKBONES
+from core.errors import CheckpointError
+from core.model import JointModel
+from core.tasks import build_task
+
+
+def _model(head_dropout: float = 0.0) -> JointModel:
+    backbone = BACKBONES.build({"name": "mlp", "in_dim": 8, "hidden": [16]})
+    tasks = [
+        build_task("a", {"type": "classification", "num_classes": 3, "label_names": ["x", "y", "z"]}, backbone),
+        build_task("b", {"type": "regression", "head": {"name": "mlp", "hidden": [8]}}, backbone),
+        build_task("c", {"type": "multilabel", "num_labels": 4}, backbone),
+    ]
+    return JointModel(backbone, tasks, {"name": "mlp", "in_dim": 8, "hidden": [16]}, head_dropout, {"note": "kept"})
+
+
+def test_save_load_round_trip_gives_identical_outputs(tmp_path):
+    model = _model(head_dropout=0.3).eval()
+    x = torch.randn(5, 8)
+    model.save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = JointModel.from_pretrained(tmp_path / "m").eval()
+    before, after = model(x), loaded(x)
+    assert all(torch.equal(before[t], after[t]) for t in before)
+    assert loaded.tasks["a"].label_names == ["x", "y", "z"] and loaded.extra == {"note": "kept"}
+    assert loaded.head_dropout.p == 0.3
+
+
+def test_loading_a_subset_of_heads(tmp_path):
+    model = _model().eval()
+    model.save_pretrained(tmp_path / "m")
+    only_a = JointModel.from_pretrained(tmp_path / "m", tasks=["a"]).eval()
+    x = torch.randn(2, 8)
+    assert list(only_a(x)) == ["a"] and torch.equal(only_a(x)["a"], model(x)["a"])
+    with pytest.raises(CheckpointError, match=r"tasks \['zz'\] are not in this model"):
+        JointModel.from_pretrained(tmp_path / "m", tasks=["zz"])
+
+
+def test_parameter_partition_covers_everything_once():
+    model = _model()
+    shared = {id(p) for p in model.shared_parameters()}
+    heads = [{id(p) for p in model.task_parameters(t)} for t in model.tasks]
+    everything = {id(p) for p in model.parameters()}
+    assert shared.isdisjoint(set().union(*heads)) and shared | set().union(*heads) == everything
+
+
+def test_predict_returns_json_friendly_records():
+    out = _model().predict(torch.randn(2, 8))
+    assert out["a"][0]["label"] in ("x", "y", "z") and len(out["a"][0]["probs"]) == 3
+    assert len(out["c"][0]) == 4 and all(0 <= p <= 1 for p in out["c"][0])
+    json.dumps(out)
+
+
+def test_missing_corrupt_and_mismatched_directories_fail_clearly(tmp_path):
+    with pytest.raises(CheckpointError, match="not a jointtrain model directory"):
+        JointModel.from_pretrained(tmp_path)
+    _model().save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        JointModel.from_pretrained(tmp_path / "m")
+    _model().save_pretrained(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["tasks"]["c"]["num_labels"] = 5
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="do not match its config"):
+        JointModel.from_pretrained(tmp_path / "m")
+
+
+def test_save_is_atomic_and_replaces_an_existing_directory(tmp_path):
+    model = _model()
+    model.save_pretrained(tmp_path / "m")
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    model.save_pretrained(tmp_path / "m")
+    assert [p.name for p in tmp_path.iterdir()] == ["m"], "no temporary directory is left behind"
+    loaded = JointModel.from_pretrained(tmp_path / "m")
+    assert torch.equal(next(loaded.parameters()), next(model.parameters()))

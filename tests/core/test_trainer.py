@@ -1,0 +1,178 @@
+"""End-to-end behaviour of the trainer on the digits toy problem (real data, tiny model)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from core.errors import CheckpointError, DataError, NonFiniteLossError
+from core.model import JointModel
+from core.run import build_trainer, train
+
+from .helpers import toy_config
+
+
+def test_joint_training_of_related_tasks_learns(tmp_path):
+    config = toy_config(tmp_path, **{"train.max_steps": 150, "train.eval_every": 50, "data.label_fraction": 0.5})
+    report = train(config)
+    # chance is 0.10 for digit and 0.50 for parity
+    assert report["tasks"]["digit"]["accuracy"] > 0.85
+    assert report["tasks"]["parity"]["accuracy"] > 0.85
+    saved = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert saved["tasks"]["digit"]["accuracy"] == pytest.approx(report["tasks"]["digit"]["accuracy"])
+    assert saved["split"] == "test"
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["split"] == "setup" and "epoch" in records[0]["sampler"]
+    assert any(r["split"] == "val" for r in records)
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+
+
+def test_one_dataset_per_task_regime(tmp_path):
+    config = toy_config(
+        tmp_path, **{"data.regime": "per_task", "sampler.name": "round_robin", "train.max_steps": 120}
+    )
+    trainer = build_trainer(config)
+    assert sorted(s.name for s in trainer.data.train) == ["digit", "parity"]
+    assert trainer.sampler.choose(0) != trainer.sampler.choose(1)
+    trainer.fit()
+    results = trainer.evaluate("test")
+    assert results["digit"]["accuracy"] > 0.6 and results["parity"]["accuracy"] > 0.7
+
+
+def test_missing_labels_never_reach_the_loss(tmp_path):
+    trainer = build_trainer(toy_config(tmp_path, **{"data.label_fraction": 0.3}))
+    batch = next(trainer.streams["digits"])
+    task = trainer.model.tasks["parity"]
+    outputs = trainer.model(batch["inputs"])
+    labels = batch["parity"]
+    assert (labels < 0).any(), "the toy hides labels"
+    expected = torch.nn.functional.cross_entropy(outputs["parity"][labels >= 0], labels[labels >= 0])
+    assert float(task.loss(outputs["parity"], labels)) == pytest.approx(float(expected))
+    assert task.loss(outputs["parity"], torch.full_like(labels, -1)) is None
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_exact_resume_after_interruption(tmp_path):
+    overrides = {"train.max_steps": 30, "train.eval_every": 10, "model.backbone.dropout": 0.2, "balancing.name": "rlw"}
+    full = build_trainer(toy_config(tmp_path / "a", **overrides))
+    full.fit()
+
+    interrupted = build_trainer(toy_config(tmp_path / "b", **overrides))
+    original = interrupted.train_step
+
+    def stop_after_step_17() -> dict:
+        record = original()
+        if interrupted.step == 16:  # the loop increments after this returns: stop at 17
+            interrupted._stop_requested = True
+        return record
+
+    interrupted.train_step = stop_after_step_17  # type: ignore[method-assign]
+    assert interrupted.fit()["status"] == "interrupted"
+
+    resumed = build_trainer(toy_config(tmp_path / "b", **overrides))
+    assert resumed.fit(resume=True)["status"] == "completed"
+    assert resumed.step == 30
+    a, b = _weights(full.model), _weights(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged from the uninterrupted one"
+
+
+def test_gradient_accumulation_matches_a_larger_batch(tmp_path):
+    big = build_trainer(toy_config(tmp_path / "a", **{"loading.batch_size": 64, "train.max_steps": 3}))
+    small = build_trainer(
+        toy_config(tmp_path / "b", **{"loading.batch_size": 32, "train.grad_accum": 2, "train.max_steps": 3})
+    )
+    # Same samples in the same order: feed the big trainer's batches to the small one in halves.
+    stream = big.streams["digits"]
+    batches = [stream.__next__() for _ in range(3)]
+    stream.load_state_dict({"epoch": 0, "offset": 0})
+    halves = iter([{k: v[s] for k, v in b.items()} for b in batches for s in (slice(0, 32), slice(32, 64))])
+    small.streams = {"digits": _Feeder(halves)}
+    big.fit()
+    small.fit()
+    a, b = _weights(big.model), _weights(small.model)
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+class _Feeder:
+    def __init__(self, it):
+        self.it = it
+
+    def __next__(self):
+        return next(self.it)
+
+    def state_dict(self):
+        return {}
+
+
+def test_nonfinite_loss_names_task_and_step(tmp_path):
+    trainer = build_trainer(toy_config(tmp_path))
+    head = trainer.model.heads["parity"].fc
+    with torch.no_grad():
+        head.weight.fill_(math.nan)
+    with pytest.raises(NonFiniteLossError, match=r"step 0: task 'parity' loss=nan"):
+        trainer.fit()
+
+
+def test_nonfinite_steps_can_be_skipped_up_to_a_limit(tmp_path):
+    trainer = build_trainer(toy_config(tmp_path, **{"train.max_nonfinite_steps": 2, "train.max_steps": 5}))
+    with torch.no_grad():
+        trainer.model.heads["parity"].fc.weight.fill_(math.nan)
+    with pytest.warns(RuntimeWarning, match="skipping step 0"), pytest.raises(NonFiniteLossError, match="3 step"):
+        trainer.fit()
+
+
+def test_label_out_of_range_is_a_clear_error(tmp_path):
+    config = toy_config(tmp_path)
+    config.tasks["parity"]["num_classes"] = 2
+    trainer = build_trainer(config)
+    trainer.model.tasks["parity"].spec["num_classes"] = 1  # labels 0/1 now exceed num_classes
+    with pytest.raises(DataError, match=r"task 'parity': label 1 is out of range for num_classes=1"):
+        trainer.fit()
+
+
+def test_task_without_labelled_training_samples_is_refused(tmp_path):
+    with pytest.raises(DataError, match=r"no labelled sample in the training split"):
+        build_trainer(toy_config(tmp_path, **{"data.label_fraction": 0.0}))
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
+    first = build_trainer(toy_config(tmp_path, **{"train.max_steps": 10}))
+    first.fit()
+    other = build_trainer(toy_config(tmp_path, **{"model.backbone.hidden": [32]}))
+    with pytest.raises(CheckpointError, match="does not match the model"):
+        other.fit(resume=True)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    trainer = build_trainer(toy_config(tmp_path, **{"train.max_steps": 10}))
+    trainer.fit()
+    trainer.checkpoint_path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        build_trainer(toy_config(tmp_path)).fit(resume=True)
+
+
+def test_early_stopping_and_best_checkpoint(tmp_path):
+    config = toy_config(
+        tmp_path, **{"train.max_steps": 400, "train.eval_every": 5, "train.early_stopping_patience": 2,
+                     "train.lr": 0.0, "train.warmup_steps": 0}
+    )
+    trainer = build_trainer(config)
+    summary = trainer.fit()
+    # lr=0 never improves after the first evaluation: stops after 1 + patience evaluations
+    assert summary["status"] == "early_stopped" and summary["step"] == 15
+
+
+def test_finetune_stage_reports_before_and_after(tmp_path):
+    config = toy_config(tmp_path, **{"train.max_steps": 30, "finetune": {"mode": "head", "steps": 20}})
+    report = train(config)
+    for task in ("digit", "parity"):
+        entry = report["finetune"][task]
+        assert set(entry["before"]) == {"val", "test"} and "accuracy" in entry["after"]["test"]
+    model = JointModel.from_pretrained(tmp_path / "run" / "finetuned" / "digit" / "final")
+    assert list(model.tasks) == ["digit"]
