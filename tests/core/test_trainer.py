@@ -176,3 +176,34 @@ def test_finetune_stage_reports_before_and_after(tmp_path):
         assert set(entry["before"]) == {"val", "test"} and "accuracy" in entry["after"]["test"]
     model = JointModel.from_pretrained(tmp_path / "run" / "finetuned" / "digit" / "final")
     assert list(model.tasks) == ["digit"]
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_on_cpu_trains(tmp_path, amp):
+    trainer = build_trainer(toy_config(tmp_path, **{"train.amp": amp, "train.max_steps": 60, "train.eval_every": 60}))
+    assert trainer.amp_dtype is not None and trainer.scaler.is_enabled() == (amp == "fp16")
+    trainer.fit()
+    assert trainer.evaluate("val")["parity"]["accuracy"] > 0.7
+
+
+def test_l1_penalty_sparsifies_weights(tmp_path):
+    def small_weights(l1: float) -> float:
+        trainer = build_trainer(toy_config(tmp_path / str(l1), **{"train.l1": l1, "train.max_steps": 60,
+                                                                    "train.weight_decay": 0.0}))
+        trainer.fit()
+        w = trainer.model.backbone.net[0].weight
+        return float((w.abs() < 1e-3).float().mean())
+
+    assert small_weights(0.01) > small_weights(0.0) + 0.1
+
+
+def test_sgd_with_clipping_and_tensorboard(tmp_path):
+    config = toy_config(tmp_path, **{"train.optimizer": "sgd", "train.lr": 0.05, "train.clip_grad_norm": 1.0,
+                                     "train.schedule": "linear", "train.max_steps": 40, "train.log_every": 10})
+    trainer = build_trainer(config)
+    trainer.fit()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["split"] == "train"]
+    assert all("grad_norm" in r and "loss/digit" in r and "weight/parity" in r for r in train_records)
+    assert train_records[-1]["lr"] < train_records[0]["lr"]
+    assert any((tmp_path / "run" / "tb").iterdir()), "TensorBoard events are written when it is installed"
