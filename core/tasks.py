@@ -22,7 +22,7 @@ from .task import Task, label_mask
 TASKS: Registry[Task] = Registry("task type")
 
 
-def _metric_factories(names: Sequence[str], kind: str, num_classes: int | None) -> dict[str, Any]:
+def metric_factories(names: Sequence[str], kind: str, num_classes: int | None) -> dict[str, Any]:
     if not names:
         raise ConfigError("a task needs at least one metric")
     return {n: functools.partial(METRICS.get(n), kind, num_classes) for n in names}
@@ -124,7 +124,7 @@ def classification(
         name=name,
         head=_head(head, backbone, num_classes),
         loss_fn=functools.partial(F.cross_entropy, label_smoothing=label_smoothing),
-        metrics=_metric_factories(metrics, "multiclass", num_classes),
+        metrics=metric_factories(metrics, "multiclass", num_classes),
         label_key=label_key or name,
         weight=weight,
         label_names=spec["label_names"],
@@ -132,7 +132,7 @@ def classification(
     )
 
 
-def _bce(pos_weight: float | None) -> Any:
+def bce_loss(pos_weight: float | None) -> Any:
     if pos_weight is None:
         return F.binary_cross_entropy_with_logits
 
@@ -164,8 +164,8 @@ def binary(
     return BinaryTask(
         name=name,
         head=_head(head, backbone, 1),
-        loss_fn=_bce(pos_weight),
-        metrics=_metric_factories(metrics, "binary", None),
+        loss_fn=bce_loss(pos_weight),
+        metrics=metric_factories(metrics, "binary", None),
         label_key=label_key or name,
         weight=weight,
         spec=spec,
@@ -197,7 +197,7 @@ def multilabel(
         name=name,
         head=_head(head, backbone, num_labels),
         loss_fn=F.binary_cross_entropy_with_logits,
-        metrics=_metric_factories(metrics, "multilabel", None),
+        metrics=metric_factories(metrics, "multilabel", None),
         label_key=label_key or name,
         weight=weight,
         label_names=spec["label_names"],
@@ -235,7 +235,7 @@ def regression(
         name=name,
         head=_head(head, backbone, out_dim),
         loss_fn=_REGRESSION_LOSSES[loss],
-        metrics=_metric_factories(metrics, "regression", None),
+        metrics=metric_factories(metrics, "regression", None),
         label_key=label_key or name,
         weight=weight,
         spec=spec,

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .balancing import Balancer, BalancerSetup, StepContext
+from .balancing import Balancer, BalancerSetup, NonFiniteGradients, StepContext
 from .checkpoint import load_state, save_state
 from .data import DataBundle, Loading, SourceStream, count_labelled
 from .distributed import DistEnv, all_reduce_sum, average_gradients, barrier, resolve_device
@@ -56,6 +56,25 @@ class TrainConfig:
     channels_last: bool = False  # memory format for conv backbones on CUDA
     max_nonfinite_steps: int = 0  # consecutive NaN/Inf-loss steps skipped before stopping
     progress: bool = True  # tqdm bar on rank 0
+
+    def __post_init__(self) -> None:
+        positive = {"max_steps": self.max_steps, "grad_accum": self.grad_accum, "log_every": self.log_every}
+        for key, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"train.{key} must be >= 1, got {value}")
+        non_negative = {
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "warmup_steps": self.warmup_steps,
+            "clip_grad_norm": self.clip_grad_norm,
+            "l1": self.l1,
+            "eval_every": self.eval_every,
+            "early_stopping_patience": self.early_stopping_patience,
+            "max_nonfinite_steps": self.max_nonfinite_steps,
+        }
+        for key, value in non_negative.items():
+            if value < 0:
+                raise ConfigError(f"train.{key} must be >= 0, got {value}")
 
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -251,8 +270,12 @@ class Trainer:
                 source_tasks={name: self.source_by_name[name].tasks for name in batches},
                 env=self.env,
                 scaler=self.scaler,
+                grad_accum=self.config.grad_accum,
             )
-            weights = self.balancer.backward(losses, ctx)
+            try:
+                weights = self.balancer.backward(losses, ctx)
+            except NonFiniteGradients as e:  # gradient-space methods check the task gradients
+                return self._skip_nonfinite(e.values, what="gradient squared norm")
             for t, v in values.items():
                 logged.setdefault(t, []).append(v)
         self.nonfinite_in_a_row = 0
@@ -273,6 +296,7 @@ class Trainer:
         self.balancer.after_step(lambda: self._recompute(batches))
         record: dict[str, Any] = {f"loss/{t}": sum(v) / len(v) for t, v in logged.items()}
         record.update({f"weight/{t}": w for t, w in weights.items()})
+        record.update(self.balancer.diagnostics())
         record["lr"] = self.scheduler.get_last_lr()[0]
         if grad_norm is not None:
             record["grad_norm"] = grad_norm
@@ -283,14 +307,14 @@ class Trainer:
         losses, _ = self._forward(batches)
         return self._global_values(losses)
 
-    def _skip_nonfinite(self, bad: dict[str, float]) -> dict[str, Any]:
+    def _skip_nonfinite(self, bad: dict[str, float], what: str = "loss") -> dict[str, Any]:
         self.optimizer.zero_grad(set_to_none=True)
         self.nonfinite_in_a_row += 1
         self.nonfinite_total += 1
-        described = ", ".join(f"task '{t}' loss={v}" for t, v in bad.items())
+        described = ", ".join(f"task '{t}' {what}={v}" for t, v in bad.items())
         if self.nonfinite_in_a_row > self.config.max_nonfinite_steps:
             raise NonFiniteLossError(
-                f"non-finite loss at step {self.step}: {described} "
+                f"non-finite {what} at step {self.step}: {described} "
                 f"({self.nonfinite_in_a_row} step(s) in a row). Lower the learning rate, enable "
                 "clip_grad_norm, check that task's labels, or raise max_nonfinite_steps to skip such steps."
             )

@@ -9,12 +9,24 @@ from __future__ import annotations
 from typing import Any
 
 from ..registry import Registry
-from .base import Balancer, BalancerSetup, LossBalancer, StepContext
+from .aligned_mtl import AlignedMTL
+from .base import Balancer, BalancerSetup, LossBalancer, NonFiniteGradients, StepContext
+from .cagrad import CAGrad
+from .db_mtl import DBMTL
 from .dwa import DynamicWeightAverage
 from .ew import EqualWeighting
 from .famo import FAMO
 from .gls import GeometricLossStrategy
+from .graddrop import GradDrop
+from .gradient import GradientBalancer, GramianBalancer
+from .gradnorm import GradNorm
+from .gradvac import GradVac
+from .imtl_g import IMTLG
+from .mgda import MGDA
+from .nash_mtl import NashMTL
+from .pcgrad import PCGrad
 from .rlw import RandomLossWeighting
+from .upgrad import UPGrad
 from .uw import UncertaintyWeighting
 
 BALANCERS: Registry[Balancer] = Registry("balancing method")
@@ -24,6 +36,17 @@ BALANCERS.register("dwa")(DynamicWeightAverage)
 BALANCERS.register("rlw")(RandomLossWeighting)
 BALANCERS.register("gls")(GeometricLossStrategy)
 BALANCERS.register("famo")(FAMO)
+BALANCERS.register("mgda")(MGDA)
+BALANCERS.register("pcgrad")(PCGrad)
+BALANCERS.register("cagrad")(CAGrad)
+BALANCERS.register("imtl_g")(IMTLG)
+BALANCERS.register("nash_mtl")(NashMTL)
+BALANCERS.register("aligned_mtl")(AlignedMTL)
+BALANCERS.register("upgrad")(UPGrad)
+BALANCERS.register("graddrop")(GradDrop)
+BALANCERS.register("gradvac")(GradVac)
+BALANCERS.register("gradnorm")(GradNorm)
+BALANCERS.register("db_mtl")(DBMTL)
 
 
 def build(name: str, **kwargs: Any) -> Balancer:
@@ -34,4 +57,15 @@ def names() -> list[str]:
     return BALANCERS.names()
 
 
-__all__ = ["BALANCERS", "Balancer", "BalancerSetup", "LossBalancer", "StepContext", "build", "names"]
+__all__ = [
+    "BALANCERS",
+    "Balancer",
+    "BalancerSetup",
+    "GradientBalancer",
+    "GramianBalancer",
+    "LossBalancer",
+    "NonFiniteGradients",
+    "StepContext",
+    "build",
+    "names",
+]

@@ -44,6 +44,7 @@ class StepContext:
     source_tasks: dict[str, list[str]] = field(default_factory=dict)  # source -> tasks computed on it
     env: DistEnv = field(default_factory=DistEnv)  # rank / world size / device
     scaler: torch.amp.GradScaler | None = None  # the trainer's AMP scaler (enabled only for fp16)
+    grad_accum: int = 1  # micro-batches per optimizer step: ``backward`` divides by it
 
 
 class Balancer(nn.Module):
@@ -63,6 +64,10 @@ class Balancer(nn.Module):
         """Backpropagate the combination of ``losses``; return the weight applied to each task."""
         raise NotImplementedError
 
+    def diagnostics(self) -> dict[str, float]:
+        """Extra scalars for the step record (e.g. task-gradient cosines); read after ``backward``."""
+        return {}
+
     def after_step(self, recompute_losses: Callable[[], dict[str, float]]) -> None:
         """Hook after the optimizer step; ``recompute_losses`` re-evaluates the step's losses."""
 
@@ -71,6 +76,14 @@ class Balancer(nn.Module):
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         pass
+
+
+class NonFiniteGradients(ArithmeticError):
+    """A task gradient is NaN/Inf; the trainer skips the step (``max_nonfinite_steps``)."""
+
+    def __init__(self, values: dict[str, float]) -> None:
+        super().__init__(f"non-finite task gradients: {values}")
+        self.values = values
 
 
 class LossBalancer(Balancer):

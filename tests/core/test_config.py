@@ -60,3 +60,9 @@ def test_run_directory_of_an_incompatible_config_is_refused(tmp_path):
         train(toy_config(tmp_path, **{"model.backbone.hidden": [16]}), resume=True)
     with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
         train(toy_config(tmp_path, **{"train.max_steps": 5}))
+
+
+@pytest.mark.parametrize(("key", "value"), [("train.max_steps", 0), ("train.lr", -1.0), ("train.grad_accum", 0)])
+def test_out_of_range_training_values(tmp_path, key, value):
+    with pytest.raises(ConfigError, match=rf"{key} must be >= "):
+        toy_config(tmp_path, **{key: value})
