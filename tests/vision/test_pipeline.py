@@ -1,0 +1,101 @@
+"""End to end: train on generated scenes, save/load the joint model, predict from the CLI and scripts."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from core.cli import main as cli
+from core.errors import CheckpointError
+from core.model import JointModel
+from core.run import train
+from tests.vision.helpers import vision_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, scenes_root: Path) -> Path:
+    tmp = tmp_path_factory.mktemp("joint")
+    report = train(vision_config(tmp, scenes_root))
+    assert set(report["tasks"]) == {"detection", "count"}
+    assert set(report["tasks"]["detection"]) == {"map", "map_50", "loss"}
+    assert set(report["tasks"]["count"]) == {"accuracy", "f1_macro", "loss"}
+    return tmp / "run"
+
+
+def _scene(trained: Path) -> Path:
+    data = json.loads((trained / "best" / "config.json").read_text())["extra"]["data"]
+    folder = next(Path(data["root"]).glob("scenes-*"))
+    return folder / "images" / "test_00000.png"
+
+
+def test_save_load_gives_identical_detections(trained, tmp_path):
+    model = JointModel.from_pretrained(trained / "best")
+    model.tasks["detection"].spec["score_threshold"] = 0.0  # compare many boxes, not only confident ones
+    images = torch.stack([torch.from_numpy(np.array(Image.open(_scene(trained)))).permute(2, 0, 1)] * 2)
+    first = model.predict(images)
+    model.save_pretrained(tmp_path / "copy")
+    again = JointModel.from_pretrained(tmp_path / "copy")
+    again.tasks["detection"].spec["score_threshold"] = 0.0
+    assert again.predict(images) == first
+    assert len(first["detection"][0]) > 0
+    assert again.backbone.export_spec()["pretrained"] is False
+
+
+def test_checkpoint_with_another_class_count_is_refused(trained, tmp_path):
+    model = JointModel.from_pretrained(trained / "best")
+    model.save_pretrained(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["tasks"]["detection"]["num_classes"] = 12
+    config["tasks"]["detection"]["label_names"] = None
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="do not match its config"):
+        JointModel.from_pretrained(tmp_path / "m")
+
+
+def test_predict_cli_writes_json_and_png(trained, tmp_path, capsys):
+    rgba = tmp_path / "scene.png"
+    Image.open(_scene(trained)).convert("RGBA").resize((96, 96)).save(rgba)  # other size, other mode
+    out = tmp_path / "pred.json"
+    assert cli(["predict", str(trained), str(rgba), "--out", str(out)]) == 0
+    (record,) = json.loads(out.read_text())["predictions"]
+    assert set(record) == {"image", "detection", "count"}
+    assert record["count"]["label"] in {"1", "2", "3"}
+    for det in record["detection"]:
+        assert set(det) == {"box", "score", "label", "index"}
+        assert all(0 <= v <= 96 for v in det["box"])  # boxes are in the input image's pixels
+    drawn = Image.open(tmp_path / "pred_scene.png")
+    assert drawn.size == (288, 288)  # small images are enlarged for viewing
+
+
+def test_predict_cli_missing_image_is_a_clear_error(trained, tmp_path, capsys):
+    assert cli(["predict", str(trained), str(tmp_path / "nope.png"), "--out", str(tmp_path / "p.json")]) == 2
+    assert "nope.png does not exist" in capsys.readouterr().err
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_script_single_task_and_per_task_regime(tmp_path, scenes_root, capsys):
+    config = vision_config(tmp_path, scenes_root, {"sampler.name": "round_robin"}, regime="per_task")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict()))
+    script = _script("train_vision")
+    assert script.main(["--config", str(path), "--set", "train.max_steps=4"]) == 0
+    assert "images/s" in capsys.readouterr().out
+    assert script.main(["--config", str(path), "--tasks", "count", "--set", "train.max_steps=2"]) == 0
+    report = json.loads((tmp_path / "run_count" / "eval.json").read_text())
+    assert set(report["tasks"]) == {"count"}
+    assert script.main(["--config", str(path), "--tasks", "colour"]) == 2

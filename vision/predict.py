@@ -1,0 +1,77 @@
+"""The ``image`` predictor: a saved vision model on an image file (or a folder of images).
+
+Writes the JSON records (returned to ``jointtrain predict``) and, for each image with a detection
+task, a PNG with the confident boxes drawn beside the JSON: ``<out stem>_<image stem>.png``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchvision.io import write_png
+from torchvision.transforms.v2 import functional as TF
+from torchvision.utils import draw_bounding_boxes
+
+from core.errors import DataError
+from core.model import JointModel
+from core.predict import PREDICTORS
+
+from .data.images import EXTENSIONS, read_image
+from .tasks import DetectionTask
+
+DRAW_MIN_SCORE = 0.3  # the picture shows confident boxes; the JSON lists every detection
+DRAW_MIN_SIDE = 256  # small images are enlarged so labels stay readable
+
+
+def _inputs(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in EXTENSIONS)
+        if not files:
+            raise DataError(f"folder {path} holds no images ({', '.join(EXTENSIONS)})")
+        return files
+    return [path]
+
+
+@PREDICTORS.register("image")
+def predict_images(model: JointModel, path: str | Path, out_path: Path | None = None) -> list[dict[str, Any]]:
+    """Per image: every task's prediction; detection boxes are in the original image's pixels."""
+    size = model.extra.get("image_size")
+    if size is None:
+        raise DataError("this model records no 'image_size'; was it trained on an image dataset?")
+    device = next(model.parameters()).device
+    records = []
+    for file in _inputs(Path(path)):
+        image = read_image(file)
+        h, w = image.shape[-2:]
+        resized = TF.resize(image, list(size), antialias=True)
+        out = model.predict(resized[None].to(device))
+        scale = torch.tensor([w / size[1], h / size[0], w / size[1], h / size[0]])
+        record: dict[str, Any] = {"image": str(file)}
+        for task_name, preds in out.items():
+            task = model.tasks[task_name]
+            if isinstance(task, DetectionTask):
+                record[task_name] = [
+                    {**d, "box": [round(v, 2) for v in (torch.tensor(d["box"]) * scale).tolist()]} for d in preds[0]
+                ]
+                if out_path is not None:
+                    _draw(image, record[task_name], Path(out_path).with_name(f"{Path(out_path).stem}_{file.stem}.png"))
+            else:
+                record[task_name] = preds[0]
+        records.append(record)
+    return records
+
+
+def _draw(image: torch.Tensor, detections: list[dict[str, Any]], path: Path) -> None:
+    """Boxes of confident detections on a copy enlarged to a viewable size (the JSON keeps them all)."""
+    shown = [d for d in detections if d["score"] >= DRAW_MIN_SCORE]
+    h, w = image.shape[-2:]
+    zoom = max(1, math.ceil(DRAW_MIN_SIDE / min(h, w)))
+    big = TF.resize(image, [h * zoom, w * zoom], interpolation=TF.InterpolationMode.NEAREST)
+    boxes = torch.tensor([d["box"] for d in shown], dtype=torch.float32).reshape(-1, 4) * zoom
+    labels = [f"{d['label']} {d['score']:.2f}" for d in shown]
+    drawn = draw_bounding_boxes(big, boxes, labels=labels, colors="lime", width=2) if shown else big
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_png(drawn, str(path))
