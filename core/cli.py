@@ -1,9 +1,10 @@
-"""``jointtrain`` command line: train, evaluate, predict, list."""
+"""``jointtrain`` command line: train, evaluate, predict, compare, tune, report, list."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"output_dir={args.output_dir}")
     config = load_config(args.config, overrides)
     report = train(config, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for the run
+        return 130 if report.get("status") == "interrupted" else 0
     if report.get("status") == "interrupted":
         print(
             f"interrupted at step {report['step']}; continue with: jointtrain train {args.config} --resume",
@@ -107,6 +110,46 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare, format_table, read_compare_config
+
+    overrides = list(args.set or [])
+    if args.output_dir:
+        overrides.append(f"output_dir={args.output_dir}")
+    methods = args.methods.split(",") if args.methods else None
+    base, spec = read_compare_config(args.config, overrides, methods, args.seeds)
+    summary = compare(base, spec)
+    print(format_table(summary))
+    if summary["best_overall"]:
+        print(f"best joint row (Δm): {summary['best_overall']}")
+    print(f"written: {Path(base.output_dir) / 'compare.json'}, {Path(base.output_dir) / 'report.md'}")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .tune import format_ranking, read_tune_config, tune
+
+    overrides = list(args.set or [])
+    if args.output_dir:
+        overrides.append(f"output_dir={args.output_dir}")
+    base, spec, raw = read_tune_config(args.config, overrides)
+    result = tune(base, spec, raw)
+    print(format_ranking(result))
+    print(f"best config written to {result['best_config']}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    path = Path(args.run)
+    if (path / "compare.json").is_file():
+        from .compare_report import write_compare_report as writer
+    else:
+        from .report import write_report as writer
+    plugins.load()
+    print(f"written: {writer(path)}")
+    return 0
+
+
 def format_results(results: dict[str, dict[str, float]], title: str) -> str:
     lines = [title]
     for task, metrics in results.items():
@@ -139,6 +182,24 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--tasks", help="comma-separated subset of tasks")
     r.add_argument("--device", default="auto")
     r.set_defaults(func=cmd_predict)
+
+    c = sub.add_parser("compare", help="joint training vs each task alone, per balancing method, over seeds")
+    c.add_argument("config", help="a run config with an optional 'compare:' section (methods, seeds, variants)")
+    c.add_argument("--methods", help="comma-separated balancing methods (replaces compare.methods)")
+    c.add_argument("--seeds", type=int, help="seeds per row (replaces compare.seeds)")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    c.add_argument("--output-dir", help="shortcut for --set output_dir=...")
+    c.set_defaults(func=cmd_compare)
+
+    tu = sub.add_parser("tune", help="search static task weights / method hyperparameters (CV or validation)")
+    tu.add_argument("config", help="a run config with a 'tune:' section (space, search, cv, ...)")
+    tu.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    tu.add_argument("--output-dir", help="shortcut for --set output_dir=...")
+    tu.set_defaults(func=cmd_tune)
+
+    rp = sub.add_parser("report", help="(re)write report.md and plots of a run or a comparison directory")
+    rp.add_argument("run", help="run directory (or a compare output_dir)")
+    rp.set_defaults(func=cmd_report)
 
     ls = sub.add_parser("list", help="list balancing methods, samplers and registered components")
     ls.set_defaults(func=cmd_list)

@@ -40,6 +40,16 @@ class FinetuneConfig:
 
 
 @dataclass
+class ReportConfig:
+    """The run report (``report.md`` + PNG plots, see core.report) written after training."""
+
+    enabled: bool = True  # needs matplotlib (the ``report`` extra); without it a warning says so
+    train_eval_samples: int = 2048  # training samples re-scored by the best model for the train-val gap; 0 off, -1 all
+    affinity_batches: int = 4  # training batches for the look-ahead task-affinity measurement; 0 = off
+    affinity_lr: float = 0.01  # SGD step of the look-ahead; small enough to stay in the linear regime
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig
     tasks: dict[str, dict[str, Any]]  # task name -> {type, **kwargs}
@@ -50,6 +60,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig | None = None
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> metric -> value, for Δm
+    report: ReportConfig = field(default_factory=ReportConfig)
     output_dir: str = "runs/default"
     imports: list[str] = field(default_factory=list)  # modules to import so they register components
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from .backbones import BACKBONES
 from .balancing import BALANCERS
 from .checkpoint import atomic_write_json, atomic_write_text
 from .config import RunConfig, dump_config
-from .data import DATASETS, DataBundle
+from .data import DATASETS, DataBundle, Source
 from .distributed import DistEnv, init_distributed
 from .errors import ConfigError
 from .evaluation import delta_m, evaluate, higher_is_better
@@ -29,9 +31,43 @@ from .trainer import Trainer, seed_everything
 _IDENTITY = ("model", "tasks", "data", "balancing", "sampler")
 
 
+def restrict_tasks(data: DataBundle, tasks: list[str]) -> DataBundle:
+    """The data restricted to ``tasks``: a config may train a subset of the tasks a dataset labels
+    (single-task baselines do); sources left with no task are dropped."""
+
+    def keep(sources: list[Source]) -> list[Source]:
+        kept = [dataclasses.replace(s, tasks=[t for t in s.tasks if t in tasks]) for s in sources]
+        return [s for s in kept if s.tasks]
+
+    sizes = {t: n for t, n in data.task_sizes.items() if t in tasks}
+    return dataclasses.replace(data, train=keep(data.train), val=keep(data.val), test=keep(data.test), task_sizes=sizes)
+
+
 def build_data(config: RunConfig) -> DataBundle:
     plugins.load(config.imports)
-    return DATASETS.build(config.data)
+    return restrict_tasks(DATASETS.build(config.data), list(config.tasks))
+
+
+def train_sample(sources: list[Source], samples: int, seed: int) -> list[Source]:
+    """At most ``samples`` seeded random training examples per source (-1 = all), to score the train split."""
+    if samples < 0:
+        return sources
+    out = []
+    for s in sources:
+        n = len(s)
+        index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: min(samples, n)].tolist()
+        out.append(dataclasses.replace(s, dataset=torch.utils.data.Subset(s.dataset, index)))
+    return out
+
+
+def write_report_safely(out_dir: Path, writer: Callable[[Path], Path] | None = None) -> None:
+    """The report comes after a finished training, which a plotting problem must not fail."""
+    if writer is None:
+        from .report import write_report as writer
+    try:
+        writer(out_dir)
+    except Exception as e:  # any failure (matplotlib missing, odd logs): warn, keep the trained run
+        warnings.warn(f"run report for {out_dir} not written: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
 
 
 def build_model(config: RunConfig, data: DataBundle) -> JointModel:
@@ -105,10 +141,31 @@ def train(config: RunConfig, resume: bool = False, env: DistEnv | None = None) -
         "tasks": results,
         "split": split,
         "val": summary["best_val"],
+        "higher_is_better": higher_is_better(best),
         **{k: summary[k] for k in ("status", "step", "best_score", "nonfinite_steps", "train_time_s")},
     }
+    if config.report.train_eval_samples:
+        # the best model on (a sample of) its own training data: the train-val gap in the report
+        report["train"] = evaluate(
+            best,
+            train_sample(trainer.data.train, config.report.train_eval_samples, config.train.seed),
+            trainer.loading,
+            env,
+            trainer.autocast,
+        )
     if config.baselines:
         report["delta_m"] = delta_m(results, config.baselines, higher_is_better(best))
+    if env.is_main and config.report.affinity_batches and len(best.tasks) > 1:
+        from .affinity import lookahead_affinity
+
+        report["affinity"] = lookahead_affinity(
+            best,
+            trainer.data.train,
+            trainer.loading,
+            batches=config.report.affinity_batches,
+            lr=config.report.affinity_lr,
+            seed=config.train.seed,
+        )
     if torch.cuda.is_available() and env.device.type == "cuda":
         report["peak_memory_mb"] = torch.cuda.max_memory_allocated(env.device) / 2**20
     if config.finetune is not None:
@@ -127,4 +184,6 @@ def train(config: RunConfig, resume: bool = False, env: DistEnv | None = None) -
         )
     if env.is_main:
         atomic_write_json(out_dir / "eval.json", report)
+        if config.report.enabled:
+            write_report_safely(out_dir)
     return report

@@ -20,5 +20,6 @@ def toy_config(tmp_path: Any, **overrides: Any) -> RunConfig:
         "data": {"name": "sklearn_digits", "tasks": ["digit", "parity"]},
         "loading": {"batch_size": 32},
         "train": {"max_steps": 20, "lr": 0.003, "eval_every": 10, "progress": False, "log_every": 5},
+        "report": {"enabled": False},  # tests/core/test_report.py covers the report; the rest skip its cost
     }
     return load_config(raw=raw, overrides=[f"{k}={json.dumps(v)}" for k, v in overrides.items()])

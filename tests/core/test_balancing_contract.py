@@ -18,8 +18,9 @@ from .helpers import toy_config
 
 @pytest.mark.parametrize("method", names())
 def test_method_trains_and_round_trips_its_state(tmp_path, method):
-    trainer = build_trainer(toy_config(tmp_path, **{"balancing.name": method, "train.max_steps": 4,
-                                                    "train.eval_every": 4}))
+    trainer = build_trainer(
+        toy_config(tmp_path, **{"balancing.name": method, "train.max_steps": 4, "train.eval_every": 4})
+    )
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     summary = trainer.fit()
     assert summary["status"] == "completed" and trainer.step == 4
@@ -29,8 +30,9 @@ def test_method_trains_and_round_trips_its_state(tmp_path, method):
 
     cls = BALANCERS.get(method)
     assert cls.space in ("loss", "gradient") and isinstance(cls.cost, str)
-    resumed = build_trainer(toy_config(tmp_path, **{"balancing.name": method, "train.max_steps": 4,
-                                                    "train.eval_every": 4}))
+    resumed = build_trainer(
+        toy_config(tmp_path, **{"balancing.name": method, "train.max_steps": 4, "train.eval_every": 4})
+    )
     resumed.load_state_dict(torch.load(trainer.checkpoint_path, weights_only=True))
     saved, loaded = trainer.balancer.state_dict(), resumed.balancer.state_dict()
     assert saved.keys() == loaded.keys()
@@ -55,8 +57,13 @@ def _same(a, b) -> bool:
 def test_method_handles_a_step_where_a_task_is_missing(tmp_path, method):
     """round_robin over one source per task: K varies from step to step."""
     cls = BALANCERS.get(method)
-    overrides = {"balancing.name": method, "data.regime": "per_task", "sampler.name": "round_robin",
-                 "train.max_steps": 4, "train.eval_every": 4}
+    overrides = {
+        "balancing.name": method,
+        "data.regime": "per_task",
+        "sampler.name": "round_robin",
+        "train.max_steps": 4,
+        "train.eval_every": 4,
+    }
     if getattr(cls, "spaces", ("loss",)) != ("loss",) and "params" in getattr(cls, "spaces", ()):
         overrides["balancing.space"] = "params"
     trainer = build_trainer(toy_config(tmp_path, **overrides))

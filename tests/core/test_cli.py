@@ -69,8 +69,14 @@ def test_bad_input_prints_a_message_not_a_traceback(tmp_path, capsys):
 
 def _run(config: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "core.cli", "train", str(config), *extra], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "core.cli", "train", str(config), *extra],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def test_ctrl_c_checkpoints_and_resume_reaches_the_same_weights(tmp_path):

@@ -39,8 +39,13 @@ def test_empty_or_too_small_sources_are_refused():
 
 
 def test_dict_dataset_counts_labelled_samples():
-    data = DictDataset({"x": torch.zeros(4, 2), "y": torch.tensor([0, -1, 2, -100]),
-                        "z": torch.tensor([[1.0, float("nan")], [float("nan")] * 2, [0.0, 1.0], [1.0, 1.0]])})
+    data = DictDataset(
+        {
+            "x": torch.zeros(4, 2),
+            "y": torch.tensor([0, -1, 2, -100]),
+            "z": torch.tensor([[1.0, float("nan")], [float("nan")] * 2, [0.0, 1.0], [1.0, 1.0]]),
+        }
+    )
     assert data.labelled_counts() == {"x": 4, "y": 2, "z": 3}
     with pytest.raises(DataError, match="same length"):
         DictDataset({"x": torch.zeros(3), "y": torch.zeros(4)})

@@ -25,8 +25,9 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world_size: int, port: int, out: str, overrides: dict) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     try:
         train(toy_config(Path(out), **overrides, **{"train.device": "cpu"}))
@@ -36,11 +37,18 @@ def _worker(rank: int, world_size: int, port: int, out: str, overrides: dict) ->
 
 @pytest.mark.parametrize("method", ["ew", "uw", "dwa"])
 def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path, method):
-    common = {"balancing.name": method, "train.max_steps": 12, "train.eval_every": 6, "balancing.period": 3} \
-        if method == "dwa" else {"balancing.name": method, "train.max_steps": 12, "train.eval_every": 6}
+    common = (
+        {"balancing.name": method, "train.max_steps": 12, "train.eval_every": 6, "balancing.period": 3}
+        if method == "dwa"
+        else {"balancing.name": method, "train.max_steps": 12, "train.eval_every": 6}
+    )
     single = train(toy_config(tmp_path / "one", **common, **{"loading.batch_size": 32}))
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path / "two"), {**common, "loading.batch_size": 16}),
-             nprocs=2, join=True)
+    mp.spawn(
+        _worker,
+        args=(2, _free_port(), str(tmp_path / "two"), {**common, "loading.batch_size": 16}),
+        nprocs=2,
+        join=True,
+    )
 
     one = JointModel.from_pretrained(tmp_path / "one" / "run" / "final").state_dict()
     two = JointModel.from_pretrained(tmp_path / "two" / "run" / "final").state_dict()

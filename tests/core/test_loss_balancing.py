@@ -13,8 +13,14 @@ TASKS = ["a", "b", "c"]
 
 
 def _setup(method, sizes=(100, 10, 1), steps_per_epoch=2):
-    method.setup(BalancerSetup(tasks=TASKS, task_weights={"a": 2.0, "b": 1.0, "c": 0.5},
-                               dataset_sizes=dict(zip(TASKS, sizes, strict=True)), steps_per_epoch=steps_per_epoch))
+    method.setup(
+        BalancerSetup(
+            tasks=TASKS,
+            task_weights={"a": 2.0, "b": 1.0, "c": 0.5},
+            dataset_sizes=dict(zip(TASKS, sizes, strict=True)),
+            steps_per_epoch=steps_per_epoch,
+        )
+    )
     return method
 
 
@@ -29,8 +35,12 @@ def _losses(*values):
 
 @pytest.mark.parametrize(
     ("heuristic", "expected"),
-    [("config", [2.0, 1.0, 0.5]), ("uniform", [1, 1, 1]), ("size", [3 * 100 / 111, 3 * 10 / 111, 3 / 111]),
-     ("inverse_initial_loss", [0.5, 0.25, 0.125])],
+    [
+        ("config", [2.0, 1.0, 0.5]),
+        ("uniform", [1, 1, 1]),
+        ("size", [3 * 100 / 111, 3 * 10 / 111, 3 / 111]),
+        ("inverse_initial_loss", [0.5, 0.25, 0.125]),
+    ],
 )
 def test_ew_heuristics(heuristic, expected):
     ew = _setup(build("ew", heuristic=heuristic))

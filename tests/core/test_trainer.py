@@ -31,9 +31,7 @@ def test_joint_training_of_related_tasks_learns(tmp_path):
 
 
 def test_one_dataset_per_task_regime(tmp_path):
-    config = toy_config(
-        tmp_path, **{"data.regime": "per_task", "sampler.name": "round_robin", "train.max_steps": 120}
-    )
+    config = toy_config(tmp_path, **{"data.regime": "per_task", "sampler.name": "round_robin", "train.max_steps": 120})
     trainer = build_trainer(config)
     assert sorted(s.name for s in trainer.data.train) == ["digit", "parity"]
     assert trainer.sampler.choose(0) != trainer.sampler.choose(1)
@@ -159,8 +157,14 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
 
 def test_early_stopping_and_best_checkpoint(tmp_path):
     config = toy_config(
-        tmp_path, **{"train.max_steps": 400, "train.eval_every": 5, "train.early_stopping_patience": 2,
-                     "train.lr": 0.0, "train.warmup_steps": 0}
+        tmp_path,
+        **{
+            "train.max_steps": 400,
+            "train.eval_every": 5,
+            "train.early_stopping_patience": 2,
+            "train.lr": 0.0,
+            "train.warmup_steps": 0,
+        },
     )
     trainer = build_trainer(config)
     summary = trainer.fit()
@@ -188,8 +192,9 @@ def test_mixed_precision_on_cpu_trains(tmp_path, amp):
 
 def test_l1_penalty_sparsifies_weights(tmp_path):
     def small_weights(l1: float) -> float:
-        trainer = build_trainer(toy_config(tmp_path / str(l1), **{"train.l1": l1, "train.max_steps": 60,
-                                                                    "train.weight_decay": 0.0}))
+        trainer = build_trainer(
+            toy_config(tmp_path / str(l1), **{"train.l1": l1, "train.max_steps": 60, "train.weight_decay": 0.0})
+        )
         trainer.fit()
         w = trainer.model.backbone.net[0].weight
         return float((w.abs() < 1e-3).float().mean())
@@ -198,8 +203,17 @@ def test_l1_penalty_sparsifies_weights(tmp_path):
 
 
 def test_sgd_with_clipping_and_tensorboard(tmp_path):
-    config = toy_config(tmp_path, **{"train.optimizer": "sgd", "train.lr": 0.05, "train.clip_grad_norm": 1.0,
-                                     "train.schedule": "linear", "train.max_steps": 40, "train.log_every": 10})
+    config = toy_config(
+        tmp_path,
+        **{
+            "train.optimizer": "sgd",
+            "train.lr": 0.05,
+            "train.clip_grad_norm": 1.0,
+            "train.schedule": "linear",
+            "train.max_steps": 40,
+            "train.log_every": 10,
+        },
+    )
     trainer = build_trainer(config)
     trainer.fit()
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -1,0 +1,379 @@
+"""``jointtrain compare``: joint training against each task alone, per balancing method, over seeds.
+
+Every run uses the same backbone, data, optimizer and step budget (``train.max_steps``); only the
+task set (one task / all) and the balancing method (or a named variant's overrides) change. Each
+run is an ordinary run directory (``core.run.train``: best checkpoint chosen on validation, test
+scored once), under::
+
+    output_dir/single/<task>/seed<k>/    each task alone (balancing: ew)
+    output_dir/joint/<label>/seed<k>/    all tasks, one balancing method or variant
+
+Finished runs (``eval.json`` present) are skipped, interrupted ones resumed, so re-running the
+command continues a comparison. The summary (``compare.json``, ``report.md``, ``plots/``) goes in
+``output_dir``: per-task test metrics (mean ± std over seeds), Δm of each joint row against the
+single-task means (LibMTL's formula, ``core.evaluation.delta_m``), training time and peak memory.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import resource
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from . import plugins
+from .checkpoint import atomic_write_json
+from .config import RunConfig, apply_overrides, from_dict, load_config
+from .errors import ConfigError
+from .evaluation import delta_m
+
+SINGLE = "single-task"
+
+
+@dataclass
+class CompareSpec:
+    """The ``compare:`` section of a config (everything else is the base run config)."""
+
+    methods: list[Any] = field(default_factory=lambda: ["ew"])  # balancing specs: "uw" or {name, **kwargs}
+    seeds: int = 3  # runs per row, with train.seed = 0 .. seeds-1
+    single_task: bool = True  # train each task alone (the Δm reference)
+    #: name -> overrides ("key=value") of extra joint runs with the first method, e.g. regularisation
+    variants: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class Run:
+    kind: str  # "single" or "joint"
+    label: str  # the table row: SINGLE, a method label or a variant name
+    seed: int
+    config: RunConfig
+    task: str | None = None
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.config.output_dir)
+
+
+def method_label(spec: str | Mapping[str, Any]) -> str:
+    """``"uw"`` -> ``uw``; ``{name: ew, heuristic: size}`` -> ``ew(heuristic=size)``."""
+    if isinstance(spec, str):
+        return spec
+    kwargs = ", ".join(f"{k}={v}" for k, v in spec.items() if k != "name")
+    return f"{spec['name']}({kwargs})" if kwargs else str(spec["name"])
+
+
+def as_spec(method: str | Mapping[str, Any]) -> dict[str, Any]:
+    return {"name": method} if isinstance(method, str) else dict(method)
+
+
+def dir_name(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", label).strip("_")
+
+
+def read_compare_config(
+    path: str | Path, overrides: Sequence[str] = (), methods: Sequence[str] | None = None, seeds: int | None = None
+) -> tuple[RunConfig, CompareSpec]:
+    """A run config with a ``compare:`` section; command-line methods/seeds replace the section's."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    raw = apply_overrides(dict(raw), overrides)
+    spec: CompareSpec = from_dict(CompareSpec, raw.pop("compare", None) or {}, "compare")
+    if methods:
+        spec.methods = list(methods)
+    if seeds is not None:
+        spec.seeds = seeds
+    base = load_config(raw=raw)
+    validate(base, spec, path)
+    return base, spec
+
+
+def validate(base: RunConfig, spec: CompareSpec, path: str | Path = "config") -> None:
+    from .balancing import BALANCERS
+
+    if len(base.tasks) < 2:
+        raise ConfigError(
+            f"{path}: compare needs at least two tasks (it compares joint training with each task alone); "
+            f"the config has {list(base.tasks)}. Add tasks, or use 'jointtrain train' for one task."
+        )
+    if spec.seeds <= 0:
+        raise ConfigError(f"{path}: compare.seeds must be >= 1, got {spec.seeds}")
+    if not spec.methods:
+        raise ConfigError(f"{path}: compare.methods is empty; list balancing methods, e.g. [ew, uw, dwa]")
+    plugins.load(base.imports)
+    for method in spec.methods:
+        name = method if isinstance(method, str) else method.get("name") if isinstance(method, Mapping) else None
+        if name is None:
+            raise ConfigError(f"{path}: compare.methods entry {method!r} must be a name or a {{name, ...}} mapping")
+        try:
+            BALANCERS.build(method)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: compare.methods entry {method_label(method)!r}: {e}") from e
+    labels = [method_label(m) for m in spec.methods] + list(spec.variants)
+    if len(set(labels)) != len(labels) or SINGLE in labels:
+        raise ConfigError(f"{path}: compare rows need unique names other than '{SINGLE}', got {labels}")
+
+
+def plan(base: RunConfig, spec: CompareSpec) -> list[Run]:
+    """Every run of the comparison, each a full RunConfig with its own output_dir and seed."""
+    root = Path(base.output_dir)
+    raw = base.to_dict()
+    raw["finetune"] = None  # a second stage would spend more budget on some rows than others
+    runs: list[Run] = []
+
+    def make(overrides: dict[str, Any], out: Path, seed: int, extra: Sequence[str] = ()) -> RunConfig:
+        r = copy.deepcopy(raw)
+        r.update(overrides)
+        r["output_dir"] = str(out / f"seed{seed}")
+        r["train"] = {**r["train"], "seed": seed}
+        return load_config(raw=apply_overrides(r, extra))
+
+    for seed in range(spec.seeds):
+        if spec.single_task:
+            for task, task_spec in base.tasks.items():
+                train = dict(raw["train"])
+                if train["monitor"] != "score" and not train["monitor"].startswith(f"{task}/"):
+                    train["monitor"] = "score"  # the monitored metric belongs to another task
+                overrides = {"tasks": {task: task_spec}, "balancing": {"name": "ew", "heuristic": "uniform"}}
+                config = make({**overrides, "train": train}, root / "single" / dir_name(task), seed)
+                runs.append(Run("single", SINGLE, seed, config, task))
+        for method in spec.methods:
+            label = method_label(method)
+            config = make({"balancing": as_spec(method)}, root / "joint" / dir_name(label), seed)
+            runs.append(Run("joint", label, seed, config))
+        for name, overrides in spec.variants.items():
+            config = make({"balancing": as_spec(spec.methods[0])}, root / "joint" / dir_name(name), seed, overrides)
+            runs.append(Run("joint", name, seed, config))
+    return runs
+
+
+def check_finished(run: Run) -> None:
+    """A run directory made by another config must not be reused: its results would be stale."""
+    saved_path = run.dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    current = yaml.safe_load(yaml.safe_dump(run.config.to_dict()))  # same normalisation as the saved file
+    for config in (saved, current):  # cosmetic settings may change between invocations
+        config.pop("output_dir", None)
+        config.pop("report", None)
+        config.get("train", {}).pop("progress", None)
+    differ = [k for k in current if saved.get(k) != current[k]]
+    if differ:
+        raise ConfigError(
+            f"run directory {run.dir} was made by a config with different {', '.join(differ)}; "
+            "results there would not match this comparison. Use another output_dir or delete that directory."
+        )
+
+
+@contextmanager
+def peak_memory(device: torch.device) -> Iterator[dict[str, Any]]:
+    """Peak memory of the block: CUDA allocations, and the process's peak RSS.
+
+    On Linux the RSS high-water mark is reset through ``/proc/self/clear_refs`` so it covers this
+    block only; elsewhere it falls back to ``getrusage`` (process-wide since start; said so).
+    """
+    out: dict[str, Any] = {}
+    reset = False
+    if sys.platform.startswith("linux"):
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            reset = True
+        except OSError:
+            pass
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    yield out
+    if device.type == "cuda":
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    hwm = _vm_hwm_mb() if reset else None
+    if hwm is not None:
+        out["peak_rss_mb"], out["peak_rss_scope"] = hwm, "run"
+    else:
+        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
+        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+        out["peak_rss_scope"] = "process"
+
+
+def _vm_hwm_mb() -> float | None:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+def execute(run: Run, log: Any = print) -> dict[str, Any]:
+    """Train one run (or resume it, or reuse its finished results); returns eval.json + costs."""
+    from .distributed import resolve_device
+    from .run import train
+
+    check_finished(run)
+    eval_path, cost_path = run.dir / "eval.json", run.dir / "compare_run.json"
+    if eval_path.is_file() and cost_path.is_file():
+        log(f"  [done]    {run.dir}")
+        return {**json.loads(eval_path.read_text()), "cost": json.loads(cost_path.read_text())}
+    resume = (run.dir / "checkpoints" / "last.pt").is_file()
+    if not resume and (run.dir / "metrics.jsonl").is_file():
+        (run.dir / "metrics.jsonl").unlink()  # a run that died before its first checkpoint restarts clean
+    log(f"  [{'resume' if resume else 'train'}]   {run.dir}")
+    start = time.perf_counter()
+    with peak_memory(resolve_device(run.config.train.device)) as memory:
+        result = train(run.config, resume=resume)
+    if result.get("status") == "interrupted":
+        raise KeyboardInterrupt
+    cost = {"wall_time_s": time.perf_counter() - start, "train_time_s": result["train_time_s"], **memory}
+    atomic_write_json(cost_path, cost)
+    return {**result, "cost": cost}
+
+
+# -- aggregation -----------------------------------------------------------------------------
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=float)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def primary(results: Mapping[str, float]) -> str:
+    return next((m for m in results if m != "loss"), "loss")
+
+
+def summarise(runs: Sequence[Run], results: Sequence[dict[str, Any]], tasks: Sequence[str]) -> dict[str, Any]:
+    """Per row: per-task metric mean/std over seeds, Δm per seed against the single-task means, costs."""
+    hib: dict[str, dict[str, bool]] = {}
+    for r in results:
+        for t, d in r.get("higher_is_better", {}).items():
+            hib.setdefault(t, {}).update(d)
+    by_row: dict[str, list[tuple[Run, dict[str, Any]]]] = {}
+    for run, res in zip(runs, results, strict=True):
+        by_row.setdefault(run.label, []).append((run, res))
+
+    rows: dict[str, dict[str, Any]] = {}
+    for label, members in by_row.items():
+        metrics: dict[str, dict[str, list[float]]] = {}
+        gaps: dict[str, list[float]] = {}
+        for _, res in members:
+            for t, values in res["tasks"].items():
+                for m, v in values.items():
+                    metrics.setdefault(t, {}).setdefault(m, []).append(v)
+                train = res.get("train", {}).get(t)
+                val = res.get("val", {}).get(t)
+                if train and val:
+                    m = primary(val)
+                    sign = 1 if hib[t].get(m, True) else -1
+                    gaps.setdefault(t, []).append(sign * (train[m] - val[m]))
+        seeds: dict[int, list[dict[str, Any]]] = {}
+        for run, res in members:
+            seeds.setdefault(run.seed, []).append(res)
+        rows[label] = {
+            "kind": members[0][0].kind,
+            "seeds": len(seeds),
+            "metrics": {t: {m: mean_std(v) for m, v in ms.items()} for t, ms in metrics.items()},
+            "gap": {t: mean_std(v) for t, v in gaps.items()},
+            # a single-task row costs K trainings: its time is their sum, its memory their max
+            "train_time_s": mean_std([sum(r["cost"]["train_time_s"] for r in rs) for rs in seeds.values()]),
+            "peak_rss_mb": max(r["cost"]["peak_rss_mb"] for _, r in members),
+            "peak_rss_scope": members[0][1]["cost"].get("peak_rss_scope", "process"),
+            "peak_cuda_mb": max((r["cost"].get("peak_cuda_mb", 0.0) for _, r in members), default=0.0) or None,
+            "per_seed": {s: {t: v for r in rs for t, v in r["tasks"].items()} for s, rs in sorted(seeds.items())},
+        }
+    baselines: dict[str, dict[str, float]] = {}
+    if SINGLE in rows:
+        baselines = {
+            t: {m: ms[0] for m, ms in rows[SINGLE]["metrics"][t].items() if m != "loss"}
+            for t in tasks
+            if t in rows[SINGLE]["metrics"]
+        }
+        for row in rows.values():
+            if row["kind"] == "joint":
+                row["delta_m"] = mean_std([delta_m(r, baselines, hib) for r in row["per_seed"].values()])
+    best_per_task = {}
+    for t in tasks:
+        m = next((primary(row["metrics"][t]) for row in rows.values() if t in row["metrics"]), None)
+        if m is None:
+            continue
+        sign = 1 if hib.get(t, {}).get(m, True) else -1
+        scored = {label: sign * row["metrics"][t][m][0] for label, row in rows.items() if t in row["metrics"]}
+        best_per_task[t] = {"row": max(scored, key=scored.__getitem__), "metric": m}
+    joint = {label: row["delta_m"][0] for label, row in rows.items() if "delta_m" in row}
+    overall = max(joint, key=joint.__getitem__) if joint else None
+    return {
+        "tasks": list(tasks),
+        "rows": rows,
+        "baselines": baselines,
+        "higher_is_better": hib,
+        "best_per_task": best_per_task,
+        "best_overall": overall,
+    }
+
+
+def format_table(summary: Mapping[str, Any]) -> str:
+    """The comparison as a markdown table: primary metric per task (mean ± std), Δm, time, memory."""
+    tasks = summary["tasks"]
+    rows = summary["rows"]
+    metric = {t: summary["best_per_task"][t]["metric"] for t in tasks if t in summary["best_per_task"]}
+    header = [
+        "row",
+        "seeds",
+        *[f"{t} {metric.get(t, '')}" for t in tasks],
+        "Δm % (vs single-task)",
+        "train s",
+        "peak MB",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for label, row in rows.items():
+        cells = [label, str(row["seeds"])]
+        for t in tasks:
+            if t in row["metrics"] and t in metric:
+                mean, std = row["metrics"][t][metric[t]]
+                best = summary["best_per_task"][t]["row"] == label
+                cell = f"{mean:.4f} ± {std:.4f}"
+                cells.append(f"**{cell}**" if best else cell)
+            else:
+                cells.append("–")
+        if "delta_m" in row:
+            mean, std = row["delta_m"]
+            cell = f"{mean:+.2f} ± {std:.2f}"
+            cells.append(f"**{cell}**" if summary["best_overall"] == label else cell)
+        else:
+            cells.append("0 (reference)" if label == SINGLE else "–")
+        mean, std = row["train_time_s"]
+        cells.append(f"{mean:.1f} ± {std:.1f}")
+        memory = row["peak_cuda_mb"] if row["peak_cuda_mb"] else row["peak_rss_mb"]
+        cells.append(f"{memory:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def compare(base: RunConfig, spec: CompareSpec, log: Any = print) -> dict[str, Any]:
+    """Run (or resume) every run of the comparison, then write compare.json and the report."""
+    from .compare_report import write_compare_report
+
+    root = Path(base.output_dir)
+    runs = plan(base, spec)
+    for run in runs:
+        check_finished(run)  # fail before training anything when a directory is stale
+    log(f"compare: {len(runs)} run(s) under {root}")
+    results = [execute(run, log) for run in runs]
+    summary = summarise(runs, results, list(base.tasks))
+    summary["runs"] = [
+        {"row": run.label, "seed": run.seed, "task": run.task, "dir": str(run.dir), "cost": res["cost"]}
+        for run, res in zip(runs, results, strict=True)
+    ]
+    summary["spec"] = {"methods": spec.methods, "seeds": spec.seeds, "variants": spec.variants}
+    atomic_write_json(root / "compare.json", summary)
+    if base.report.enabled:
+        from .run import write_report_safely
+
+        write_report_safely(root, write_compare_report)
+    return summary

@@ -1,0 +1,375 @@
+"""The run report: ``report.md`` plus PNG plots, from what a run directory already holds.
+
+Reads ``config.yaml``, ``metrics.jsonl`` and ``eval.json``; writes ``report.md`` and ``plots/*.png``
+into the run directory. ``jointtrain report RUN`` regenerates it. matplotlib (the ``report`` extra)
+is imported only here, only when plotting, so ``core`` imports with torch alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .affinity import Matrix, cosine_affinity, parse_cosine_key, suggest_groups
+from .checkpoint import atomic_write_text
+from .errors import CheckpointError, ConfigError
+
+Results = dict[str, dict[str, float]]
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend, or a clear error naming the extra."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ConfigError("run reports need matplotlib: pip install 'jointtrain[report]'") from e
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Records of a metrics log; a torn last line (a run killed mid-write) is ignored."""
+    records = []
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                break
+            raise CheckpointError(f"{path} line {i + 1} is not valid JSON: {e}") from e
+    return records
+
+
+def load_run(run_dir: str | Path) -> dict[str, Any]:
+    """What a report needs from a run directory: config, metrics log records, eval.json."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / "metrics.jsonl").is_file():
+        raise CheckpointError(
+            f"{run_dir} is not a run directory: it needs config.yaml and metrics.jsonl (written by jointtrain train)"
+        )
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    evaluation = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").is_file() else {}
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    return {
+        "dir": run_dir,
+        "config": config,
+        "eval": evaluation,
+        "train": [r for r in records if r.get("split") == "train"],
+        "val": [r for r in records if r.get("split") == "val"],
+        "setup": next((r for r in records if r.get("split") == "setup"), {}),
+        "tasks": list(config.get("tasks", {})),
+    }
+
+
+def directions(run: Mapping[str, Any]) -> dict[str, dict[str, bool]]:
+    """higher-is-better per task metric: from eval.json, else from the saved model's task specs."""
+    recorded = run["eval"].get("higher_is_better")
+    if recorded:
+        return recorded
+    best = Path(run["dir"]) / "best"
+    if (best / "config.json").is_file():
+        from .evaluation import higher_is_better
+        from .model import JointModel
+
+        return higher_is_better(JointModel.from_config(json.loads((best / "config.json").read_text())))
+    return {}
+
+
+def primary_metric(results: Mapping[str, float]) -> str:
+    """The task's first metric (the one model selection uses); ``loss`` when it has no other."""
+    return next((m for m in results if m != "loss"), "loss")
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def smooth(values: Sequence[float], window: int) -> list[float]:
+    """Trailing moving average (train losses are per-batch and noisy)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def best_val_record(run: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The validation record the best checkpoint was selected on (first maximum of the score)."""
+    best = None
+    for record in run["val"]:
+        if best is None or record["score"] > best["score"]:
+            best = record
+    return best
+
+
+# -- plots -----------------------------------------------------------------------------------
+def plot_curves(run: Mapping[str, Any], path: Path) -> Path:
+    """Per task: train and validation loss (top), validation primary metric (bottom)."""
+    plt = pyplot()
+    tasks = run["tasks"]
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.2 * len(tasks), 6.5), squeeze=False)
+    best = best_val_record(run)
+    for col, task in enumerate(tasks):
+        top, bottom = axes[0][col], axes[1][col]
+        steps = [r["step"] for r in run["train"] if f"loss/{task}" in r]
+        losses = [r[f"loss/{task}"] for r in run["train"] if f"loss/{task}" in r]
+        if steps:
+            top.plot(steps, losses, color="tab:blue", alpha=0.25, linewidth=0.8)
+            top.plot(steps, smooth(losses, max(1, len(losses) // 10)), color="tab:blue", label="train (moving avg.)")
+        val = [(r["step"], r["tasks"][task]) for r in run["val"] if task in r.get("tasks", {})]
+        if val:
+            top.plot([s for s, _ in val], [m["loss"] for _, m in val], "o-", color="tab:orange", label="validation")
+            metric = primary_metric(val[0][1])
+            bottom.plot([s for s, _ in val], [m[metric] for _, m in val], "o-", color="tab:green")
+            bottom.set_ylabel(f"validation {metric}")
+        if best is not None:
+            for ax in (top, bottom):
+                ax.axvline(best["step"], color="grey", linestyle="--", linewidth=1, label="best checkpoint")
+        top.set_title(f"task '{task}'")
+        top.set_ylabel("loss")
+        top.set_yscale("log" if losses and min(losses) > 0 else "linear")
+        top.legend(fontsize=8)
+        bottom.set_xlabel("optimizer step")
+        bottom.grid(alpha=0.3)
+        top.grid(alpha=0.3)
+    fig.suptitle("Training and validation curves")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_series(
+    run: Mapping[str, Any], prefix: str, path: Path, title: str, ylabel: str, labels: Mapping[str, str]
+) -> Path | None:
+    """One line per logged key ``<prefix>...`` of the train records (task weights, gradient cosines)."""
+    keys = list(labels)
+    if not keys:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    for key in keys:
+        points = [(r["step"], r[key]) for r in run["train"] if key in r]
+        ax.plot([s for s, _ in points], [v for _, v in points], label=labels[key])
+    if prefix == "cos/":
+        ax.axhline(0, color="grey", linewidth=1)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_affinity(matrix: Matrix, path: Path, title: str, unit: str) -> Path:
+    plt = pyplot()
+    tasks = list(matrix)
+    values = [[matrix[a][b] for b in tasks] for a in tasks]
+    finite = [abs(v) for row in values for v in row if v == v]
+    bound = max(finite) if finite else 1.0
+    fig, ax = plt.subplots(figsize=(1.4 * len(tasks) + 2.5, 1.2 * len(tasks) + 1.8))
+    image = ax.imshow(values, cmap="RdBu", vmin=-bound, vmax=bound)
+    ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
+    ax.set_yticks(range(len(tasks)), tasks)
+    for i, row in enumerate(values):
+        for j, v in enumerate(row):
+            dark = v == v and abs(v) > 0.6 * bound  # white text on the saturated cells
+            ax.text(j, i, fmt(v, 2), ha="center", va="center", fontsize=9, color="white" if dark else "black")
+    ax.set_xlabel("affected task j")
+    ax.set_ylabel("task i")
+    fig.colorbar(image, ax=ax, label=unit)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_gap(splits: Mapping[str, Results], path: Path, title: str) -> Path:
+    """Grouped bars: each task's primary metric on train / validation / test (overfitting at a glance)."""
+    plt = pyplot()
+    present = {s: r for s, r in splits.items() if r}
+    reference = present.get("val") or next(iter(present.values()))
+    metrics = {t: primary_metric(m) for t, m in reference.items()}
+    colours = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
+    width = 0.8 / len(present)
+    fig, ax = plt.subplots(figsize=(1.8 * len(metrics) + 3, 4))
+    for k, (split, results) in enumerate(present.items()):
+        xs = [i + (k - (len(present) - 1) / 2) * width for i in range(len(metrics))]
+        heights = [results.get(t, {}).get(m, math.nan) for t, m in metrics.items()]
+        bars = ax.bar(xs, heights, width, label=split, color=colours.get(split))
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    zoom(ax, [v for r in present.values() for t, m in metrics.items() if (v := r.get(t, {}).get(m)) is not None])
+    ax.set_xticks(range(len(metrics)), [f"{t}\n({m})" for t, m in metrics.items()])
+    ax.set_ylabel("primary metric")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def zoom(ax: Any, values: Sequence[float]) -> None:
+    """Bars of close values (0.95 vs 0.97) are unreadable from 0: start the axis near the smallest."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite or min(finite) <= 0:
+        return
+    lo, hi = min(finite), max(finite)
+    span = max(hi - lo, 0.02 * hi)
+    ax.set_ylim(max(0.0, lo - 1.5 * span), hi + 0.6 * span)
+
+
+# -- report ----------------------------------------------------------------------------------
+def gap_rows(splits: Mapping[str, Results], hib: Mapping[str, Mapping[str, bool]]) -> list[list[str]]:
+    """Per task: primary metric on train and validation, and the gap signed so positive = overfitting."""
+    rows = []
+    for task, val in splits.get("val", {}).items():
+        metric = primary_metric(val)
+        train = splits.get("train", {}).get(task, {}).get(metric)
+        sign = 1 if hib.get(task, {}).get(metric, True) else -1
+        gap = sign * (train - val[metric]) if train is not None else None
+        loss_gap = val["loss"] - splits["train"][task]["loss"] if train is not None else None
+        rows.append([task, metric, fmt(train), fmt(val[metric]), fmt(gap), fmt(loss_gap)])
+    return rows
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write ``report.md`` and ``plots/*.png`` for a run directory; returns the report's path."""
+    run = load_run(run_dir)
+    out = Path(run_dir)
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    tasks, ev = run["tasks"], run["eval"]
+    hib = directions(run)
+    lines = [f"# Run report: `{out}`", ""]
+    setup = run["setup"]
+    config = run["config"]
+    lines += [
+        f"- tasks: {', '.join(tasks)}",
+        f"- balancing: `{json.dumps(config.get('balancing'))}`, sampler: `{json.dumps(config.get('sampler'))}`",
+        f"- device: {setup.get('device', '?')}, status: {ev.get('status', 'not finished')}, "
+        f"steps: {ev.get('step', run['train'][-1]['step'] if run['train'] else 0)}"
+        + (f", training time: {ev['train_time_s']:.1f} s" if "train_time_s" in ev else ""),
+        "",
+    ]
+    if run["val"] or any(f"loss/{t}" in r for r in run["train"] for t in tasks):
+        plot_curves(run, plots / "curves.png")
+        lines += ["## Training and validation curves", "", "![curves](plots/curves.png)", ""]
+    weight_keys = {f"weight/{t}": t for t in tasks if any(f"weight/{t}" in r for r in run["train"])}
+    if plot_series(run, "weight/", plots / "weights.png", "Task weights over training", "weight", weight_keys):
+        lines += ["## Task weights", "", "![weights](plots/weights.png)", ""]
+    cos_keys = {}
+    for record in run["train"]:
+        for key in record:
+            pair = parse_cosine_key(key, tasks)
+            if pair is not None:
+                cos_keys[key] = f"{pair[0]} · {pair[1]}"
+    title = "Pairwise task-gradient cosine similarity"
+    if plot_series(run, "cos/", plots / "cosines.png", title, "cosine", cos_keys):
+        lines += ["## Task-gradient cosine similarity", "", "![cosines](plots/cosines.png)", ""]
+
+    if ev.get("tasks"):
+        lines += final_metrics_section(ev, config.get("baselines") or {})
+        best = best_val_record(run)
+        splits = {"train": ev.get("train", {}), "val": best["tasks"] if best else ev.get("val", {})}
+        splits[ev.get("split", "test")] = ev["tasks"]
+        if splits["val"] and splits["train"]:
+            plot_gap(splits, plots / "gap.png", "Best checkpoint: train vs validation vs test")
+            lines += [
+                "## Train–validation gap (overfitting at a glance)",
+                "",
+                "Gap = train − validation on the primary metric (signed so that positive means the model "
+                "does better on data it was trained on). Train metrics come from a sample of the training "
+                f"split (`report.train_eval_samples`: {config.get('report', {}).get('train_eval_samples', '?')}).",
+                "",
+                markdown_table(
+                    ["task", "metric", "train", "validation", "gap", "val − train loss"], gap_rows(splits, hib)
+                ),
+                "",
+                "![gap](plots/gap.png)",
+                "",
+            ]
+    lines += affinity_section(run, plots)
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
+    return path
+
+
+def final_metrics_section(ev: Mapping[str, Any], baselines: Mapping[str, Mapping[str, float]]) -> list[str]:
+    split = ev.get("split", "test")
+    rows = []
+    for task, metrics in ev["tasks"].items():
+        for metric, value in metrics.items():
+            base = baselines.get(task, {}).get(metric)
+            rows.append([task, metric, fmt(value), fmt(base)])
+    lines = [f"## Final metrics ({split} split, best checkpoint)", ""]
+    lines += [markdown_table(["task", "metric", split, "baseline"], rows), ""]
+    if "delta_m" in ev:
+        lines += [f"Δm against the baselines: **{ev['delta_m']:+.2f}%** (positive = better than the baselines).", ""]
+    elif not baselines:
+        lines += ["No baselines in the config (`baselines: {task: {metric: value}}`), so no Δm.", ""]
+    return lines
+
+
+def affinity_section(run: Mapping[str, Any], plots: Path) -> list[str]:
+    tasks = run["tasks"]
+    lines: list[str] = []
+    cos = cosine_affinity(run["train"], tasks)
+    if cos is not None:
+        plot_affinity(cos, plots / "affinity_cosine.png", "Mean task-gradient cosine", "cosine")
+        lines += [
+            "## Task affinity (logged gradient cosines)",
+            "",
+            f"Suggested groups (mean cosine > 0): {format_groups(suggest_groups(cos))}",
+            "",
+            "![cosine affinity](plots/affinity_cosine.png)",
+            "",
+        ]
+    look = run["eval"].get("affinity")
+    if look:
+        plot_affinity(
+            look["matrix"],
+            plots / "affinity_lookahead.png",
+            f"Look-ahead affinity (SGD step lr={look['lr']})",
+            "% loss decrease of task j",
+        )
+        lines += [
+            "## Task affinity (look-ahead)",
+            "",
+            f"Row i, column j: % by which one SGD step (lr={look['lr']}) on task i's loss, on the shared "
+            f"parameters only, lowers task j's loss; mean over {look['batches']} training batch(es), "
+            "best checkpoint. Positive = i helps j.",
+            "",
+            f"Suggested groups (mutual look-ahead > 0): {format_groups(suggest_groups(look['matrix']))}",
+            "",
+            "![look-ahead affinity](plots/affinity_lookahead.png)",
+            "",
+        ]
+    return lines
+
+
+def format_groups(groups: list[list[str]]) -> str:
+    return ", ".join("{" + ", ".join(g) + "}" for g in groups)

@@ -1,0 +1,137 @@
+"""Task weight selection: the loss_scale heuristic and jointtrain tune (grid/random, k-fold or validation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from core.balancing import build
+from core.balancing.base import BalancerSetup, StepContext
+from core.cli import main
+from core.config import dump_config, load_config
+from core.errors import ConfigError
+from core.run import build_data
+from core.tune import TuneSpec, candidates, folds, read_tune_config, tune
+
+from .helpers import toy_config
+
+
+def setup(balancer: Any, tasks: list[str]) -> None:
+    balancer.setup(
+        BalancerSetup(tasks=tasks, task_weights=dict.fromkeys(tasks, 1.0), dataset_sizes={}, steps_per_epoch=1)
+    )
+
+
+def test_loss_scale_weights_are_the_normalised_inverse_mean_of_the_first_losses_then_frozen():
+    ew = build("ew", heuristic="loss_scale", scale_steps=2)
+    setup(ew, ["a", "b"])
+    history = [{"a": 2.0, "b": 0.5}, {"a": 4.0, "b": 0.5}, {"a": 100.0, "b": 0.001}]
+    applied = []
+    for step, values in enumerate(history):
+        losses = {t: torch.tensor(v, requires_grad=True) for t, v in values.items()}
+        applied.append(ew.backward(losses, StepContext(step=step, backward=lambda total: None, loss_values=values)))
+    # after 2 steps: mean losses a=3, b=0.5 -> inverse 1/3, 2 -> normalised to sum 2
+    inverse = np.array([1 / 3, 2.0])
+    expected = 2 * inverse / inverse.sum()
+    assert applied[1] == pytest.approx({"a": expected[0], "b": expected[1]})
+    assert applied[2] == applied[1]  # frozen after scale_steps
+    # step 0 follows the first losses: inverse 1/2, 2
+    first = 2 * np.array([0.5, 2.0]) / 2.5
+    assert applied[0] == pytest.approx({"a": first[0], "b": first[1]})
+    # the measurement survives a checkpoint round trip
+    again = build("ew", heuristic="loss_scale", scale_steps=2)
+    setup(again, ["a", "b"])
+    again.load_state_dict(ew.state_dict())
+    values = {"a": 7.0, "b": 7.0}
+    losses = {t: torch.tensor(v) for t, v in values.items()}
+    assert again.weights(losses, StepContext(step=3, backward=lambda t: None, loss_values=values)) == applied[1]
+
+
+def test_bad_heuristic_settings():
+    with pytest.raises(ConfigError, match=r"unknown weight heuristic 'loss-scale'.*loss_scale"):
+        build("ew", heuristic="loss-scale")
+    with pytest.raises(ConfigError, match="scale_steps must be >= 1"):
+        build("ew", heuristic="loss_scale", scale_steps=0)
+
+
+def test_grid_and_random_candidates():
+    grid = candidates(TuneSpec(space={"balancing.heuristic": ["uniform", "size"], "train.lr": [0.1, 0.2]}))
+    assert len(grid) == 4 and {"balancing.heuristic": "size", "train.lr": 0.2} in grid
+    spec = TuneSpec(
+        space={"balancing.weights.a": {"distribution": "loguniform", "low": 0.1, "high": 10}},
+        search="random",
+        n_iter=5,
+        seed=3,
+    )
+    drawn = candidates(spec)
+    assert drawn == candidates(spec)  # seeded
+    assert len(drawn) == 5 and all(0.1 <= c["balancing.weights.a"] <= 10 for c in drawn)
+    with pytest.raises(ConfigError, match="grid search needs lists"):
+        candidates(TuneSpec(space=spec.space))
+    with pytest.raises(ConfigError, match="loguniform distribution needs low > 0"):
+        candidates(TuneSpec(space={"x": {"distribution": "loguniform", "low": 0, "high": 1}}, search="random"))
+
+
+def test_folds_partition_each_training_source(tmp_path):
+    data = build_data(toy_config(tmp_path, **{"data.regime": "per_task"}))
+    splits = folds(data, 3, seed=0)
+    assert len(splits) == 3
+    for s, source in enumerate(data.train):
+        held_out = [i for split in splits for i in split.val[s].dataset.indices]
+        assert sorted(held_out) == list(range(len(source)))  # every sample held out exactly once
+        for split in splits:
+            assert not set(split.train[s].dataset.indices) & set(split.val[s].dataset.indices)
+            assert split.test == []  # the test split is never used for the choice
+
+
+def write_tune_config(tmp_path: Path, section: dict[str, Any]) -> Path:
+    base = toy_config(tmp_path, **{"train.max_steps": 3, "train.eval_every": 3, "model.backbone.hidden": [16]})
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump({**yaml.safe_load(dump_config(base)), "tune": section}))
+    return path
+
+
+def test_tune_ranks_candidates_and_writes_the_winning_config(tmp_path, capsys):
+    section = {"cv": 2, "space": {"balancing.heuristic": ["uniform", "loss_scale"], "train.lr": [0.0, 0.01]}}
+    path = write_tune_config(tmp_path, section)
+    assert main(["tune", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "ranking" in out and "2-fold cross-validation" in out
+    result = yaml.safe_load((tmp_path / "run" / "tune" / "tune.json").read_text())
+    means = [t["mean"] for t in result["ranking"]]
+    assert means == sorted(means, reverse=True) and len(means) == 4
+    assert all(len(t["scores"]) == 2 for t in result["ranking"])
+    lr0 = [t for t in result["ranking"] if t["params"]["train.lr"] == 0.0]
+    assert all(t["mean"] < result["ranking"][0]["mean"] for t in lr0)  # lr 0 learns nothing
+    best = load_config(result["best_config"])  # a valid run config, without the tune section
+    top = result["ranking"][0]["params"]
+    assert best.balancing["heuristic"] == top["balancing.heuristic"] and best.train.lr == top["train.lr"]
+
+
+def test_tune_on_the_validation_split(tmp_path):
+    path = write_tune_config(tmp_path, {"cv": 0, "space": {"balancing.weights": [{"digit": 1.0, "parity": 0.1}]}})
+    result = tune(*read_tune_config(path), log=lambda *_: None)
+    assert result["scored_on"] == "the validation split"
+    assert load_config(result["best_config"]).balancing["weights"] == {"digit": 1.0, "parity": 0.1}
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"space": {}}, "tune.space is empty"),
+        ({"space": {"train.lr": [0.1]}, "cv": 1}, "cv must be 0"),
+        ({"space": {"train.lr": [0.1]}, "search": "bayes"}, "tune.search must be one of grid, random"),
+        ({"space": {"train.lr": []}}, "empty list"),
+        ({"space": {"balancing.temperature": [1.0]}}, r"tune candidate .*unknown argument 'temperature'"),
+        ({"space": {"train.lrr": [0.1]}}, "unknown key 'config.train.lrr'"),
+    ],
+)
+def test_bad_tune_config(tmp_path, section, message):
+    path = write_tune_config(tmp_path, section)
+    with pytest.raises(ConfigError, match=message):
+        tune(*read_tune_config(path), log=lambda *_: None)
