@@ -102,9 +102,14 @@ class JointModel(nn.Module):
         # Tied tensors share storage, which safetensors refuses; each gets its own copy.
         state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.state_dict().items()}
 
+        # A backbone may need files beside the weights (e.g. a tokenizer): optional save_extra/load_extra.
+        save_extra = getattr(self.backbone, "save_extra", None)
+
         def write(tmp: Path) -> None:
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
             save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
+            if callable(save_extra):
+                save_extra(tmp)
 
         atomic_write_dir(directory, write)
         return Path(directory)
@@ -157,4 +162,7 @@ class JointModel(nn.Module):
             model.load_state_dict(state, strict=True)
         except RuntimeError as e:
             raise CheckpointError(f"weights in {weights_path} do not match its config: {e}") from e
+        load_extra = getattr(model.backbone, "load_extra", None)
+        if callable(load_extra):
+            load_extra(directory)
         return model.to(map_location)

@@ -8,6 +8,7 @@ Artifacts in ``out_dir``: ``metrics.jsonl`` (one JSON record per log/eval), ``ch
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import random
@@ -38,6 +39,7 @@ class TrainConfig:
     max_steps: int = 1000  # optimizer steps (each may accumulate several micro-batches)
     optimizer: str = "adamw"  # adamw | sgd
     lr: float = 1e-3
+    head_lr_scale: float = 1.0  # heads train at lr * head_lr_scale (fresh heads on a pretrained backbone)
     weight_decay: float = 0.01  # decoupled (AdamW) / L2 (SGD); never applied to balancer weights
     momentum: float = 0.9  # SGD only
     schedule: str = "cosine"  # constant | cosine | linear, after warmup
@@ -186,15 +188,26 @@ class Trainer:
         return sizes
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
-        decay, no_decay = [], []
+        # (is a head, is decayed) -> params; biases and norm weights (1-D tensors) are not decayed
+        split: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {
+            k: [] for k in itertools.product((False, True), repeat=2)
+        }
         for name, p in self.model.named_parameters():
-            if p.requires_grad:  # biases and norm weights are not decayed (1-D tensors)
-                (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+            if p.requires_grad:
+                split[(name.startswith("heads."), not (p.ndim <= 1 or name.endswith(".bias")))].append(p)
+        c = self.config
+        groups = [
+            {
+                "params": params,
+                "lr": c.lr * (c.head_lr_scale if head else 1.0),
+                **({} if decay else {"weight_decay": 0.0}),
+            }
+            for (head, decay), params in split.items()
+            if params
+        ]
         balancer_params = [p for p in self.balancer.parameters() if p.requires_grad]
         if balancer_params:
             groups.append({"params": balancer_params, "weight_decay": 0.0})
-        c = self.config
         extra = {"momentum": c.momentum} if c.optimizer == "sgd" else {}
         return OPTIMIZERS.build({"name": c.optimizer, **extra}, params=groups, lr=c.lr, weight_decay=c.weight_decay)
 

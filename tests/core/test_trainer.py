@@ -221,3 +221,11 @@ def test_sgd_with_clipping_and_tensorboard(tmp_path):
     assert all("grad_norm" in r and "loss/digit" in r and "weight/parity" in r for r in train_records)
     assert train_records[-1]["lr"] < train_records[0]["lr"]
     assert any((tmp_path / "run" / "tb").iterdir()), "TensorBoard events are written when it is installed"
+
+
+def test_heads_can_train_at_a_scaled_learning_rate(tmp_path):
+    trainer = build_trainer(toy_config(tmp_path, **{"train.head_lr_scale": 10.0, "train.lr": 0.001}))
+    head_params = {id(p) for p in trainer.model.heads.parameters()}
+    for group in trainer.optimizer.param_groups[:4]:
+        is_head = {id(p) in head_params for p in group["params"]}
+        assert len(is_head) == 1 and group["lr"] == pytest.approx(0.01 if is_head.pop() else 0.001)

@@ -1,0 +1,336 @@
+"""Text data from any Hugging Face ``datasets`` source, tokenised once (cached) and padded per batch.
+
+A config's ``data.sources`` maps a source name to one dataset and the task labels it carries:
+one source per task (combined by the samplers) or one source labelling several tasks (the
+multi-labelled regime). Label kinds: ``class`` (one name per text), ``multilabel`` (a list of
+names), ``regression`` (a number), ``token`` (one tag per word of a ``tokens`` column).
+Missing labels (null / empty) are normal and masked.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import datasets
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from core.config import from_dict
+from core.data import DATASETS, DataBundle, Source
+from core.errors import ConfigError, DataError
+
+from .encoder import MINILM, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100  # the position carries no label (padding, special and continuation sub-tokens)
+KINDS = ("class", "multilabel", "regression", "token")
+SPLITS = ("train", "validation", "test")
+INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass
+class LabelSpec:
+    column: str
+    kind: str = "class"  # class | multilabel | regression | token
+    names: list[str] | None = None  # label (or tag) names; default: sorted values of the train split
+
+
+@dataclass
+class SourceSpec:
+    """One dataset: a hub name or a builder (csv, json, parquet) with local ``data_files``."""
+
+    path: str
+    labels: dict[str, Any]  # task -> column name, or a LabelSpec mapping
+    name: str | None = None  # the dataset's configuration name
+    data_files: Any = None  # str, list, or {split: files}
+    splits: dict[str, str] = field(default_factory=dict)  # our split -> the dataset's split name
+    text: str = "text"
+    text_pair: str | None = None  # second text field: sentence-pair tasks
+    tokens: str | None = None  # a column of word lists (needed by token tasks, replaces ``text``)
+    id: str | None = None  # column naming each example in error messages (default: row index)
+
+
+def parse_labels(source: str, raw: dict[str, Any]) -> dict[str, LabelSpec]:
+    labels = {}
+    for task, spec in raw.items():
+        label = from_dict(LabelSpec, {"column": spec} if isinstance(spec, str) else spec, f"{source}.labels.{task}")
+        if label.kind not in KINDS:
+            raise ConfigError(f"{source}.labels.{task}: kind must be one of {', '.join(KINDS)}, got '{label.kind}'")
+        labels[task] = label
+    if not labels:
+        raise ConfigError(f"data source '{source}' labels no task")
+    return labels
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
+
+
+def _name(value: Any) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def infer_names(column: Sequence[Any], kind: str) -> list[str]:
+    """Label names seen in a (training) column: sorted, with ``O`` first for tags."""
+    seen: set[str] = set()
+    for value in column:
+        if _missing(value):
+            continue
+        if kind in ("multilabel", "token"):
+            seen.update(_name(v) for v in value)
+        else:
+            seen.add(_name(value))
+    names = sorted(seen)
+    if kind == "token" and "O" in seen:
+        names = ["O", *(n for n in names if n != "O")]
+    return names
+
+
+def encode_batch(
+    batch: dict[str, list[Any]],
+    indices: list[int],
+    tokenizer: Any,
+    max_length: int,
+    columns: dict[str, Any],
+    labels: dict[str, dict[str, Any]],
+    where: str,
+) -> dict[str, list[Any]]:
+    """Tokenise texts (or word lists) and encode labels; word tags go on first sub-tokens."""
+    ids = batch[columns["id"]] if columns["id"] else indices
+
+    def fail(i: int, problem: str) -> DataError:
+        return DataError(f"{where}, example {ids[i]!r}: {problem}")
+
+    if columns["tokens"]:
+        texts = batch[columns["tokens"]]
+        for i, words in enumerate(texts):
+            if not words or not any(str(w).strip() for w in words):
+                raise fail(i, f"empty word list in column '{columns['tokens']}'")
+        enc = tokenizer(
+            [list(map(str, w)) for w in texts], is_split_into_words=True, truncation=True, max_length=max_length
+        )
+    else:
+        texts = batch[columns["text"]]
+        pairs = batch[columns["text_pair"]] if columns["text_pair"] else None
+        for i, text in enumerate(texts):
+            if text is None or not str(text).strip():
+                raise fail(i, f"empty text in column '{columns['text']}'; drop the example or fill it in")
+            if pairs is not None and (pairs[i] is None or not str(pairs[i]).strip()):
+                raise fail(i, f"empty text in column '{columns['text_pair']}'")
+        enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+    out: dict[str, list[Any]] = {k: enc[k] for k in INPUT_KEYS if k in enc}
+    out["truncated"] = [bool(e.overflowing) for e in enc.encodings]
+    for task, spec in labels.items():
+        index = {n: j for j, n in enumerate(spec["names"])}
+        values = batch[spec["column"]]
+        encoded: list[Any] = []
+        for i, value in enumerate(values):
+            if spec["kind"] == "token":
+                encoded.append(_align(enc.word_ids(i), value, index, columns, fail, i, len(texts[i])))
+            elif spec["kind"] == "regression":
+                try:
+                    encoded.append(float("nan") if _missing(value) else float(value))
+                except (TypeError, ValueError):
+                    raise fail(i, f"task '{task}': label {value!r} is not a number") from None
+            elif spec["kind"] == "multilabel":
+                row = [float("nan")] * len(index) if _missing(value) else [0.0] * len(index)
+                for name in [] if _missing(value) else value:
+                    if _name(name) not in index:
+                        raise fail(i, f"task '{task}': label {name!r} is not in the label list {spec['names']}")
+                    row[index[_name(name)]] = 1.0
+                encoded.append(row)
+            elif _missing(value) or (isinstance(value, int) and value < 0 and spec["class_label"]):
+                encoded.append(-1)
+            else:
+                name = spec["names"][value] if spec["class_label"] else _name(value)
+                if name not in index:
+                    raise fail(i, f"task '{task}': label {value!r} is not in the label list {spec['names']}")
+                encoded.append(index[name])
+        out[task] = encoded
+    return out
+
+
+def _align(
+    word_ids: list[int | None],
+    tags: Any,
+    index: dict[str, int],
+    columns: dict[str, Any],
+    fail: Any,
+    i: int,
+    n_words: int,
+) -> list[int]:
+    """Each word's tag on its first sub-token; -100 elsewhere (an unlabelled sentence is all -100)."""
+    if _missing(tags):
+        return [IGNORE] * len(word_ids)
+    if len(tags) != n_words:
+        raise fail(i, f"{n_words} words in column '{columns['tokens']}' but {len(tags)} tags")
+    out, previous = [], None
+    for word in word_ids:
+        if word is None or word == previous:
+            out.append(IGNORE)
+        else:
+            tag = _name(tags[word])
+            if tag not in index:
+                raise fail(i, f"tag {tag!r} (word {word}) is not in the tag list {list(index)}")
+            out.append(index[tag])
+        previous = word
+    return out
+
+
+class TextDataset(Dataset):
+    """Tokenised examples of one source and split; labels are stored under the task names."""
+
+    def __init__(self, data: datasets.Dataset, kinds: dict[str, str]) -> None:
+        self.data, self.kinds = data, kinds
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.data[int(index)]
+
+    def labelled_counts(self) -> dict[str, int]:
+        counts = {}
+        for task, kind in self.kinds.items():
+            column = self.data[task]
+            if kind == "token":
+                counts[task] = sum(any(t >= 0 for t in row) for row in column)
+            elif kind == "class":
+                counts[task] = sum(v >= 0 for v in column)
+            elif kind == "multilabel":
+                counts[task] = sum(any(not math.isnan(v) for v in row) for row in column)
+            else:
+                counts[task] = sum(not math.isnan(v) for v in column)
+        return counts
+
+
+class Collator:
+    """Dynamic padding: each batch is padded to its own longest example."""
+
+    def __init__(self, pad_id: int, kinds: dict[str, str]) -> None:
+        self.pad_id, self.kinds = pad_id, kinds
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        length = max(len(r["input_ids"]) for r in rows)
+
+        def pad(key: str, value: int) -> Tensor:
+            return torch.tensor([r[key] + [value] * (length - len(r[key])) for r in rows], dtype=torch.long)
+
+        pads = {"input_ids": self.pad_id, "attention_mask": 0, "token_type_ids": 0}
+        batch: dict[str, Any] = {"inputs": {k: pad(k, v) for k, v in pads.items() if k in rows[0]}}
+        for task, kind in self.kinds.items():
+            if kind == "token":
+                batch[task] = pad(task, IGNORE)
+            elif kind == "class":
+                batch[task] = torch.tensor([r[task] for r in rows], dtype=torch.long)
+            else:
+                batch[task] = torch.tensor([r[task] for r in rows], dtype=torch.float32)
+        return batch
+
+
+def load_splits(
+    name: str, spec: SourceSpec, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, datasets.Dataset]:
+    """The source's train/validation/test splits; missing ones are carved from train (seeded)."""
+    try:
+        loaded = datasets.load_dataset(spec.path, spec.name, data_files=spec.data_files)
+    except FileNotFoundError as e:
+        raise DataError(f"data source '{name}': {e}") from e
+    except (ValueError, ConnectionError, OSError) as e:
+        raise DataError(f"data source '{name}': cannot load '{spec.path}' (offline or unknown?): {e}") from e
+    names = {s: spec.splits.get(s, s) for s in SPLITS}
+    if names["train"] not in loaded:
+        raise DataError(f"data source '{name}' has no split '{names['train']}'; it has {list(loaded)}")
+    out = {s: loaded[names[s]] for s in SPLITS if names[s] in loaded}
+    if "test" not in out and test_fraction > 0:
+        parts = out["train"].train_test_split(test_size=test_fraction, seed=seed)
+        out["train"], out["test"] = parts["train"], parts["test"]
+    if "validation" not in out and val_fraction > 0:
+        parts = out["train"].train_test_split(test_size=val_fraction, seed=seed + 1)
+        out["train"], out["validation"] = parts["train"], parts["validation"]
+    return out
+
+
+@DATASETS.register("text")
+def text_data(
+    sources: dict[str, dict[str, Any]],
+    tokenizer: str = MINILM,
+    max_length: int = 128,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    max_train_samples: int = 0,
+) -> DataBundle:
+    """Your own text data: ``sources: {name: {path, data_files, text, labels: {task: column}}}``.
+
+    ``tokenizer`` must be the encoder's (name or directory); ``max_length`` truncates (counted in
+    the log); ``max_train_samples`` caps each training split (0 = all) for quick runs. Label
+    names found in the data go to the tasks through ``task_updates``.
+    """
+    if not sources:
+        raise ConfigError("data.sources is empty: give at least one dataset and the task labels it carries")
+    tok = load_tokenizer(tokenizer)
+    splits: dict[str, list[Source]] = {s: [] for s in SPLITS}
+    task_updates: dict[str, dict[str, Any]] = {}
+    for source_name, raw in sources.items():
+        spec: SourceSpec = from_dict(SourceSpec, raw, f"data.sources.{source_name}")
+        labels = parse_labels(source_name, spec.labels)
+        if any(lab.kind == "token" for lab in labels.values()) and not spec.tokens:
+            raise ConfigError(f"data source '{source_name}' has a token task: set 'tokens' to its word-list column")
+        parts = load_splits(source_name, spec, val_fraction, test_fraction, seed)
+        if max_train_samples and len(parts["train"]) > max_train_samples:
+            parts["train"] = parts["train"].shuffle(seed=seed).select(range(max_train_samples))
+        label_info = {}
+        for task, lab in labels.items():
+            if task in task_updates:
+                raise ConfigError(f"task '{task}' is labelled by two sources; give each task one source")
+            feature = parts["train"].features.get(lab.column)
+            if feature is None:
+                raise DataError(f"data source '{source_name}' has no column '{lab.column}' (task '{task}')")
+            class_label = isinstance(feature, datasets.ClassLabel)
+            names = lab.names or (feature.names if class_label else infer_names(parts["train"][lab.column], lab.kind))
+            label_info[task] = {"column": lab.column, "kind": lab.kind, "names": names, "class_label": class_label}
+            task_updates[task] = {} if lab.kind == "regression" else {"num_classes": len(names), "label_names": names}
+            if lab.kind == "multilabel":
+                task_updates[task]["multi_label"] = True
+        columns = {"text": spec.text, "text_pair": spec.text_pair, "tokens": spec.tokens, "id": spec.id}
+        kinds = {t: lab.kind for t, lab in labels.items()}
+        for split, data in parts.items():
+            where = f"data source '{source_name}' split '{split}'"
+            encoded = data.map(
+                encode_batch,
+                batched=True,
+                with_indices=True,
+                remove_columns=data.column_names,
+                fn_kwargs={
+                    "tokenizer": tok,
+                    "max_length": max_length,
+                    "columns": columns,
+                    "labels": label_info,
+                    "where": where,
+                },
+                desc=f"tokenising {source_name}/{split}",
+            )
+            truncated = sum(encoded["truncated"])
+            if truncated:
+                log.warning(
+                    "%s: %d of %d texts were truncated to max_length=%d", where, truncated, len(encoded), max_length
+                )
+            encoded = encoded.remove_columns("truncated")
+            splits[split].append(
+                Source(source_name, TextDataset(encoded, kinds), list(labels), Collator(tok.pad_token_id, kinds))
+            )
+    return DataBundle(
+        train=splits["train"],
+        val=splits["validation"],
+        test=splits["test"],
+        extra={"predictor": "text", "max_length": max_length},
+        task_updates=task_updates,
+        backbone_updates={"tokenizer": tokenizer},
+    )

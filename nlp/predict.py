@@ -1,0 +1,156 @@
+"""``jointtrain predict MODEL texts.txt``: labels per task and entities with character spans.
+
+Inputs: ``.txt`` (one text per line), ``.jsonl`` / ``.json`` (objects with ``text`` and an
+optional ``text_pair``, or plain strings) or ``.csv`` (a ``text`` column). The tokenizer is the
+one saved inside the model directory, so prediction runs offline.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.errors import CheckpointError, DataError
+from core.model import JointModel
+from core.predict import PREDICTORS
+
+from .metrics import bio_spans
+from .tasks import TokenClassificationTask
+
+log = logging.getLogger(__name__)
+
+# Word split for tagging raw text, close to the CoNLL tweets' tokens: URLs, @mentions and
+# #hashtags stay whole, clitics ('s) and punctuation stand alone.
+WORD = re.compile(r"https?://\S+|[@#]?\w+|'\w+|[^\w\s]")
+
+
+def words_with_offsets(text: str) -> list[tuple[str, int, int]]:
+    return [(m.group(), m.start(), m.end()) for m in WORD.finditer(text)]
+
+
+def read_texts(path: Path) -> list[dict[str, str]]:
+    """Records with ``text`` (and maybe ``text_pair``); errors name the file and line."""
+    if not path.is_file():
+        raise DataError(f"input file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        rows: list[Any] = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)]
+        rows = [(n, line) for n, line in rows if line.strip()]
+    elif suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
+            if line.strip():
+                try:
+                    rows.append((n, json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}, line {n}: not valid JSON: {e}") from e
+    elif suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: not valid JSON: {e}") from e
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a JSON list of texts or of {{'text': ...}} objects")
+        rows = list(enumerate(data))
+    elif suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = [(n, row) for n, row in enumerate(csv.DictReader(f), 2)]
+    else:
+        raise DataError(f"{path}: unsupported input type '{suffix}'; use .txt, .jsonl, .json or .csv")
+    records = []
+    for where, row in rows:
+        record = {"text": row} if isinstance(row, str) else row
+        text = record.get("text") if isinstance(record, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{path}, {'line' if suffix != '.json' else 'item'} {where}: empty or missing 'text'")
+        records.append({k: record[k] for k in ("text", "text_pair") if record.get(k)})
+    if not records:
+        raise DataError(f"{path} holds no text")
+    return records
+
+
+def entities(text: str, words: list[tuple[str, int, int]], tags: list[str]) -> list[dict[str, Any]]:
+    """Entity spans over words -> character spans into the original ``text``."""
+    out = []
+    for kind, first, end in bio_spans(tags):
+        start, stop = words[first][1], words[end - 1][2]
+        out.append({"type": kind, "start": start, "end": stop, "text": text[start:stop]})
+    return out
+
+
+@torch.no_grad()
+def predict_records(model: JointModel, records: list[dict[str, str]], batch_size: int = 32) -> list[dict[str, Any]]:
+    """Per record: each sequence task's postprocessed output, each token task's entities."""
+    tokenizer = getattr(model.backbone, "tokenizer", None)
+    if tokenizer is None:
+        raise CheckpointError("this model has no tokenizer: load it with JointModel.from_pretrained(model_dir)")
+    max_length = int(model.extra.get("max_length", 128))
+    token_tasks = [t for t, task in model.tasks.items() if isinstance(task, TokenClassificationTask)]
+    sequence_tasks = [t for t in model.tasks if t not in token_tasks]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    results: list[dict[str, Any]] = []
+    truncated = 0
+    try:
+        for start in range(0, len(records), batch_size):
+            chunk = records[start : start + batch_size]
+            rows: list[dict[str, Any]] = [{"id": start + i, **r} for i, r in enumerate(chunk)]
+            if sequence_tasks:
+                pairs = [r.get("text_pair") for r in chunk]
+                enc = tokenizer(
+                    [r["text"] for r in chunk],
+                    pairs if any(pairs) else None,
+                    truncation=True,
+                    max_length=max_length,
+                    padding=True,
+                    return_tensors="pt",
+                )
+                truncated += sum(bool(e.overflowing) for e in enc.encodings)
+                outputs = model({k: v.to(device) for k, v in enc.items()}, sequence_tasks)
+                for t in sequence_tasks:
+                    for row, value in zip(rows, model.tasks[t].postprocess(outputs[t]), strict=True):
+                        row[t] = value
+            if token_tasks:
+                words = [words_with_offsets(r["text"]) for r in chunk]
+                enc = tokenizer(
+                    [[w for w, _, _ in ws] for ws in words],
+                    is_split_into_words=True,
+                    truncation=True,
+                    max_length=max_length,
+                    padding=True,
+                    return_tensors="pt",
+                )
+                truncated += sum(bool(e.overflowing) for e in enc.encodings) if not sequence_tasks else 0
+                outputs = model({k: v.to(device) for k, v in enc.items()}, token_tasks)
+                for t in token_tasks:
+                    tag_rows = model.tasks[t].postprocess(outputs[t])
+                    for i, row in enumerate(rows):
+                        tags = ["O"] * len(words[i])  # words cut off by max_length stay untagged
+                        previous = None
+                        for position, word in enumerate(enc.word_ids(i)):
+                            if word is not None and word != previous and word < len(tags):
+                                tags[word] = tag_rows[i][position]
+                            previous = word
+                        row[t] = {"entities": entities(chunk[i]["text"], words[i], tags)}
+            results.extend(rows)
+    finally:
+        model.train(was_training)
+    if truncated:
+        log.warning(
+            "%d of %d texts were longer than max_length=%d and were truncated", truncated, len(records), max_length
+        )
+    return results
+
+
+@PREDICTORS.register("text")
+def predict_text(
+    model: JointModel, path: str | Path, out_path: Path | None = None, batch_size: int = 32
+) -> list[dict[str, Any]]:
+    return predict_records(model, read_texts(Path(path)), batch_size)

@@ -1,0 +1,146 @@
+"""Fine-tune one text encoder jointly on several NLP tasks and compare with simple baselines.
+
+Defaults: the bundled corpora (sentiment, subjectivity, Twitter NER; prepared into a local
+cache on first use) and the offline all-MiniLM-L6-v2 encoder, sized for a small CPU.
+
+    python scripts/train_nlp.py                          # joint run + TF-IDF / lexicon baselines
+    python scripts/train_nlp.py --single-task            # also each task alone, same step budget
+    python scripts/train_nlp.py --tasks sentiment        # one task alone
+    python scripts/train_nlp.py --device cuda --set train.max_steps=2000
+    jointtrain predict runs/nlp_demo texts.txt --out predictions.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from core.checkpoint import atomic_write_json
+from core.cli import format_results
+from core.config import RunConfig, load_config
+from core.errors import JointTrainError
+from core.model import JointModel
+from core.run import train
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "nlp_demo.yaml"
+EXAMPLES = [
+    "A warm, funny and beautifully acted film that never outstays its welcome.",
+    "The plot drags and the jokes fall flat.",
+    "Watching the Lakers game with Alice in Los Angeles tonight",
+]
+
+
+def select_tasks(config: RunConfig, tasks: list[str]) -> RunConfig:
+    unknown = [t for t in tasks if t not in config.tasks]
+    if unknown:
+        raise JointTrainError(f"--tasks {unknown} are not in the config; it has {list(config.tasks)}")
+    config = copy.deepcopy(config)
+    config.tasks = {t: config.tasks[t] for t in tasks}
+    if config.data.get("name") == "nlp_demo":
+        config.data["tasks"] = list(tasks)
+    return config
+
+
+def run(config: RunConfig) -> dict[str, Any]:
+    out = Path(config.output_dir)
+    if (out / "config.yaml").is_file():  # a previous run of this demo: start afresh
+        print(f"replacing the previous run in {out}")
+        shutil.rmtree(out)
+    start = time.perf_counter()
+    report = train(config)
+    report["wall_time_s"] = time.perf_counter() - start
+    return report
+
+
+def baselines(config: RunConfig) -> dict[str, dict[str, float]]:
+    """TF-IDF + logistic regression (sequence tasks) and a word-tag lexicon (NER), same splits."""
+    if config.data.get("name") != "nlp_demo":
+        return {}
+    from nlp.baselines import ner_lexicon, tfidf_logreg
+    from nlp.corpora import prepare
+
+    root = prepare(config.data.get("cache"))
+    out = {}
+    for task in config.tasks:
+        out[task] = ner_lexicon(root) if task == "ner" else tfidf_logreg(root, task)
+    return out
+
+
+def table(joint: dict[str, Any], single: dict[str, Any], base: dict[str, Any]) -> str:
+    lines = [f"{'task':<14}{'metric':<18}{'joint':>8}{'single':>8}{'baseline':>10}"]
+    for task, metrics in joint.items():
+        for metric, value in metrics.items():
+            if metric == "loss":
+                continue
+            s = single.get(task, {}).get(metric)
+            b = base.get(task, {}).get(metric)
+            cells = [format(v, ">8.4f") if v is not None else format("-", ">8") for v in (value, s)]
+            cells.append(format(b, ">10.4f") if b is not None else format("-", ">10"))
+            lines.append(f"{task:<14}{metric:<18}{''.join(cells)}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(DEFAULT_CONFIG))
+    p.add_argument("--tasks", help="comma-separated subset of the config's tasks")
+    p.add_argument("--encoder", help="AutoModel name or directory (also used as the tokenizer)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:1 ...")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--output-dir")
+    p.add_argument("--single-task", action="store_true", help="also train each task alone with the same steps")
+    p.add_argument("--no-baselines", action="store_true", help="skip the TF-IDF / lexicon baselines")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    args = p.parse_args(argv)
+
+    overrides = list(args.set)
+    for flag, key in (
+        (args.device, "train.device"),
+        (args.max_steps, "train.max_steps"),
+        (args.output_dir, "output_dir"),
+    ):
+        if flag is not None:
+            overrides.append(f"{key}={flag}")
+    if args.encoder:
+        overrides += [f"model.backbone.model={args.encoder}", f"data.tokenizer={args.encoder}"]
+    try:
+        start = time.perf_counter()
+        config = load_config(args.config, overrides)
+        if args.tasks:
+            config = select_tasks(config, args.tasks.split(","))
+        report = run(config)
+        summary: dict[str, Any] = {"joint": report["tasks"], "joint_time_s": report["wall_time_s"]}
+        print(format_results(report["tasks"], f"joint model, {report['split']} split ({report['wall_time_s']:.0f} s)"))
+        if args.single_task and len(config.tasks) > 1:
+            summary["single"] = {}
+            for task in config.tasks:
+                single = select_tasks(config, [task])
+                single.output_dir = str(Path(config.output_dir) / "single" / task)
+                result = run(single)
+                summary["single"][task] = result["tasks"][task]
+                summary[f"single_time_s/{task}"] = result["wall_time_s"]
+        summary["baselines"] = {} if args.no_baselines else baselines(config)
+        model = JointModel.from_pretrained(Path(config.output_dir) / "best")
+        from nlp.predict import predict_records
+
+        summary["examples"] = predict_records(model, [{"text": t} for t in EXAMPLES])
+        summary["total_time_s"] = time.perf_counter() - start
+    except JointTrainError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(table(summary["joint"], summary.get("single", {}), summary["baselines"]))
+    for example in summary["examples"]:
+        print(json.dumps({k: v["label"] if isinstance(v, dict) and "label" in v else v for k, v in example.items()}))
+    print(f"total time {summary['total_time_s']:.0f} s; model: {config.output_dir}/best")
+    atomic_write_json(Path(config.output_dir) / "summary.json", summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
