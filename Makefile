@@ -23,13 +23,16 @@ demo-core: $(STAMP)
 	$(VENV)/bin/jointtrain train scripts/configs/core_digits.yaml --set output_dir=runs/demo/core
 
 demo-vision: $(STAMP)
-	$(PY) scripts/train_vision.py
+	rm -rf runs/demo/vision
+	$(PY) scripts/train_vision.py --output-dir runs/demo/vision
 
 demo-nlp: $(STAMP)
-	$(PY) scripts/train_nlp.py
+	rm -rf runs/demo/nlp
+	$(PY) scripts/train_nlp.py --output-dir runs/demo/nlp
 
 demo-medical: $(STAMP)
-	$(PY) scripts/train_medical.py
+	rm -rf runs/demo/medical
+	$(PY) scripts/train_medical.py --output-dir runs/demo/medical
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -27,6 +27,8 @@ class FAMO(LossBalancer):
         eps: numerical floor inside the log.
     """
 
+    cost = "one extra forward pass per step (losses after the update), no extra backward"
+
     def __init__(self, gamma: float = 0.01, w_lr: float = 0.025, eps: float = 1e-8) -> None:
         super().__init__()
         self.gamma, self.w_lr, self.eps = gamma, w_lr, eps

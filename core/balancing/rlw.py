@@ -21,6 +21,7 @@ class RandomLossWeighting(LossBalancer):
     """
 
     randomized = True
+    cost = "none (one K-dim normal draw per step)"
 
     def __init__(self, seed: int = 0) -> None:
         super().__init__()
