@@ -1,0 +1,128 @@
+"""The ``disease`` task type: core's binary task with pos_weight from the data and a calibrated head.
+
+Labels are 0/1 floats, NaN = unknown: core's masking keeps unknown labels out of the loss and
+the metrics. The head carries the calibration (p = sigmoid(a * z + b)) and the decision
+threshold as buffers, fitted on validation data by :func:`medical.calibration.calibrate`;
+until then they are the identity and 0.5. Metrics and predictions use calibrated probabilities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from core.errors import ConfigError
+from core.heads import HEADS
+from core.tasks import TASKS, BinaryTask, bce_loss, metric_factories
+
+from .calibration import CALIBRATORS, THRESHOLDS
+
+
+class DiseaseHead(nn.Module):
+    """One logit per patient from any registered head, plus its calibration and threshold."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("scale", torch.tensor(1.0))
+        self.register_buffer("bias", torch.tensor(0.0))
+        self.register_buffer("threshold", torch.tensor(0.5))
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.inner(features)  # raw logits: the loss trains on these
+
+    def probability(self, logits: Tensor) -> Tensor:
+        return torch.sigmoid(self.scale.to(logits) * logits.float() + self.bias.to(logits))
+
+    def set_calibration(self, scale: float, bias: float, threshold: float) -> None:
+        self.scale.fill_(scale)
+        self.bias.fill_(bias)
+        self.threshold.fill_(threshold)
+
+
+class DiseaseTask(BinaryTask):
+    head: DiseaseHead
+
+    def update_metrics(self, metrics: Any, output: Tensor, target: Tensor) -> None:
+        output, target, count = self.labelled(output, target)
+        if count:
+            probs = self.head.probability(output)
+            for metric in metrics.values():
+                metric.update(probs, target.long())
+
+    def postprocess(self, output: Tensor) -> list[Any]:
+        probs = self.head.probability(output.reshape(len(output)))
+        threshold = float(self.head.threshold)
+        return [{"probability": p, "decision": int(p >= threshold), "threshold": threshold} for p in probs.tolist()]
+
+
+def resolve_pos_weight(name: str, pos_weight: float | str | None, label_counts: dict[str, int] | None) -> float | None:
+    """``"auto"`` = negatives / positives among the training labels the data reported."""
+    if pos_weight != "auto":
+        if isinstance(pos_weight, str):
+            raise ConfigError(f"task '{name}': pos_weight must be a number, null or 'auto', got '{pos_weight}'")
+        return pos_weight
+    if not label_counts or label_counts.get("positive", 0) <= 0:
+        raise ConfigError(
+            f"task '{name}': pos_weight 'auto' needs the training label counts, which the data supplies "
+            "(a medical dataset such as 'records' or 'thyroid'); give a number or null instead"
+        )
+    return label_counts["negative"] / label_counts["positive"]
+
+
+@TASKS.register("disease")
+def disease(
+    name: str,
+    backbone: nn.Module,
+    head: str | dict[str, Any] = "linear",
+    metrics: Sequence[str] = ("auroc", "auprc", "brier", "ece"),
+    label_key: str | None = None,
+    weight: float = 1.0,
+    pos_weight: float | str | None = "auto",
+    label_counts: dict[str, int] | None = None,
+    calibration: str = "platt",
+    threshold: str | float = "youden",
+    target_sensitivity: float = 0.9,
+) -> DiseaseTask:
+    """One disease: BCE on one logit, unknown (NaN) labels masked.
+
+    Args:
+        pos_weight: BCE weight of positives; ``auto`` = negatives/positives of the training split.
+        label_counts: ``{"positive": n, "negative": m}`` of the training split (supplied by the data).
+        calibration: ``platt``, ``temperature`` or ``none``, fitted on the validation split.
+        threshold: ``youden``, ``sensitivity`` (reach ``target_sensitivity``) or a fixed probability.
+    """
+    CALIBRATORS.get(calibration)  # fail on a typo now, not after training
+    if not isinstance(threshold, (int, float)):
+        THRESHOLDS.get(threshold)
+    if not 0 < target_sensitivity <= 1:
+        raise ConfigError(f"task '{name}': target_sensitivity must be in (0, 1], got {target_sensitivity}")
+    in_dim = getattr(backbone, "out_dim", None)
+    if not isinstance(in_dim, int):
+        raise ConfigError(f"backbone {type(backbone).__name__} has no integer 'out_dim' for a disease head")
+    resolved = resolve_pos_weight(name, pos_weight, label_counts)
+    spec = {
+        "type": "disease",
+        "head": head,
+        "metrics": list(metrics),
+        "label_key": label_key or name,
+        "weight": weight,
+        # the resolved number is saved: a reloaded model needs no label counts
+        "pos_weight": resolved,
+        "label_counts": label_counts,
+        "calibration": calibration,
+        "threshold": threshold,
+        "target_sensitivity": target_sensitivity,
+    }
+    return DiseaseTask(
+        name=name,
+        head=DiseaseHead(HEADS.build(head, in_dim=in_dim, out_dim=1)),
+        loss_fn=bce_loss(resolved),
+        metrics=metric_factories(metrics, "binary", None),
+        label_key=label_key or name,
+        weight=weight,
+        spec=spec,
+    )
