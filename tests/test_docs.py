@@ -32,8 +32,16 @@ def test_python_quickstart_runs(tmp_path, monkeypatch, capsys):
 
 def test_yaml_quickstart_trains(tmp_path):
     raw = yaml.safe_load(_block("YAML quickstart", "yaml"))
-    config = load_config(raw=raw, overrides=[f"output_dir={tmp_path / 'run'}", "train.max_steps=60",
-                                             "train.eval_every=30", "finetune.steps=5", "train.progress=false"])
+    config = load_config(
+        raw=raw,
+        overrides=[
+            f"output_dir={tmp_path / 'run'}",
+            "train.max_steps=60",
+            "train.eval_every=30",
+            "finetune.steps=5",
+            "train.progress=false",
+        ],
+    )
     report = train(config)
     assert report["tasks"]["digit"]["accuracy"] > 0.5 and set(report["finetune"]) == {"digit", "parity", "large"}
 
