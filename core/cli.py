@@ -16,12 +16,15 @@ from .config import load_config
 from .errors import DataError, JointTrainError
 
 
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` values plus the ``--output-dir`` shortcut."""
+    return [*(args.set or []), *([f"output_dir={args.output_dir}"] if args.output_dir else [])]
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .run import train
 
-    overrides = list(args.set or [])
-    if args.output_dir:
-        overrides.append(f"output_dir={args.output_dir}")
+    overrides = _overrides(args)
     config = load_config(args.config, overrides)
     report = train(config, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for the run
@@ -113,9 +116,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare, format_table, read_compare_config
 
-    overrides = list(args.set or [])
-    if args.output_dir:
-        overrides.append(f"output_dir={args.output_dir}")
+    overrides = _overrides(args)
     methods = args.methods.split(",") if args.methods else None
     base, spec = read_compare_config(args.config, overrides, methods, args.seeds)
     summary = compare(base, spec)
@@ -129,9 +130,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from .tune import format_ranking, read_tune_config, tune
 
-    overrides = list(args.set or [])
-    if args.output_dir:
-        overrides.append(f"output_dir={args.output_dir}")
+    overrides = _overrides(args)
     base, spec, raw = read_tune_config(args.config, overrides)
     result = tune(base, spec, raw)
     print(format_ranking(result))

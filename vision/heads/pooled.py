@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.heads import HEADS
+from core.heads import HEADS, MLPHead
 
 
 @HEADS.register("pooled")
@@ -20,13 +20,8 @@ class PooledHead(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, hidden: Sequence[int] = (), dropout: float = 0.0) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        for width in hidden:
-            layers += [nn.Linear(in_dim, width), nn.GELU(), nn.Dropout(dropout)]
-            in_dim = width
-        layers.append(nn.Linear(in_dim, out_dim))
-        self.net = nn.Sequential(*layers)
+        self.mlp = MLPHead(in_dim, out_dim, hidden, dropout)
 
     def forward(self, features: Tensor | Sequence[Tensor]) -> Tensor:
         last = features if isinstance(features, Tensor) else features[-1]
-        return self.net(F.adaptive_avg_pool2d(last, 1).flatten(1))
+        return self.mlp(F.adaptive_avg_pool2d(last, 1).flatten(1))
