@@ -1,38 +1,42 @@
-"""``jointtrain`` command line: train, evaluate, predict, compare, tune, report, list."""
+"""``jointtrain`` command line: train, evaluate, predict, compare, tune, report, list.
+
+Everything heavy is imported inside the commands, so ``jointtrain --help`` answers at once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import plugins
-from .checkpoint import atomic_write_json
-from .config import load_config
 from .errors import DataError, JointTrainError
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
-    """``--set`` values plus the ``--output-dir`` shortcut."""
-    return [*(args.set or []), *([f"output_dir={args.output_dir}"] if args.output_dir else [])]
+    """``--set`` values plus the ``--output-dir`` / ``--device`` shortcuts."""
+    extra = [f"output_dir={args.output_dir}"] if args.output_dir else []
+    extra += [f"train.device={args.device}"] if getattr(args, "device", None) else []
+    return [*(args.set or []), *extra]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .run import train
+    from .config import load_config
+    from .experiments.run import train
 
-    overrides = _overrides(args)
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, _overrides(args))
     report = train(config, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for the run
         return 130 if report.get("status") == "interrupted" else 0
     if report.get("status") == "interrupted":
+        # the run's own resolved config holds every override: resuming from it continues this run
+        saved = shlex.quote(str((Path(config.output_dir) / "config.yaml").absolute()))
         print(
-            f"interrupted at step {report['step']}; continue with: jointtrain train {args.config} --resume",
-            file=sys.stderr,
+            f"interrupted at step {report['step']}; continue with: jointtrain train {saved} --resume", file=sys.stderr
         )
         return 130
     print(format_results(report["tasks"], f"{report['split']} metrics of the best checkpoint"))
@@ -40,55 +44,74 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_dir_and_config(path: Path) -> tuple[Path, Any]:
-    """A run directory (config.yaml + best/) or a model directory that records its data spec."""
+def _model_dir_and_data(path: Path, model: str) -> tuple[Path, Any]:
+    """A run directory (config.yaml + a model folder) or a model folder that records its data spec."""
+    from .config import load_config
     from .data import Loading
 
-    if (path / "config.yaml").is_file():
+    if (path / "config.yaml").is_file() and (path / model / "config.json").is_file():
         config = load_config(path / "config.yaml")
-        return path / "best", (config.data, config.loading, config.imports)
+        return path / model, (config.data, config.loading, config.imports)
     model_config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
     extra = model_config.get("extra", {})
     if "data" not in extra:
-        raise DataError(f"{path} is neither a run directory (config.yaml) nor a model that records its data")
+        raise DataError(
+            f"{path} is neither a run directory (config.yaml + {model}/) nor a model folder that records its data"
+        )
     return path, (extra["data"], Loading(**extra.get("loading", {})), [])
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import plugins
     from .data import DATASETS
     from .distributed import init_distributed
+    from .engine.rundir import RunDir, refuse_artifact_path
     from .evaluation import evaluate
+    from .io import atomic_write_json
     from .model import JointModel
 
     path = Path(args.path)
-    model_dir, (data_spec, loading, imports) = _model_dir_and_config(path)
+    model_dir, (data_spec, loading, imports) = _model_dir_and_data(path, args.model)
+    if args.out:
+        refuse_artifact_path(args.out)
     plugins.load(imports)
     env = init_distributed(args.device)
-    model = JointModel.from_pretrained(model_dir, map_location=env.device)
+    model = JointModel.from_pretrained(model_dir, map_location=env.device, trust_remote_code=args.trust_remote_code)
     data = DATASETS.build(data_spec)
     sources = {"train": data.train, "val": data.val, "test": data.test}[args.split]
     if not sources:
         raise DataError(f"the data has no '{args.split}' split")
     results = evaluate(model, sources, loading, env)
-    out = Path(args.out) if args.out else path / "eval.json"
     if env.is_main:
-        atomic_write_json(out, {"tasks": results, "split": args.split, "model": str(model_dir)})
-        print(format_results(results, f"{args.split} metrics"))
-        print(f"written: {out}")
+        if args.out:
+            atomic_write_json(args.out, {"tasks": results, "split": args.split, "model": str(model_dir)})
+            written = args.out
+        elif model_dir == path:  # a bare model folder: never write into it
+            raise DataError(f"{path} is a model folder; pass --out FILE for the results")
+        else:  # a run directory: merged into results.json beside what training wrote
+            run = RunDir(path)
+            run.update_results("models", args.model, args.split, value=results)
+            written = f"{run.results_file} (models.{args.model}.{args.split})"
+        print(format_results(results, f"{args.split} metrics of {model_dir}"))
+        print(f"written: {written}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .distributed import resolve_device
+    from .engine.rundir import refuse_artifact_path
+    from .io import atomic_write_json
     from .model import JointModel
     from .predict import PREDICTORS
 
-    plugins.load()
+    refuse_artifact_path(args.out)
     model_dir = Path(args.model)
     if (model_dir / "best" / "config.json").is_file():
         model_dir = model_dir / "best"
     tasks = args.tasks.split(",") if args.tasks else None
-    model = JointModel.from_pretrained(model_dir, tasks=tasks, map_location=resolve_device(args.device))
+    model = JointModel.from_pretrained(
+        model_dir, tasks=tasks, map_location=resolve_device(args.device), trust_remote_code=args.trust_remote_code
+    )
     predictor = PREDICTORS.get(model.extra.get("predictor", "tensor"))
     out = Path(args.out)
     records = predictor(model, Path(args.input), out)
@@ -98,10 +121,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .balancing import BALANCERS
-    from .registry import REGISTRIES
+    import importlib
 
-    plugins.load()
+    from .balancing import BALANCERS
+    from .registry import REGISTRIES, load_plugins
+
+    for module in ("core.tasks", "core.sampling", "core.engine.optim", "core.predict", "core.digits"):
+        importlib.import_module(module)
+    load_plugins()
     for kind, registry in sorted(REGISTRIES.items()):
         if kind == "balancing method":
             print("balancing methods:")
@@ -114,7 +141,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare, format_table, read_compare_config
+    from .experiments.compare import compare, read_compare_config
+    from .experiments.compare_report import format_table
 
     overrides = _overrides(args)
     methods = args.methods.split(",") if args.methods else None
@@ -128,7 +156,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from .tune import format_ranking, read_tune_config, tune
+    from .experiments.tune import format_ranking, read_tune_config, tune
 
     overrides = _overrides(args)
     base, spec, raw = read_tune_config(args.config, overrides)
@@ -141,11 +169,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     path = Path(args.run)
     if (path / "compare.json").is_file():
-        from .compare_report import write_compare_report as writer
+        from .experiments.compare_report import write_compare_report as writer
     else:
-        from .report import write_report as writer
-    plugins.load()
-    print(f"written: {writer(path)}")
+        from .engine.report import write_report as writer
+    from .engine.rundir import RunDir
+
+    with RunDir(path).writing():
+        print(f"written: {writer(path)}")
     return 0
 
 
@@ -165,13 +195,16 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
     t.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoints/last.pt")
     t.add_argument("--output-dir", help="shortcut for --set output_dir=...")
+    t.add_argument("--device", help="shortcut for --set train.device=... (auto | cpu | cuda | cuda:N)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="per-task metrics of a run's best model (or a model directory)")
     e.add_argument("path", help="run directory or model directory")
     e.add_argument("--split", default="test", choices=["train", "val", "test"])
-    e.add_argument("--out", help="where to write the JSON (default: PATH/eval.json)")
+    e.add_argument("--model", default="best", help="which model of a run directory: best (default) or final")
+    e.add_argument("--out", help="write the JSON here (default: merged into the run's results.json)")
     e.add_argument("--device", default="auto")
+    e.add_argument("--trust-remote-code", action="store_true", help="allow import paths in the model's config.json")
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("predict", help="run a saved model on an input file")
@@ -180,6 +213,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="predictions.json")
     r.add_argument("--tasks", help="comma-separated subset of tasks")
     r.add_argument("--device", default="auto")
+    r.add_argument("--trust-remote-code", action="store_true", help="allow import paths in the model's config.json")
     r.set_defaults(func=cmd_predict)
 
     c = sub.add_parser("compare", help="joint training vs each task alone, per balancing method, over seeds")

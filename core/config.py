@@ -8,8 +8,10 @@ a misspelled key fails with the valid ones listed.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,83 @@ import yaml
 from .data import Loading
 from .errors import ConfigError
 from .registry import suggest
-from .trainer import TrainConfig
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2 floats: ``1e-3`` is a number (PyYAML's YAML 1.1 reads it as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000  # optimizer steps (each may accumulate several micro-batches)
+    optimizer: str | dict[str, Any] = "adamw"  # {name, **kwargs}: adamw, sgd, or 'torch.optim:RAdam'...
+    lr: float = 1e-3
+    head_lr_scale: float = 1.0  # task-specific parameters train at lr * head_lr_scale (fresh heads, pretrained trunk)
+    weight_decay: float = 0.01  # decoupled (AdamW) / L2 (SGD); never on biases, norms or balancer weights
+    momentum: float | None = None  # deprecated: write optimizer: {name: sgd, momentum: ...}
+    schedule: str = "cosine"  # constant | cosine | linear, after warmup
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # final lr as a fraction of lr
+    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 (with a GradScaler) | off
+    grad_accum: int = 1  # micro-batches per optimizer step
+    clip_grad_norm: float = 0.0  # 0 = no clipping
+    l1: float = 0.0  # L1 penalty on all trainable weights (sparsity / overfitting control)
+    eval_every: int = 100  # steps between validation runs (0 = only at the end)
+    monitor: str = "score"  # "score" (mean relative change of the primary metrics) or "task/metric"
+    early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0 = off
+    keep_best: int = 1  # resumable checkpoints kept for the best validation scores (besides last.pt)
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:1 ...
+    channels_last: bool = False  # memory format for conv backbones on CUDA
+    max_nonfinite_steps: int = 0  # consecutive NaN/Inf-loss steps skipped before stopping
+    progress: bool = True  # tqdm bar on rank 0
+
+    def __post_init__(self) -> None:
+        positive = {"max_steps": self.max_steps, "grad_accum": self.grad_accum, "log_every": self.log_every}
+        for key, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"train.{key} must be >= 1, got {value}")
+        non_negative = {
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "warmup_steps": self.warmup_steps,
+            "clip_grad_norm": self.clip_grad_norm,
+            "l1": self.l1,
+            "eval_every": self.eval_every,
+            "early_stopping_patience": self.early_stopping_patience,
+            "keep_best": self.keep_best,
+            "max_nonfinite_steps": self.max_nonfinite_steps,
+        }
+        for key, value in non_negative.items():
+            if value < 0:
+                raise ConfigError(f"train.{key} must be >= 0, got {value}")
+        if self.momentum is not None:  # the old spelling: fold it into the optimizer spec
+            spec = {"name": self.optimizer} if isinstance(self.optimizer, str) else dict(self.optimizer)
+            warnings.warn(
+                f"train.momentum is deprecated; write train.optimizer: {{name: {spec['name']}, momentum: "
+                f"{self.momentum}}}",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            if spec["name"] == "sgd":
+                spec.setdefault("momentum", self.momentum)
+            self.optimizer, self.momentum = spec, None
+
+    @property
+    def optimizer_spec(self) -> dict[str, Any]:
+        return {"name": self.optimizer} if isinstance(self.optimizer, str) else dict(self.optimizer)
 
 
 @dataclass
@@ -145,8 +223,24 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
             if not isinstance(child, dict):
                 raise ConfigError(f"override '{item}': '{part}' is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(text)
+        node[parts[-1]] = parse_yaml(text)
     return raw
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file's top-level mapping, or a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = parse_yaml(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f"{path} must hold a mapping of sections (model:, tasks:, data:, ...), not {type(raw).__name__}"
+        )
+    return dict(raw)
 
 
 def load_config(
@@ -156,13 +250,7 @@ def load_config(
     if raw is None:
         if path is None:
             raise ConfigError("give a config path or a raw mapping")
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from e
+        raw = read_yaml(path)
     raw = apply_overrides(dict(raw), overrides)
     config: RunConfig = from_dict(RunConfig, raw)
     if not config.tasks:

@@ -17,13 +17,13 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .registry import Registry
 from .sampling import stable_hash
 from .task import label_mask
 
 #: dataset factories: ``(**kwargs) -> DataBundle``
-DATASETS: Registry[DataBundle] = Registry("dataset")
+DATASETS: Registry[DataBundle] = Registry("dataset", builtins=("core.digits",))
 
 
 @dataclass
@@ -65,6 +65,13 @@ class Loading:
     eval_batch_size: int = 0  # 0 = 2 * batch_size
     num_workers: int = 0
     pin_memory: bool = False
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"loading.batch_size must be >= 1, got {self.batch_size}")
+        for key in ("eval_batch_size", "num_workers"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"loading.{key} must be >= 0, got {getattr(self, key)}")
 
 
 class SourceStream(Iterator[Any]):
@@ -142,10 +149,11 @@ def eval_loader(source: Source, loading: Loading, rank: int = 0, world_size: int
 
 def count_labelled(source: Source, label_keys: dict[str, str]) -> dict[str, int]:
     """Labelled examples per task in a source (reads every sample once; datasets may override
-    with a ``labelled_counts()`` method when that is expensive)."""
+    with a ``labelled_counts()`` method, keyed by label key, when that is expensive)."""
     counts_fn = getattr(source.dataset, "labelled_counts", None)
     if callable(counts_fn):
-        return {t: int(c) for t, c in counts_fn().items() if t in source.tasks}
+        by_key = counts_fn()
+        return {t: int(by_key.get(label_keys[t], 0)) for t in source.tasks}
     counts = dict.fromkeys(source.tasks, 0)
     for i in range(len(source)):
         sample = source.dataset[i]

@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -32,9 +34,18 @@ class DistEnv:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; a device that is not there is a clear error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' was asked for but no CUDA GPU is available; use device auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device '{name}' does not exist: {torch.cuda.device_count()} GPU(s) visible")
+    return device
 
 
 def init_distributed(device: str = "auto") -> DistEnv:

@@ -1,4 +1,9 @@
-"""Per-task evaluation, the aggregate model-selection score, and Δm against baselines."""
+"""Per-task evaluation, the model-selection score, and Δm against baselines.
+
+Model selection and Δm share one definition: each task's primary metric as a relative change from
+a reference, signed so that positive is better, averaged over tasks. A regression target in large
+units therefore weighs no more than an accuracy.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +15,21 @@ import torch
 
 from .data import Loading, Source, eval_loader
 from .distributed import DistEnv, all_reduce_sum
+from .errors import ConfigError
 from .model import JointModel
+from .tree import tree_map
 
 Results = dict[str, dict[str, float]]
 
 
 def move(batch: Any, device: torch.device) -> Any:
     """Move every tensor of a (nested) batch to ``device``."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return {k: move(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move(v, device) for v in batch)
-    return batch
+    return tree_map(lambda t: t.to(device, non_blocking=True), batch)
+
+
+def primary_metric(metrics: Mapping[str, float]) -> str:
+    """A task's primary metric: its first one (``loss`` when it has no other)."""
+    return next((m for m in metrics if m != "loss"), "loss")
 
 
 @torch.no_grad()
@@ -80,29 +86,57 @@ def higher_is_better(model: JointModel) -> dict[str, dict[str, bool]]:
     return {name: {**task.higher_is_better(), "loss": False} for name, task in model.tasks.items()}
 
 
-def aggregate_score(
-    results: Results, primary: Mapping[str, str], directions: Mapping[str, Mapping[str, bool]]
+def selection_score(results: Results, reference: Results, directions: Mapping[str, Mapping[str, bool]]) -> float:
+    """Model-selection score: Δm of each task's primary metric against ``reference`` (the first
+    evaluation or declared baselines). Used for early stopping and the best checkpoints."""
+    primaries = {t: {m: v[m]} for t, v in reference.items() if (m := primary_metric(v)) in v}
+    return delta_m(results, primaries, directions, zero_reference="absolute")
+
+
+def monitored_value(
+    results: Results, monitor: str, reference: Results, directions: Mapping[str, Mapping[str, bool]]
 ) -> float:
-    """Mean over tasks of each task's primary metric, negated where lower is better.
+    """What model selection maximises: ``"score"`` (:func:`selection_score`) or one ``"task/metric"``,
+    negated where lower is better."""
+    if monitor == "score":
+        return selection_score(results, reference, directions)
+    task, _, metric = monitor.partition("/")
+    if task not in results or metric not in results[task]:
+        raise ConfigError(f"monitor '{monitor}' is not among the validation results {sorted(results)}")
+    return results[task][metric] if directions[task][metric] else -results[task][metric]
 
-    Used for early stopping and best-checkpoint selection; ``monitor`` can pick one metric instead.
-    """
-    values = [results[t][m] if directions[t][m] else -results[t][m] for t, m in primary.items() if t in results]
-    return sum(values) / len(values) if values else float("-inf")
+
+def mean_results(runs: Sequence[Results]) -> Results:
+    """Metric-wise mean over several runs' results (a common reference for ranking them)."""
+    out: Results = {}
+    for t in {t for r in runs for t in r}:
+        present = [r[t] for r in runs if t in r]
+        out[t] = {m: sum(p[m] for p in present) / len(present) for m in present[0]}
+    return out
 
 
-def delta_m(results: Results, baselines: Results, directions: Mapping[str, Mapping[str, bool]]) -> float:
+def delta_m(
+    results: Results,
+    baselines: Results,
+    directions: Mapping[str, Mapping[str, bool]],
+    zero_reference: str = "skip",
+) -> float:
     """Average relative improvement over baselines, in percent (Maninis et al. 2019; LibMTL).
 
     ``Δm = 100/K * sum_k mean_{metrics m of k} (-1)^{l_m} (M_m - B_m) / B_m`` with l_m = 1 where
-    lower is better. Only metrics present in both results and baselines count.
+    lower is better. Only metrics present in both results and baselines count. A baseline of 0
+    has no relative change: ``zero_reference="skip"`` leaves that metric out, ``"absolute"`` uses
+    the absolute change instead (model selection must score every task).
     """
     per_task: list[float] = []
     for task, base in baselines.items():
         terms = [
-            (1 if directions[task][m] else -1) * (results[task][m] - b) / abs(b)
+            (1 if directions[task][m] else -1) * (results[task][m] - b) / (abs(b) if b != 0 else 1.0)
             for m, b in base.items()
-            if task in results and m in results[task] and b != 0 and m in directions.get(task, {})
+            if task in results
+            and m in results[task]
+            and m in directions.get(task, {})
+            and (b != 0 or zero_reference == "absolute")
         ]
         if terms:
             per_task.append(sum(terms) / len(terms))

@@ -9,28 +9,19 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import Tensor, nn
+from torch import nn
 
 from .backbones import BACKBONES
-from .checkpoint import atomic_write_dir
 from .errors import CheckpointError
+from .io import atomic_write_dir
+from .registry import untrusted
 from .task import Task
 from .tasks import build_task
+from .tree import tree_map
 
 FORMAT = "jointtrain.model/1"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-
-
-def tree_map(fn: Any, features: Any) -> Any:
-    """Apply ``fn`` to every tensor of a (nested) list/tuple/dict of features."""
-    if isinstance(features, Tensor):
-        return fn(features)
-    if isinstance(features, dict):
-        return {k: tree_map(fn, v) for k, v in features.items()}
-    if isinstance(features, (list, tuple)):
-        return type(features)(tree_map(fn, v) for v in features)
-    return features
 
 
 class JointModel(nn.Module):
@@ -80,10 +71,27 @@ class JointModel(nn.Module):
 
     # -- parameter partition -----------------------------------------------------------------
     def shared_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters that reach more than one task (what gradient balancing acts on)."""
         return self.backbone.parameters()
 
     def task_parameters(self, name: str) -> Iterator[nn.Parameter]:
+        """Parameters that reach task ``name`` only."""
         return self.heads[name].parameters()
+
+    def parameter_groups(self, lr: float, task_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+        """Optimizer groups from the model's own shared / task partition: task-specific parameters at
+        ``lr * task_lr_scale``; biases and norm weights (1-D tensors) without weight decay."""
+        parts = {"shared": list(self.shared_parameters())}
+        parts["task"] = [p for name in self.tasks for p in self.task_parameters(name)]
+        groups = []
+        for part, params in parts.items():
+            scale = task_lr_scale if part == "task" else 1.0
+            trainable = [p for p in params if p.requires_grad]
+            for decay in (True, False):
+                chosen = [p for p in trainable if (p.ndim > 1) == decay]
+                if chosen:
+                    groups.append({"params": chosen, "lr": lr * scale, **({} if decay else {"weight_decay": 0.0})})
+        return groups
 
     # -- persistence -----------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
@@ -117,9 +125,6 @@ class JointModel(nn.Module):
     @classmethod
     def from_config(cls, config: dict[str, Any], tasks: Sequence[str] | None = None) -> JointModel:
         """Build the architecture (random weights) from a saved config; optionally a subset of heads."""
-        from . import plugins
-
-        plugins.load()
         backbone = BACKBONES.build(config["backbone"])
         wanted = list(config["tasks"]) if tasks is None else list(tasks)
         unknown = [t for t in wanted if t not in config["tasks"]]
@@ -136,9 +141,17 @@ class JointModel(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | Path, tasks: Sequence[str] | None = None, map_location: str | torch.device = "cpu"
+        cls,
+        directory: str | Path,
+        tasks: Sequence[str] | None = None,
+        map_location: str | torch.device = "cpu",
+        trust_remote_code: bool = False,
     ) -> JointModel:
-        """Rebuild a saved model with no pickle and no network; ``tasks`` loads a subset of heads."""
+        """Rebuild a saved model with no pickle and no network; ``tasks`` loads a subset of heads.
+
+        Components resolve by registered name only: an import path in ``config.json`` would run code
+        from the file, so it is refused unless ``trust_remote_code=True``.
+        """
         directory = Path(directory)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         if not config_path.is_file() or not weights_path.is_file():
@@ -151,7 +164,11 @@ class JointModel(nn.Module):
             raise CheckpointError(f"{config_path} is not valid JSON: {e}") from e
         if config.get("format") != FORMAT:
             raise CheckpointError(f"{config_path} has format {config.get('format')!r}, expected {FORMAT!r}")
-        model = cls.from_config(config, tasks)
+        if trust_remote_code:
+            model = cls.from_config(config, tasks)
+        else:
+            with untrusted(str(config_path)):
+                model = cls.from_config(config, tasks)
         try:
             state = load_file(str(weights_path), device=str(map_location))
         except Exception as e:  # safetensors raises its own error type for truncated files

@@ -1,38 +1,31 @@
-"""Populate the registries: core's own components, installed domain packages, user modules.
+"""User modules named in a config's ``imports:`` list, imported so they register components.
 
-Domain packages announce themselves through the ``jointtrain.plugins`` entry-point group
-(see pyproject.toml), so ``core`` never imports them by name.
+Core's own components register where their registry lives, and installed domain packages are
+found through entry points when a name is missing (see ``core.registry``); this module handles
+the user's own code only.
 """
 
 from __future__ import annotations
 
 import importlib
-import warnings
+import os
+import sys
 from collections.abc import Sequence
-from importlib.metadata import entry_points
 
 from .errors import ConfigError
 
-BUILTIN = ("core.tasks", "core.balancing", "core.sampling", "core.optim", "core.toy", "core.predict")
-_loaded = False
-
 
 def load(modules: Sequence[str] = ()) -> None:
-    """Import built-in and plugin modules once, then ``modules`` (a config's ``imports``)."""
-    global _loaded
-    if not _loaded:
-        for name in BUILTIN:
-            importlib.import_module(name)
-        for ep in entry_points(group="jointtrain.plugins"):
-            try:
-                ep.load()
-            except ImportError as e:  # a domain installed without its extra
-                warnings.warn(
-                    f"jointtrain plugin '{ep.name}' not loaded: {e}; install jointtrain[{ep.name}]", stacklevel=2
-                )
-        _loaded = True
+    """Import each of ``modules``; the working folder is searched first, as ``python -m`` does
+    (a console script such as ``jointtrain`` would not look there)."""
+    cwd = os.getcwd()
+    if modules and cwd not in sys.path:
+        sys.path.insert(0, cwd)
     for name in modules:
         try:
             importlib.import_module(name)
         except ImportError as e:
-            raise ConfigError(f"cannot import '{name}' listed in 'imports': {e}") from e
+            raise ConfigError(
+                f"cannot import '{name}' listed in 'imports': {e}. It must be importable from the working "
+                f"folder ({cwd}) or the Python path."
+            ) from e

@@ -1,15 +1,25 @@
 """String -> factory registries. Every component is built from ``{"name": ..., **kwargs}``.
 
 A name containing ``:`` is an import path (``mypkg.module:MyBackbone``), so users plug in their
-own components without editing the library.
+own components without editing the library. Import paths run code, so they are refused while
+loading files a user did not write (:func:`untrusted`), unless the caller opts in
+(``trust_remote_code=True``, the transformers convention).
+
+Domain packages announce themselves through the ``jointtrain.plugins`` entry-point group; they
+are imported only when a name is not found among the components already registered, so
+``jointtrain --help`` or a core-only run never pays for timm or transformers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import importlib
 import inspect
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
 from .errors import ConfigError
@@ -18,6 +28,43 @@ T = TypeVar("T")
 
 #: every registry by kind, for ``jointtrain list``
 REGISTRIES: dict[str, Registry[Any]] = {}
+
+_TRUSTED: contextvars.ContextVar[bool] = contextvars.ContextVar("jointtrain_trust_imports", default=True)
+_plugins_loaded = False
+
+
+@contextlib.contextmanager
+def untrusted(source: str) -> Iterator[None]:
+    """Inside this block import paths are refused: components resolve by registered name only."""
+    token = _TRUSTED.set(False)
+    try:
+        yield
+    except UntrustedImport as e:
+        raise ConfigError(
+            f"{source} names the import path '{e.path}', which would run code from that file. Load it with "
+            "trust_remote_code=True (CLI: --trust-remote-code) only if you trust its author."
+        ) from None
+    finally:
+        _TRUSTED.reset(token)
+
+
+class UntrustedImport(Exception):
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
+
+
+def load_plugins() -> None:
+    """Import every installed domain package (each registers its components) once."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for ep in entry_points(group="jointtrain.plugins"):
+        try:
+            ep.load()
+        except ImportError as e:  # a domain installed without its extra
+            warnings.warn(f"jointtrain plugin '{ep.name}' not loaded: {e}; install jointtrain[{ep.name}]", stacklevel=2)
 
 
 def suggest(name: str, valid: list[str]) -> str:
@@ -28,6 +75,8 @@ def suggest(name: str, valid: list[str]) -> str:
 def import_object(path: str) -> Any:
     """Resolve ``package.module:attr`` (attr may be dotted)."""
     module_name, _, attr = path.partition(":")
+    if not _TRUSTED.get():
+        raise UntrustedImport(path)
     if not module_name or not attr:
         raise ConfigError(f"import path '{path}' must look like 'package.module:Name'")
     try:
@@ -71,12 +120,19 @@ def check_kwargs(factory: Callable[..., Any], kwargs: Mapping[str, Any], what: s
 class Registry(Generic[T]):
     """A named collection of factories that refuses silent overwrites."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, builtins: Sequence[str] = ()) -> None:
         if kind in REGISTRIES:
             raise ValueError(f"a registry of kind '{kind}' already exists")
         self.kind = kind
         self._factories: dict[str, Callable[..., T]] = {}
+        self._builtins = tuple(builtins)  # modules registering core's own components, imported on first lookup
         REGISTRIES[kind] = self
+
+    def _load(self, plugins: bool) -> None:
+        for module in self._builtins:
+            importlib.import_module(module)
+        if plugins:
+            load_plugins()
 
     def register(self, name: str, *, override: bool = False) -> Callable[[Callable[..., T]], Callable[..., T]]:
         if name != name.lower() or ":" in name:
@@ -91,16 +147,21 @@ class Registry(Generic[T]):
         return decorator
 
     def names(self) -> list[str]:
+        self._load(plugins=True)
         return sorted(self._factories)
 
     def __contains__(self, name: str) -> bool:
-        return name in self._factories
+        return name in self.names()
 
     def get(self, name: str) -> Callable[..., T]:
-        if name in self._factories:
-            return self._factories[name]
         if ":" in name:
             return import_object(name)
+        for plugins in (False, True):
+            if name in self._factories:
+                return self._factories[name]
+            self._load(plugins)
+        if name in self._factories:
+            return self._factories[name]
         valid = self.names()
         raise ConfigError(
             f"unknown {self.kind} '{name}'.{suggest(name, valid)} Valid names: {', '.join(valid)}; "

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from core.checkpoint import atomic_write, atomic_write_dir
 from core.errors import DataError
+from core.io import atomic_write, atomic_write_dir
 
 from .conll import parse_conll
 

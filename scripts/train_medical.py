@@ -12,8 +12,6 @@ splits (and, with ``--single``, one model per disease: same recipe, one head) ->
 from __future__ import annotations
 
 import argparse
-import copy
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -23,13 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from core import plugins
-from core.checkpoint import atomic_write_json
-from core.config import RunConfig, load_config
+from core.engine.rundir import RunDir
 from core.errors import JointTrainError
 from core.evaluation import evaluate
+from core.experiments.builder import Experiment
+from core.experiments.run import train
+from core.io import atomic_write_json
 from core.model import JointModel
-from core.run import build_data, train
 from medical.baseline import gradient_boosting
 from medical.calibration import calibrate
 from medical.metrics import binary_scores, collect_logits, macro
@@ -38,45 +36,24 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "medical_thyroid.yaml"
 BAR = {"auroc": 0.99, "auprc": 0.90, "ece": 0.03}  # issue 6: macro AUROC / AUPRC, ECE per disease
 
 
-def fresh_dir(path: str) -> str:
-    """``path``, or ``path-2``, ``path-3``... when it already holds a run (never overwrite one)."""
-    candidate, n = Path(path), 1
-    while (candidate / "checkpoints").exists() or (candidate / "eval.json").exists():
-        n += 1
-        candidate = Path(f"{path}-{n}")
-    return str(candidate)
-
-
-def calibrate_and_test(config: RunConfig) -> dict[str, Any]:
+def calibrate_and_test(experiment: Experiment) -> dict[str, Any]:
     """Calibrate the run's best model on validation, save it back, score it on test."""
-    best_dir = Path(config.output_dir) / "best"
-    model = JointModel.from_pretrained(best_dir)
-    data = build_data(config)
+    config, run = experiment.config, RunDir(experiment.config.output_dir)
+    model = JointModel.from_pretrained(run.model("best"))
+    data = experiment.data
     fitted = calibrate(model, data.val, config.loading)
-    model.save_pretrained(best_dir)
+    with run.writing():
+        model.save_pretrained(run.model("best"))
     test: dict[str, dict[str, Any]] = {}
     for name, (logits, labels) in collect_logits(model, data.test, config.loading).items():
         head = model.tasks[name].head
         scores = binary_scores(head.probability(torch.as_tensor(logits)).numpy(), labels)
         scores["ece_uncalibrated"] = binary_scores(1 / (1 + np.exp(-logits)), labels)["ece"]
         test[name] = scores
-    eval_path = Path(config.output_dir) / "eval.json"
-    report = json.loads(eval_path.read_text())
-    report.update(tasks=evaluate(model, data.test, config.loading), calibrated=True, calibration=fitted)
-    atomic_write_json(eval_path, report)
+    # the saved best model is now the calibrated one: its results replace the uncalibrated ones
+    run.update_results("models", "best", "test", value=evaluate(model, data.test, config.loading))
+    run.update_results("calibration", value=fitted)
     return {"test": test, "calibration": fitted}
-
-
-def single_task_configs(config: RunConfig) -> dict[str, RunConfig]:
-    out = {}
-    for name, spec in config.tasks.items():
-        single = copy.deepcopy(config)
-        single.tasks = {name: spec}
-        single.output_dir = str(Path(config.output_dir) / "single" / name)
-        if single.data.get("name") == "thyroid":  # only that group's labels: the same rows, no other disease
-            single.data = {**single.data, "groups": [name]}
-        out[name] = single
-    return out
 
 
 def table(results: dict[str, dict[str, dict[str, Any]]], diseases: Sequence[str]) -> str:
@@ -100,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(DEFAULT_CONFIG))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
-    p.add_argument("--output-dir", help="run directory (default: the config's; a numbered one if it is taken)")
+    p.add_argument("--output-dir", help="run directory (default: the config's); a folder holding a run is refused")
     p.add_argument(
         "--single", action="store_true", help="also train one model per disease (same recipe; ~4x the joint time)"
     )
@@ -108,30 +85,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (small tabular models run fastest on one)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    plugins.load()
-    config = load_config(args.config, [*args.set, "train.progress=false"])
-    config.output_dir = fresh_dir(args.output_dir or config.output_dir)
+    overrides = [*args.set, "train.progress=false", *([f"output_dir={args.output_dir}"] if args.output_dir else [])]
+    experiment = Experiment.from_file(args.config, overrides)
+    config = experiment.config
     diseases = list(config.tasks)
     timings: dict[str, float] = {}
     results: dict[str, dict[str, dict[str, Any]]] = {}
 
     start = time.perf_counter()
     train(config)
-    joint = calibrate_and_test(config)
+    joint = calibrate_and_test(experiment)
     timings["joint"] = time.perf_counter() - start
     results["joint"] = joint["test"]
 
     if args.single:
         start = time.perf_counter()
         results["single"] = {}
-        for name, single in single_task_configs(config).items():
-            train(single)
+        for name in diseases:
+            single = experiment.single_task(name)
+            train(single.config)
             results["single"][name] = calibrate_and_test(single)["test"][name]
         timings["single (all diseases)"] = time.perf_counter() - start
 
     if not args.no_baseline:
         start = time.perf_counter()
-        data = build_data(config)
+        data = experiment.data
         results["hgb"] = gradient_boosting(data.train, data.test, diseases, seed=config.train.seed)
         timings["hgb"] = time.perf_counter() - start
 

@@ -13,20 +13,19 @@ cache on first use) and the offline all-MiniLM-L6-v2 encoder, sized for a small 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from core.checkpoint import atomic_write_json
 from core.cli import format_results
-from core.config import RunConfig, load_config
+from core.config import RunConfig
 from core.errors import JointTrainError
+from core.experiments.builder import Experiment
+from core.experiments.run import train
+from core.io import atomic_write_json
 from core.model import JointModel
-from core.run import train
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "nlp_demo.yaml"
 EXAMPLES = [
@@ -36,22 +35,7 @@ EXAMPLES = [
 ]
 
 
-def select_tasks(config: RunConfig, tasks: list[str]) -> RunConfig:
-    unknown = [t for t in tasks if t not in config.tasks]
-    if unknown:
-        raise JointTrainError(f"--tasks {unknown} are not in the config; it has {list(config.tasks)}")
-    config = copy.deepcopy(config)
-    config.tasks = {t: config.tasks[t] for t in tasks}
-    if config.data.get("name") == "nlp_demo":
-        config.data["tasks"] = list(tasks)
-    return config
-
-
 def run(config: RunConfig) -> dict[str, Any]:
-    out = Path(config.output_dir)
-    if (out / "config.yaml").is_file():  # a previous run of this demo: start afresh
-        print(f"replacing the previous run in {out}")
-        shutil.rmtree(out)
     start = time.perf_counter()
     report = train(config)
     report["wall_time_s"] = time.perf_counter() - start
@@ -111,18 +95,20 @@ def main(argv: list[str] | None = None) -> int:
         overrides += [f"model.backbone.model={args.encoder}", f"data.tokenizer={args.encoder}"]
     try:
         start = time.perf_counter()
-        config = load_config(args.config, overrides)
+        experiment = Experiment.from_file(args.config, overrides)
         if args.tasks:
-            config = select_tasks(config, args.tasks.split(","))
+            tasks = args.tasks.split(",")
+            if len(tasks) != 1:
+                raise JointTrainError(f"--tasks takes one task of {list(experiment.config.tasks)}")
+            experiment = experiment.single_task(tasks[0], experiment.config.output_dir)
+        config = experiment.config
         report = run(config)
         summary: dict[str, Any] = {"joint": report["tasks"], "joint_time_s": report["wall_time_s"]}
         print(format_results(report["tasks"], f"joint model, {report['split']} split ({report['wall_time_s']:.0f} s)"))
         if args.single_task and len(config.tasks) > 1:
             summary["single"] = {}
             for task in config.tasks:
-                single = select_tasks(config, [task])
-                single.output_dir = str(Path(config.output_dir) / "single" / task)
-                result = run(single)
+                result = run(experiment.single_task(task).config)
                 summary["single"][task] = result["tasks"][task]
                 summary[f"single_time_s/{task}"] = result["wall_time_s"]
         summary["baselines"] = {} if args.no_baselines else baselines(config)

@@ -25,23 +25,22 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.checkpoint import atomic_write_json
 from core.cli import format_results
-from core.config import RunConfig, load_config
+from core.config import RunConfig
+from core.distributed import resolve_device
 from core.errors import ConfigError, JointTrainError
-from core.run import train
+from core.experiments.builder import Experiment
+from core.experiments.run import train
+from core.io import atomic_write_json
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "vision_digits.yaml"
 
 
-def restrict_tasks(config: RunConfig, tasks: Sequence[str]) -> None:
-    """Keep only ``tasks`` in the model and the data (single-task runs with the same budget)."""
-    unknown = [t for t in tasks if t not in config.tasks]
-    if unknown:
-        raise ConfigError(f"--tasks {unknown} are not in the config; it has {list(config.tasks)}")
-    config.tasks = {t: config.tasks[t] for t in tasks}
-    config.data = {**config.data, "tasks": list(tasks)}
-    config.output_dir = f"{config.output_dir}_{'_'.join(tasks)}"
+def select_tasks(experiment: Experiment, tasks: Sequence[str], output_dir: str | None) -> Experiment:
+    """One task alone (a single-task baseline with the same budget), the way ``jointtrain compare`` runs it."""
+    if len(tasks) != 1:
+        raise ConfigError(f"--tasks takes one task of {list(experiment.config.tasks)} (the joint run uses all)")
+    return experiment.single_task(tasks[0], output_dir or f"{experiment.config.output_dir}_{tasks[0]}")
 
 
 def use_gpu(config: RunConfig) -> None:
@@ -63,12 +62,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         overrides = list(args.set) + ([f"train.device={args.device}"] if args.device else [])
-        config = load_config(args.config, overrides)
+        experiment = Experiment.from_file(args.config, overrides)
         if args.tasks:
-            restrict_tasks(config, [t.strip() for t in args.tasks.split(",") if t.strip()])
-        if args.output_dir:
-            config.output_dir = args.output_dir
-        if config.train.device.startswith("cuda"):
+            experiment = select_tasks(
+                experiment, [t.strip() for t in args.tasks.split(",") if t.strip()], args.output_dir
+            )
+        elif args.output_dir:
+            experiment = experiment.with_overrides({"output_dir": args.output_dir})
+        config = experiment.config
+        if resolve_device(config.train.device).type == "cuda":
             use_gpu(config)
         report = train(config, resume=args.resume)
     except JointTrainError as e:

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from core.config import load_config
-from core.run import train
+from core.experiments.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

@@ -23,3 +23,10 @@ def toy_config(tmp_path: Any, **overrides: Any) -> RunConfig:
         "report": {"enabled": False},  # tests/core/test_report.py covers the report; the rest skip its cost
     }
     return load_config(raw=raw, overrides=[f"{k}={json.dumps(v)}" for k, v in overrides.items()])
+
+
+def build_trainer(config: RunConfig, out_dir: Any = "config") -> Any:
+    """The trainer ``jointtrain train`` would build (``out_dir=None``: no run directory)."""
+    from core.experiments.builder import Experiment
+
+    return Experiment(config).trainer(out_dir=out_dir)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from core.balancing import BALANCERS, names
-from core.run import build_trainer
+from tests.core.helpers import build_trainer
 
 from .helpers import toy_config
 
@@ -33,7 +33,7 @@ def test_method_trains_and_round_trips_its_state(tmp_path, method):
     resumed = build_trainer(
         toy_config(tmp_path, **{"balancing.name": method, "train.max_steps": 4, "train.eval_every": 4})
     )
-    resumed.load_state_dict(torch.load(trainer.checkpoint_path, weights_only=True))
+    resumed.load_state_dict(torch.load(trainer.run.last_checkpoint, weights_only=True))
     saved, loaded = trainer.balancer.state_dict(), resumed.balancer.state_dict()
     assert saved.keys() == loaded.keys()
     for key in saved:

@@ -4,7 +4,8 @@ import pytest
 
 from core.config import load_config
 from core.errors import ConfigError
-from core.run import build_trainer, train
+from core.experiments.run import train
+from tests.core.helpers import build_trainer
 
 from .helpers import toy_config
 
@@ -56,7 +57,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 def test_run_directory_of_an_incompatible_config_is_refused(tmp_path):
     train(toy_config(tmp_path, **{"train.max_steps": 5}))
-    with pytest.raises(ConfigError, match="different model"):
+    with pytest.raises(ConfigError, match=r"differs from the checkpoint's in model\.backbone"):
         train(toy_config(tmp_path, **{"model.backbone.hidden": [16]}), resume=True)
     with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
         train(toy_config(tmp_path, **{"train.max_steps": 5}))

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.evaluation import aggregate_score, delta_m
+from core.evaluation import delta_m, selection_score
 
 DIRECTIONS = {"seg": {"miou": True, "acc": True}, "depth": {"abs_err": False}}
 
@@ -19,6 +19,20 @@ def test_delta_m_needs_a_shared_metric():
         delta_m({"seg": {"miou": 1.0}}, {"depth": {"abs_err": 1.0}}, DIRECTIONS)
 
 
-def test_aggregate_score_signs_by_direction():
-    results = {"seg": {"miou": 0.6, "acc": 0.9}, "depth": {"abs_err": 0.2}}
-    assert aggregate_score(results, {"seg": "miou", "depth": "abs_err"}, DIRECTIONS) == pytest.approx((0.6 - 0.2) / 2)
+def test_selection_score_is_the_relative_change_of_primary_metrics():
+    reference = {"seg": {"miou": 0.5, "acc": 0.8}, "depth": {"abs_err": 400.0}}
+    results = {"seg": {"miou": 0.6, "acc": 0.1}, "depth": {"abs_err": 300.0}}
+    # seg's primary (miou) +20%; depth in large units -25% error = +25%: it counts no more than miou
+    assert selection_score(results, reference, DIRECTIONS) == pytest.approx((20.0 + 25.0) / 2)
+
+
+def test_selection_score_of_a_zero_reference_uses_the_absolute_change():
+    assert selection_score({"depth": {"abs_err": 0.5}}, {"depth": {"abs_err": 0.0}}, DIRECTIONS) == pytest.approx(-50.0)
+
+
+def test_raw_score_would_let_large_units_dominate():
+    """The bug this replaces: the mean of raw metrics picks the model with the better regression alone."""
+    reference = {"seg": {"miou": 0.5}, "depth": {"abs_err": 400.0}}
+    good_seg = {"seg": {"miou": 0.9}, "depth": {"abs_err": 390.0}}  # +80%, +2.5%
+    good_depth = {"seg": {"miou": 0.1}, "depth": {"abs_err": 380.0}}  # -80%, +5%
+    assert selection_score(good_seg, reference, DIRECTIONS) > selection_score(good_depth, reference, DIRECTIONS)

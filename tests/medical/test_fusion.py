@@ -6,13 +6,14 @@ import torch
 
 from core.backbones import BACKBONES
 from core.balancing import BALANCERS
+from core.config import TrainConfig
 from core.data import Loading
+from core.engine.trainer import Trainer
 from core.errors import DataError
 from core.model import JointModel
 from core.predict import PREDICTORS
 from core.sampling import SAMPLERS
 from core.tasks import build_task
-from core.trainer import TrainConfig, Trainer
 from medical.data import records
 from medical.fusion import FUSIONS
 from medical.metrics import binary_scores, collect_logits

@@ -4,8 +4,9 @@ import pytest
 
 from core.cli import main as jointtrain
 from core.config import load_config
+from core.experiments.builder import Experiment
+from core.experiments.run import train
 from core.model import JointModel
-from core.run import build_data, train
 from medical.calibration import calibrate
 from medical.thyroid import GROUPS, group_labels
 
@@ -25,7 +26,7 @@ def test_predict_cli_on_a_csv(tmp_path, capsys) -> None:
     config = load_config(raw=raw)
     train(config)
     model = JointModel.from_pretrained(tmp_path / "run" / "best")
-    fitted = calibrate(model, build_data(config).val)
+    fitted = calibrate(model, Experiment(config).data.val)
     model.save_pretrained(tmp_path / "run" / "best")
 
     new = records_frame(6, seed=9).drop(columns=["renal", "cardiac"])

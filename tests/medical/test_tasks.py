@@ -7,12 +7,13 @@ import torch.nn.functional as F
 
 from core.backbones import BACKBONES
 from core.balancing import BALANCERS
+from core.config import TrainConfig
 from core.data import Loading
+from core.engine.trainer import Trainer
 from core.errors import DataError
 from core.model import JointModel
 from core.sampling import SAMPLERS
 from core.tasks import build_task
-from core.trainer import TrainConfig, Trainer
 from medical.data import records, records_bundle
 
 from .helpers import records_frame, write_csv

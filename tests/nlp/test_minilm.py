@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.experiments.run import train
 from core.model import JointModel
-from core.run import train
 from nlp.encoder import resolve
 from nlp.predict import predict_records
 

@@ -13,8 +13,8 @@ import torch
 
 from core.cli import main as cli
 from core.config import RunConfig, load_config
+from core.experiments.run import train
 from core.model import JointModel
-from core.run import train
 from nlp.predict import entities, predict_records, words_with_offsets
 
 from .conftest import write_jsonl

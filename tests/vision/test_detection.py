@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from core.errors import DataError
-from core.run import build_trainer
 from core.tasks import build_task
+from tests.core.helpers import build_trainer
 from tests.vision.helpers import TINY_BACKBONE, vision_config
 from vision.backbone import TimmBackbone
 from vision.heads import decode

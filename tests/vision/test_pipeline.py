@@ -13,9 +13,10 @@ import yaml
 from PIL import Image
 
 from core.cli import main as cli
+from core.engine.rundir import RunDir
 from core.errors import CheckpointError
+from core.experiments.run import train
 from core.model import JointModel
-from core.run import train
 from tests.vision.helpers import vision_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,6 +97,6 @@ def test_train_script_single_task_and_per_task_regime(tmp_path, scenes_root, cap
     assert script.main(["--config", str(path), "--set", "train.max_steps=4"]) == 0
     assert "images/s" in capsys.readouterr().out
     assert script.main(["--config", str(path), "--tasks", "count", "--set", "train.max_steps=2"]) == 0
-    report = json.loads((tmp_path / "run_count" / "eval.json").read_text())
+    report = RunDir(tmp_path / "run_count").summary()
     assert set(report["tasks"]) == {"count"}
     assert script.main(["--config", str(path), "--tasks", "colour"]) == 2

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from core.balancing import BalancerSetup, NonFiniteGradients, StepContext, build
 from core.errors import ConfigError
-from core.run import train
+from core.experiments.run import train
 from tests.core.helpers import toy_config
 
 TASKS = ["a", "b", "c"]

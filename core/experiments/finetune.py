@@ -7,12 +7,17 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from .balancing import build as build_balancer
-from .data import DataBundle, Loading
-from .distributed import DistEnv
-from .model import JointModel
-from .sampling import SAMPLERS
-from .trainer import TrainConfig, Trainer
+from ..balancing import build as build_balancer
+from ..config import ReportConfig, TrainConfig
+from ..data import DataBundle, Loading
+from ..distributed import DistEnv
+from ..engine.trainer import Trainer
+from ..model import JointModel
+from ..sampling import SAMPLERS
+from .builder import restrict_tasks
+
+#: a fine-tuning stage reports its before / after metrics in the parent run's report
+NO_REPORT = ReportConfig(enabled=False, train_eval_samples=0, affinity_batches=0)
 
 
 def single_task_model(model: JointModel, task: str) -> JointModel:
@@ -25,16 +30,6 @@ def single_task_model(model: JointModel, task: str) -> JointModel:
         head_dropout=model.head_dropout.p,
         extra=model.extra,
     )
-
-
-def single_task_data(data: DataBundle, task: str) -> DataBundle:
-    """The sources that label ``task``, restricted to it."""
-
-    def keep(sources: list[Any]) -> list[Any]:
-        return [dataclasses.replace(s, tasks=[task]) for s in sources if task in s.tasks]
-
-    sizes = {task: data.task_sizes[task]} if task in data.task_sizes else {}
-    return dataclasses.replace(data, train=keep(data.train), val=keep(data.val), test=keep(data.test), task_sizes=sizes)
 
 
 def finetune(
@@ -57,7 +52,7 @@ def finetune(
     """
     report: dict[str, dict[str, Any]] = {}
     for task in tasks or list(model.tasks):
-        sub_model, sub_data = single_task_model(model, task), single_task_data(data, task)
+        sub_model, sub_data = single_task_model(model, task), restrict_tasks(data, [task])
         if mode == "head":
             for p in sub_model.backbone.parameters():
                 p.requires_grad_(False)
@@ -74,6 +69,7 @@ def finetune(
             loading,
             out_dir / "finetuned" / task if out_dir else None,
             env,
+            report=NO_REPORT,
         )
         before = {split: trainer.evaluate(split).get(task, {}) for split in ("val", "test") if getattr(sub_data, split)}
         trainer.fit()

@@ -14,11 +14,51 @@ from typing import Any
 
 import numpy as np
 
-from .affinity import cosine_affinity, suggest_groups
-from .checkpoint import atomic_write_text
-from .compare import SINGLE, format_table
-from .errors import CheckpointError
-from .report import format_groups, load_run, markdown_table, plot_affinity, pyplot, zoom
+from ..engine.affinity import cosine_affinity, suggest_groups
+from ..engine.report import format_groups, load_run, markdown_table, plot_affinity, pyplot, zoom
+from ..errors import CheckpointError
+from ..io import atomic_write_text
+
+SINGLE = "single-task"
+
+
+def format_table(summary: Mapping[str, Any]) -> str:
+    """The comparison as a markdown table: primary metric per task (mean ± std), Δm, time, memory."""
+    tasks = summary["tasks"]
+    rows = summary["rows"]
+    metric = {t: summary["best_per_task"][t]["metric"] for t in tasks if t in summary["best_per_task"]}
+    header = [
+        "row",
+        "seeds",
+        *[f"{t} {metric.get(t, '')}" for t in tasks],
+        "Δm % (vs single-task)",
+        "train s",
+        "peak MB",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for label, row in rows.items():
+        cells = [label, str(row["seeds"])]
+        for t in tasks:
+            if t in row["metrics"] and t in metric:
+                mean, std = row["metrics"][t][metric[t]]
+                best = summary["best_per_task"][t]["row"] == label
+                cell = f"{mean:.4f} ± {std:.4f}"
+                cells.append(f"**{cell}**" if best else cell)
+            else:
+                cells.append("–")
+        if "delta_m" in row:
+            mean, std = row["delta_m"]
+            cell = f"{mean:+.2f} ± {std:.2f}"
+            cells.append(f"**{cell}**" if summary["best_overall"] == label else cell)
+        else:
+            cells.append("0 (reference)" if label == SINGLE else "–")
+        mean, std = row["train_time_s"]
+        cells.append(f"{mean:.1f} ± {std:.1f}")
+        memory = row["peak_cuda_mb"] if row["peak_cuda_mb"] else row["peak_rss_mb"]
+        cells.append(f"{memory:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
 
 COLOURS = ["tab:grey", "tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink"]
 

@@ -8,15 +8,16 @@ import math
 import pytest
 import torch
 
-import core.report
-from core.affinity import cosine_affinity, lookahead_affinity, parse_cosine_key, suggest_groups
+import core.engine.report
 from core.cli import main
 from core.data import DataBundle, Loading
+from core.engine.affinity import cosine_affinity, lookahead_affinity, parse_cosine_key, suggest_groups
+from core.engine.report import write_report
 from core.errors import CheckpointError
-from core.report import write_report
-from core.run import build_data, build_model, restrict_tasks, train
+from core.experiments.builder import Experiment, restrict_tasks
+from core.experiments.run import train
 
-from .helpers import toy_config
+from ..helpers import toy_config
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -51,14 +52,14 @@ def test_report_failure_warns_but_never_fails_the_training(tmp_path, monkeypatch
     def broken(run_dir):
         raise RuntimeError("no plotting today")
 
-    monkeypatch.setattr(core.report, "write_report", broken)
+    monkeypatch.setattr(core.engine.report, "write_report", broken)
     config = toy_config(
         tmp_path,
         **{"train.max_steps": 2, "report.enabled": True, "report.affinity_batches": 0, "report.train_eval_samples": 0},
     )
     with pytest.warns(RuntimeWarning, match="report .* not written: RuntimeError: no plotting today"):
         result = train(config)
-    assert result["status"] == "completed" and (tmp_path / "run" / "eval.json").is_file()
+    assert result["status"] == "completed" and (tmp_path / "run" / "results.json").is_file()
     assert "train" not in result and "affinity" not in result  # both switched off
 
 
@@ -95,8 +96,8 @@ def test_affinity_helpers():
 
 def test_lookahead_affinity_restores_the_model(tmp_path):
     config = toy_config(tmp_path)
-    data = build_data(config)
-    model = build_model(config, data)
+    data = Experiment(config).data
+    model = Experiment(config).model(data)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
     result = lookahead_affinity(model, data.train, Loading(batch_size=32), batches=2, lr=0.01)
@@ -106,14 +107,14 @@ def test_lookahead_affinity_restores_the_model(tmp_path):
 
 
 def test_config_may_train_a_subset_of_the_tasks_the_data_labels(tmp_path):
-    data = build_data(toy_config(tmp_path, **{"data.regime": "per_task"}))
+    data = Experiment(toy_config(tmp_path, **{"data.regime": "per_task"})).data
     only = restrict_tasks(data, ["parity"])
     assert isinstance(only, DataBundle)
     assert [s.tasks for s in only.train] == [["parity"]] and [s.tasks for s in only.val] == [["parity"]]
 
 
 def test_report_of_something_that_is_not_a_run(tmp_path, capsys):
-    with pytest.raises(CheckpointError, match=r"not a run directory: it needs config\.yaml and metrics\.jsonl"):
+    with pytest.raises(CheckpointError, match=r"not a run directory: it has no metrics\.jsonl"):
         write_report(tmp_path)
     assert main(["report", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.checkpoint import atomic_write, atomic_write_dir, load_state, save_state
 from core.errors import CheckpointError
+from core.io import atomic_write, atomic_write_dir, load_state, save_state
 
 
 def test_a_failed_write_leaves_the_previous_file_intact(tmp_path):

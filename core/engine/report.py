@@ -1,6 +1,6 @@
 """The run report: ``report.md`` plus PNG plots, from what a run directory already holds.
 
-Reads ``config.yaml``, ``metrics.jsonl`` and ``eval.json``; writes ``report.md`` and ``plots/*.png``
+Reads ``config.yaml``, ``metrics.jsonl`` and ``results.json``; writes ``report.md`` and ``plots/*.png``
 into the run directory. ``jointtrain report RUN`` regenerates it. matplotlib (the ``report`` extra)
 is imported only here, only when plotting, so ``core`` imports with torch alone.
 """
@@ -15,11 +15,12 @@ from typing import Any
 
 import yaml
 
+from ..errors import CheckpointError, ConfigError
+from ..evaluation import Results, primary_metric
+from ..io import atomic_write_text
 from .affinity import Matrix, cosine_affinity, parse_cosine_key, suggest_groups
-from .checkpoint import atomic_write_text
-from .errors import CheckpointError, ConfigError
-
-Results = dict[str, dict[str, float]]
+from .metrics_log import read_jsonl
+from .rundir import RunDir
 
 
 def pyplot() -> Any:
@@ -34,60 +35,37 @@ def pyplot() -> Any:
     return plt
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Records of a metrics log; a torn last line (a run killed mid-write) is ignored."""
-    records = []
-    lines = path.read_text().splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if i == len(lines) - 1:
-                break
-            raise CheckpointError(f"{path} line {i + 1} is not valid JSON: {e}") from e
-    return records
-
-
 def load_run(run_dir: str | Path) -> dict[str, Any]:
-    """What a report needs from a run directory: config, metrics log records, eval.json."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file() or not (run_dir / "metrics.jsonl").is_file():
-        raise CheckpointError(
-            f"{run_dir} is not a run directory: it needs config.yaml and metrics.jsonl (written by jointtrain train)"
-        )
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    evaluation = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").is_file() else {}
-    records = read_jsonl(run_dir / "metrics.jsonl")
+    """What a report needs from a run directory: config, metrics log records, results."""
+    run = RunDir(run_dir)
+    if not run.metrics.is_file():
+        raise CheckpointError(f"{run.path} is not a run directory: it has no metrics.jsonl (written by training)")
+    config = (yaml.safe_load(run.config.read_text()) or {}) if run.config.is_file() else {}
+    records = read_jsonl(run.metrics)
+    setup = next((r for r in records if r.get("split") == "setup"), {})
     return {
-        "dir": run_dir,
+        "dir": run.path,
         "config": config,
-        "eval": evaluation,
+        "eval": run.summary(),
         "train": [r for r in records if r.get("split") == "train"],
         "val": [r for r in records if r.get("split") == "val"],
-        "setup": next((r for r in records if r.get("split") == "setup"), {}),
-        "tasks": list(config.get("tasks", {})),
+        "setup": setup,
+        "tasks": list(setup.get("tasks") or config.get("tasks", {})),
     }
 
 
 def directions(run: Mapping[str, Any]) -> dict[str, dict[str, bool]]:
-    """higher-is-better per task metric: from eval.json, else from the saved model's task specs."""
+    """higher-is-better per task metric: from results.json, else from the saved model's task specs."""
     recorded = run["eval"].get("higher_is_better")
     if recorded:
         return recorded
     best = Path(run["dir"]) / "best"
     if (best / "config.json").is_file():
-        from .evaluation import higher_is_better
-        from .model import JointModel
+        from ..evaluation import higher_is_better
+        from ..model import JointModel
 
         return higher_is_better(JointModel.from_config(json.loads((best / "config.json").read_text())))
     return {}
-
-
-def primary_metric(results: Mapping[str, float]) -> str:
-    """The task's first metric (the one model selection uses); ``loss`` when it has no other."""
-    return next((m for m in results if m != "loss"), "loss")
 
 
 def fmt(value: float | None, digits: int = 4) -> str:
@@ -269,7 +247,8 @@ def write_report(run_dir: str | Path) -> Path:
     config = run["config"]
     lines += [
         f"- tasks: {', '.join(tasks)}",
-        f"- balancing: `{json.dumps(config.get('balancing'))}`, sampler: `{json.dumps(config.get('sampler'))}`",
+        f"- balancing: `{setup.get('balancer', json.dumps(config.get('balancing')))}`, "
+        f"sampler: {setup.get('sampler', json.dumps(config.get('sampler')))}",
         f"- device: {setup.get('device', '?')}, status: {ev.get('status', 'not finished')}, "
         f"steps: {ev.get('step', run['train'][-1]['step'] if run['train'] else 0)}"
         + (f", training time: {ev['train_time_s']:.1f} s" if "train_time_s" in ev else ""),

@@ -16,12 +16,12 @@ single-task means (LibMTL's formula, ``core.evaluation.delta_m``), training time
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import resource
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,13 +32,14 @@ import numpy as np
 import torch
 import yaml
 
-from . import plugins
-from .checkpoint import atomic_write_json
-from .config import RunConfig, apply_overrides, from_dict, load_config
-from .errors import ConfigError
-from .evaluation import delta_m
-
-SINGLE = "single-task"
+from .. import plugins
+from ..config import RunConfig, apply_overrides, from_dict, load_config, read_yaml
+from ..engine.rundir import RunDir, RunStatus, config_changes
+from ..errors import ConfigError
+from ..evaluation import delta_m, primary_metric
+from ..io import atomic_write_json
+from .builder import Experiment
+from .compare_report import SINGLE, write_compare_report
 
 
 @dataclass
@@ -85,11 +86,7 @@ def read_compare_config(
     path: str | Path, overrides: Sequence[str] = (), methods: Sequence[str] | None = None, seeds: int | None = None
 ) -> tuple[RunConfig, CompareSpec]:
     """A run config with a ``compare:`` section; command-line methods/seeds replace the section's."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
-    raw = apply_overrides(dict(raw), overrides)
+    raw = apply_overrides(read_yaml(path), overrides)
     spec: CompareSpec = from_dict(CompareSpec, raw.pop("compare", None) or {}, "compare")
     if methods:
         spec.methods = list(methods)
@@ -101,7 +98,7 @@ def read_compare_config(
 
 
 def validate(base: RunConfig, spec: CompareSpec, path: str | Path = "config") -> None:
-    from .balancing import BALANCERS
+    from ..balancing import BALANCERS
 
     if len(base.tasks) < 2:
         raise ConfigError(
@@ -129,51 +126,39 @@ def validate(base: RunConfig, spec: CompareSpec, path: str | Path = "config") ->
 def plan(base: RunConfig, spec: CompareSpec) -> list[Run]:
     """Every run of the comparison, each a full RunConfig with its own output_dir and seed."""
     root = Path(base.output_dir)
-    raw = base.to_dict()
-    raw["finetune"] = None  # a second stage would spend more budget on some rows than others
+    # a second stage would spend more budget on some rows than others
+    experiment = Experiment(base).with_overrides({"finetune": None})
     runs: list[Run] = []
 
-    def make(overrides: dict[str, Any], out: Path, seed: int, extra: Sequence[str] = ()) -> RunConfig:
-        r = copy.deepcopy(raw)
-        r.update(overrides)
-        r["output_dir"] = str(out / f"seed{seed}")
-        r["train"] = {**r["train"], "seed": seed}
-        return load_config(raw=apply_overrides(r, extra))
+    def seeded(exp: Experiment, out: Path, seed: int, extra: Sequence[str] = ()) -> RunConfig:
+        return exp.with_overrides([*extra, f"output_dir={out / f'seed{seed}'}", f"train.seed={seed}"]).config
 
     for seed in range(spec.seeds):
         if spec.single_task:
-            for task, task_spec in base.tasks.items():
-                train = dict(raw["train"])
-                if train["monitor"] != "score" and not train["monitor"].startswith(f"{task}/"):
-                    train["monitor"] = "score"  # the monitored metric belongs to another task
-                overrides = {"tasks": {task: task_spec}, "balancing": {"name": "ew", "heuristic": "uniform"}}
-                config = make({**overrides, "train": train}, root / "single" / dir_name(task), seed)
-                runs.append(Run("single", SINGLE, seed, config, task))
+            for task in base.tasks:
+                single = experiment.single_task(task)
+                runs.append(Run("single", SINGLE, seed, seeded(single, root / "single" / dir_name(task), seed), task))
         for method in spec.methods:
             label = method_label(method)
-            config = make({"balancing": as_spec(method)}, root / "joint" / dir_name(label), seed)
-            runs.append(Run("joint", label, seed, config))
+            joint = experiment.with_overrides({"balancing": as_spec(method)})
+            runs.append(Run("joint", label, seed, seeded(joint, root / "joint" / dir_name(label), seed)))
         for name, overrides in spec.variants.items():
-            config = make({"balancing": as_spec(spec.methods[0])}, root / "joint" / dir_name(name), seed, overrides)
-            runs.append(Run("joint", name, seed, config))
+            joint = experiment.with_overrides({"balancing": as_spec(spec.methods[0])})
+            runs.append(Run("joint", name, seed, seeded(joint, root / "joint" / dir_name(name), seed, overrides)))
     return runs
 
 
-def check_finished(run: Run) -> None:
+def check_reusable(run: Run) -> None:
     """A run directory made by another config must not be reused: its results would be stale."""
-    saved_path = run.dir / "config.yaml"
-    if not saved_path.is_file():
+    rundir = RunDir(run.dir)
+    if not rundir.config.is_file():
         return
-    saved = yaml.safe_load(saved_path.read_text()) or {}
-    current = yaml.safe_load(yaml.safe_dump(run.config.to_dict()))  # same normalisation as the saved file
-    for config in (saved, current):  # cosmetic settings may change between invocations
-        config.pop("output_dir", None)
-        config.pop("report", None)
-        config.get("train", {}).pop("progress", None)
-    differ = [k for k in current if saved.get(k) != current[k]]
-    if differ:
+    saved = yaml.safe_load(rundir.config.read_text()) or {}
+    current = {**run.config.to_dict(), "output_dir": saved.get("output_dir")}
+    _, refused = config_changes(saved, current)
+    if refused:
         raise ConfigError(
-            f"run directory {run.dir} was made by a config with different {', '.join(differ)}; "
+            f"run directory {run.dir} was made by a config with different {', '.join(refused)}; "
             "results there would not match this comparison. Use another output_dir or delete that directory."
         )
 
@@ -215,23 +200,26 @@ def _vm_hwm_mb() -> float | None:
 
 
 def execute(run: Run, log: Any = print) -> dict[str, Any]:
-    """Train one run (or resume it, or reuse its finished results); returns eval.json + costs."""
-    from .distributed import resolve_device
+    """Train one run (or resume it, or reuse its finished results); returns its summary + costs."""
+    from ..distributed import resolve_device
     from .run import train
 
-    check_finished(run)
-    eval_path, cost_path = run.dir / "eval.json", run.dir / "compare_run.json"
-    if eval_path.is_file() and cost_path.is_file():
+    check_reusable(run)
+    rundir, cost_path = RunDir(run.dir), run.dir / "compare_run.json"
+    status = rundir.results().get("run", {}).get("status")
+    if status is not None and RunStatus(status).finished and cost_path.is_file():
         log(f"  [done]    {run.dir}")
-        return {**json.loads(eval_path.read_text()), "cost": json.loads(cost_path.read_text())}
-    resume = (run.dir / "checkpoints" / "last.pt").is_file()
-    if not resume and (run.dir / "metrics.jsonl").is_file():
-        (run.dir / "metrics.jsonl").unlink()  # a run that died before its first checkpoint restarts clean
+        return {**rundir.summary(), "cost": json.loads(cost_path.read_text())}
+    resume = rundir.last_checkpoint.is_file()
+    if not resume and rundir.holds_run():  # died before its first checkpoint: nothing to resume
+        with rundir.writing():
+            for path in (rundir.metrics, rundir.results_file):
+                path.unlink(missing_ok=True)
     log(f"  [{'resume' if resume else 'train'}]   {run.dir}")
     start = time.perf_counter()
     with peak_memory(resolve_device(run.config.train.device)) as memory:
         result = train(run.config, resume=resume)
-    if result.get("status") == "interrupted":
+    if result.get("status") == RunStatus.INTERRUPTED:
         raise KeyboardInterrupt
     cost = {"wall_time_s": time.perf_counter() - start, "train_time_s": result["train_time_s"], **memory}
     atomic_write_json(cost_path, cost)
@@ -242,10 +230,6 @@ def execute(run: Run, log: Any = print) -> dict[str, Any]:
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     arr = np.asarray(values, dtype=float)
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
-
-
-def primary(results: Mapping[str, float]) -> str:
-    return next((m for m in results if m != "loss"), "loss")
 
 
 def summarise(runs: Sequence[Run], results: Sequence[dict[str, Any]], tasks: Sequence[str]) -> dict[str, Any]:
@@ -269,7 +253,7 @@ def summarise(runs: Sequence[Run], results: Sequence[dict[str, Any]], tasks: Seq
                 train = res.get("train", {}).get(t)
                 val = res.get("val", {}).get(t)
                 if train and val:
-                    m = primary(val)
+                    m = primary_metric(val)
                     sign = 1 if hib[t].get(m, True) else -1
                     gaps.setdefault(t, []).append(sign * (train[m] - val[m]))
         seeds: dict[int, list[dict[str, Any]]] = {}
@@ -299,7 +283,7 @@ def summarise(runs: Sequence[Run], results: Sequence[dict[str, Any]], tasks: Seq
                 row["delta_m"] = mean_std([delta_m(r, baselines, hib) for r in row["per_seed"].values()])
     best_per_task = {}
     for t in tasks:
-        m = next((primary(row["metrics"][t]) for row in rows.values() if t in row["metrics"]), None)
+        m = next((primary_metric(row["metrics"][t]) for row in rows.values() if t in row["metrics"]), None)
         if m is None:
             continue
         sign = 1 if hib.get(t, {}).get(m, True) else -1
@@ -317,52 +301,12 @@ def summarise(runs: Sequence[Run], results: Sequence[dict[str, Any]], tasks: Seq
     }
 
 
-def format_table(summary: Mapping[str, Any]) -> str:
-    """The comparison as a markdown table: primary metric per task (mean ± std), Δm, time, memory."""
-    tasks = summary["tasks"]
-    rows = summary["rows"]
-    metric = {t: summary["best_per_task"][t]["metric"] for t in tasks if t in summary["best_per_task"]}
-    header = [
-        "row",
-        "seeds",
-        *[f"{t} {metric.get(t, '')}" for t in tasks],
-        "Δm % (vs single-task)",
-        "train s",
-        "peak MB",
-    ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for label, row in rows.items():
-        cells = [label, str(row["seeds"])]
-        for t in tasks:
-            if t in row["metrics"] and t in metric:
-                mean, std = row["metrics"][t][metric[t]]
-                best = summary["best_per_task"][t]["row"] == label
-                cell = f"{mean:.4f} ± {std:.4f}"
-                cells.append(f"**{cell}**" if best else cell)
-            else:
-                cells.append("–")
-        if "delta_m" in row:
-            mean, std = row["delta_m"]
-            cell = f"{mean:+.2f} ± {std:.2f}"
-            cells.append(f"**{cell}**" if summary["best_overall"] == label else cell)
-        else:
-            cells.append("0 (reference)" if label == SINGLE else "–")
-        mean, std = row["train_time_s"]
-        cells.append(f"{mean:.1f} ± {std:.1f}")
-        memory = row["peak_cuda_mb"] if row["peak_cuda_mb"] else row["peak_rss_mb"]
-        cells.append(f"{memory:.0f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def compare(base: RunConfig, spec: CompareSpec, log: Any = print) -> dict[str, Any]:
     """Run (or resume) every run of the comparison, then write compare.json and the report."""
-    from .compare_report import write_compare_report
-
     root = Path(base.output_dir)
     runs = plan(base, spec)
     for run in runs:
-        check_finished(run)  # fail before training anything when a directory is stale
+        check_reusable(run)  # fail before training anything when a directory is stale
     log(f"compare: {len(runs)} run(s) under {root}")
     results = [execute(run, log) for run in runs]
     summary = summarise(runs, results, list(base.tasks))
@@ -373,7 +317,8 @@ def compare(base: RunConfig, spec: CompareSpec, log: Any = print) -> dict[str, A
     summary["spec"] = {"methods": spec.methods, "seeds": spec.seeds, "variants": spec.variants}
     atomic_write_json(root / "compare.json", summary)
     if base.report.enabled:
-        from .run import write_report_safely
-
-        write_report_safely(root, write_compare_report)
+        try:
+            write_compare_report(root)
+        except Exception as e:  # a plotting problem must not lose the finished comparison
+            warnings.warn(f"comparison report not written: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
     return summary

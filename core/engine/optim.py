@@ -1,4 +1,9 @@
-"""Optimizers and learning-rate schedules, by name."""
+"""Optimizers and learning-rate schedules, by name.
+
+An optimizer is a component like any other: ``train.optimizer: {name: adamw, betas: [0.9, 0.95]}``
+or any ``torch.optim`` class by import path (``{name: "torch.optim:RAdam", decoupled_weight_decay: true}``).
+The parameter groups come from the model's own shared / task partition.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,10 @@ from typing import Any
 
 import torch
 
-from .registry import Registry
+from ..balancing import Balancer
+from ..config import TrainConfig
+from ..model import JointModel
+from ..registry import Registry
 
 OPTIMIZERS: Registry[torch.optim.Optimizer] = Registry("optimizer")
 SCHEDULES: Registry[Callable[[int], float]] = Registry("schedule")
@@ -16,9 +24,9 @@ SCHEDULES: Registry[Callable[[int], float]] = Registry("schedule")
 
 @OPTIMIZERS.register("adamw")
 def adamw(
-    params: Iterable[Any], lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999)
+    params: Iterable[Any], lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
 ) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps)
 
 
 @OPTIMIZERS.register("sgd")
@@ -61,3 +69,19 @@ def linear(total: int, warmup: int = 0, min_ratio: float = 0.0) -> Callable[[int
         return 1 - (1 - min_ratio) * progress
 
     return factor
+
+
+def build_optimizer(model: JointModel, balancer: Balancer, config: TrainConfig) -> torch.optim.Optimizer:
+    """The configured optimizer over the model's groups and the balancer's learned weights (never decayed)."""
+    groups = model.parameter_groups(config.lr, config.head_lr_scale)
+    balancer_params = [p for p in balancer.parameters() if p.requires_grad]
+    if balancer_params:
+        groups.append({"params": balancer_params, "weight_decay": 0.0})
+    return OPTIMIZERS.build(config.optimizer_spec, params=groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    factor = SCHEDULES.build(
+        config.schedule, total=config.max_steps, warmup=config.warmup_steps, min_ratio=config.min_lr_ratio
+    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -15,10 +15,10 @@ from core.balancing.base import BalancerSetup, StepContext
 from core.cli import main
 from core.config import dump_config, load_config
 from core.errors import ConfigError
-from core.run import build_data
-from core.tune import TuneSpec, candidates, folds, read_tune_config, tune
+from core.experiments.builder import Experiment
+from core.experiments.tune import TuneSpec, candidates, folds, read_tune_config, tune
 
-from .helpers import toy_config
+from ..helpers import toy_config
 
 
 def setup(balancer: Any, tasks: list[str]) -> None:
@@ -78,7 +78,7 @@ def test_grid_and_random_candidates():
 
 
 def test_folds_partition_each_training_source(tmp_path):
-    data = build_data(toy_config(tmp_path, **{"data.regime": "per_task"}))
+    data = Experiment(toy_config(tmp_path, **{"data.regime": "per_task"})).data
     splits = folds(data, 3, seed=0)
     assert len(splits) == 3
     for s, source in enumerate(data.train):

@@ -8,11 +8,13 @@ import math
 import pytest
 import torch
 
-from core.errors import CheckpointError, DataError, NonFiniteLossError
+from core.engine.rundir import RunDir
+from core.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
+from core.experiments.run import train
 from core.model import JointModel
-from core.run import build_trainer, train
+from tests.core.helpers import build_trainer
 
-from .helpers import toy_config
+from ..helpers import toy_config
 
 
 def test_joint_training_of_related_tasks_learns(tmp_path):
@@ -21,7 +23,7 @@ def test_joint_training_of_related_tasks_learns(tmp_path):
     # chance is 0.10 for digit and 0.50 for parity
     assert report["tasks"]["digit"]["accuracy"] > 0.85
     assert report["tasks"]["parity"]["accuracy"] > 0.85
-    saved = json.loads((tmp_path / "run" / "eval.json").read_text())
+    saved = RunDir(tmp_path / "run").summary()
     assert saved["tasks"]["digit"]["accuracy"] == pytest.approx(report["tasks"]["digit"]["accuracy"])
     assert saved["split"] == "test"
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -67,7 +69,7 @@ def test_exact_resume_after_interruption(tmp_path):
     def stop_after_step_17() -> dict:
         record = original()
         if interrupted.step == 16:  # the loop increments after this returns: stop at 17
-            interrupted._stop_requested = True
+            interrupted.stop_requested = True
         return record
 
     interrupted.train_step = stop_after_step_17  # type: ignore[method-assign]
@@ -143,14 +145,14 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
     first = build_trainer(toy_config(tmp_path, **{"train.max_steps": 10}))
     first.fit()
     other = build_trainer(toy_config(tmp_path, **{"model.backbone.hidden": [32]}))
-    with pytest.raises(CheckpointError, match="does not match the model"):
+    with pytest.raises(ConfigError, match=r"differs from the checkpoint's in model\.backbone"):
         other.fit(resume=True)
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     trainer = build_trainer(toy_config(tmp_path, **{"train.max_steps": 10}))
     trainer.fit()
-    trainer.checkpoint_path.write_bytes(b"not a checkpoint")
+    trainer.run.last_checkpoint.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="corrupt"):
         build_trainer(toy_config(tmp_path)).fit(resume=True)
 
@@ -185,7 +187,7 @@ def test_finetune_stage_reports_before_and_after(tmp_path):
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_mixed_precision_on_cpu_trains(tmp_path, amp):
     trainer = build_trainer(toy_config(tmp_path, **{"train.amp": amp, "train.max_steps": 60, "train.eval_every": 60}))
-    assert trainer.amp_dtype is not None and trainer.scaler.is_enabled() == (amp == "fp16")
+    assert trainer.precision.dtype is not None and trainer.precision.scaler.is_enabled() == (amp == "fp16")
     trainer.fit()
     assert trainer.evaluate("val")["parity"]["accuracy"] > 0.7
 

@@ -11,12 +11,13 @@ import pytest
 import yaml
 
 from core.cli import main
-from core.compare import SINGLE, CompareSpec, compare, method_label, plan, read_compare_config, summarise
 from core.config import dump_config
+from core.engine.rundir import RunDir
 from core.errors import ConfigError
 from core.evaluation import delta_m
+from core.experiments.compare import SINGLE, CompareSpec, compare, method_label, plan, read_compare_config, summarise
 
-from .helpers import toy_config
+from ..helpers import toy_config
 
 
 def write_config(tmp_path: Path, compare_section: dict[str, Any], **overrides: Any) -> Path:
@@ -48,16 +49,16 @@ def test_compare_trains_every_row_computes_delta_m_and_skips_finished_runs(tmp_p
     # single-task runs train one task on that task's data only
     single = [r for r in summary["runs"] if r["row"] == SINGLE]
     for r in single:
-        ev = json.loads((Path(r["dir"]) / "eval.json").read_text())
+        ev = RunDir(Path(r["dir"])).summary()
         assert list(ev["tasks"]) == [r["task"]]
         assert yaml.safe_load((Path(r["dir"]) / "config.yaml").read_text())["tasks"].keys() == {r["task"]}
 
-    # Δm recomputed by hand from the runs' own eval.json files
+    # Δm recomputed by hand from the runs' own results.json files
     def test_metrics(row: str, seed: int) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
         for r in summary["runs"]:
             if r["row"] == row and r["seed"] == seed:
-                out.update(json.loads((Path(r["dir"]) / "eval.json").read_text())["tasks"])
+                out.update(RunDir(Path(r["dir"])).summary()["tasks"])
         return out
 
     baselines = {
@@ -77,9 +78,9 @@ def test_compare_trains_every_row_computes_delta_m_and_skips_finished_runs(tmp_p
         assert set(row["gap"]) == set(row["metrics"])  # train-split metrics were recorded
     assert (tmp_path / "run" / "compare.json").is_file()
 
-    # second call: every run is finished and skipped; a run that lost its eval.json is resumed
+    # second call: every run is finished and skipped; a run that lost its results.json is resumed
     victim = Path(summary["runs"][-1]["dir"])
-    (victim / "eval.json").unlink()
+    (victim / "results.json").unlink()
     capsys.readouterr()
     again = compare(base, spec)
     out = capsys.readouterr().out

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .data import Loading, Source, SourceStream
-from .evaluation import move
-from .model import JointModel
+from ..data import Loading, Source, SourceStream
+from ..evaluation import move
+from ..model import JointModel
 
 Matrix = dict[str, dict[str, float]]
 

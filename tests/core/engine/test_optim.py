@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.optim import SCHEDULES
+from core.engine.optim import SCHEDULES
 
 
 @pytest.mark.parametrize("name", SCHEDULES.names())

@@ -11,7 +11,7 @@ candidate values::
         balancing.weights.parity: {distribution: loguniform, low: 0.1, high: 10}   # random search only
 
 Each candidate is trained like ``jointtrain train`` would (same model, data, budget) and scored
-by the run's model-selection score (``train.monitor``: the mean primary metric by default) on
+by the run's model-selection score (``train.monitor``: the relative change of the primary metrics) on
 the held-out fold or the validation split. scikit-learn supplies the candidate lists
 (``ParameterGrid`` / ``ParameterSampler``) and the folds (``KFold``). The ranking goes to
 ``output_dir/tune/tune.json``; the winning config (base config + best values) to
@@ -33,11 +33,12 @@ import numpy as np
 import torch
 import yaml
 
-from . import plugins
-from .checkpoint import atomic_write_json, atomic_write_text
-from .config import RunConfig, apply_overrides, from_dict, load_config
-from .data import DataBundle, Source
-from .errors import ConfigError
+from ..config import RunConfig, apply_overrides, from_dict, load_config, read_yaml
+from ..data import DataBundle, Source
+from ..errors import ConfigError
+from ..evaluation import Results, higher_is_better, mean_results, monitored_value
+from ..io import atomic_write_json, atomic_write_text
+from .builder import Experiment
 
 SEARCHES = ("grid", "random")
 DISTRIBUTIONS = ("uniform", "loguniform", "randint")
@@ -110,10 +111,7 @@ def candidate_config(raw: dict[str, Any], params: Mapping[str, Any]) -> RunConfi
 
 
 def read_tune_config(path: str | Path, overrides: Sequence[str] = ()) -> tuple[RunConfig, TuneSpec, dict[str, Any]]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    raw = apply_overrides(dict(yaml.safe_load(path.read_text()) or {}), overrides)
+    raw = apply_overrides(read_yaml(path), overrides)
     if not raw.get("tune"):
         raise ConfigError(f"{path} has no 'tune:' section; add tune.space (config key -> candidate values)")
     spec: TuneSpec = from_dict(TuneSpec, raw.pop("tune"), "tune")
@@ -152,51 +150,47 @@ def folds(data: DataBundle, k: int, seed: int) -> list[DataBundle]:
     ]
 
 
-def fit_score(config: RunConfig, data: DataBundle) -> float:
-    """Train ``config`` on ``data.train`` (no run directory) and return its best score on ``data.val``."""
-    from .balancing import BALANCERS
-    from .run import build_model
-    from .sampling import SAMPLERS
-    from .trainer import Trainer, seed_everything
-
-    seed_everything(config.train.seed)
-    trainer = Trainer(
-        build_model(config, data),
-        data,
-        BALANCERS.build(config.balancing),
-        SAMPLERS.build({"seed": config.train.seed, **config.sampler}),
-        dataclasses.replace(config.train, progress=False),
-        config.loading,
-    )
-    return float(trainer.fit()["best_score"])
+def fit(config: RunConfig, data: DataBundle) -> Results:
+    """Train ``config`` on ``data.train`` (no run directory); its best results on ``data.val``."""
+    experiment = Experiment(config).with_overrides({"train.progress": False})
+    return experiment.trainer(data=data, out_dir=None).fit()["best_val"]
 
 
 def tune(base: RunConfig, spec: TuneSpec, raw: dict[str, Any], log: Any = print) -> dict[str, Any]:
-    """Score every candidate; write the ranking and the winning config."""
-    from .balancing import BALANCERS
-    from .run import build_data
+    """Score every candidate; write the ranking and the winning config.
 
-    plugins.load(base.imports)
+    Candidates are ranked by the run's monitor; for ``score`` (relative change of the primary
+    metrics) the reference of each fold is the mean over all candidates, so scores compare.
+    """
+    experiment = Experiment(base)
     settings = candidates(spec)
     configs = [candidate_config(raw, p) for p in settings]
     for params, config in zip(settings, configs, strict=True):
         try:  # every candidate must build before anything trains
-            BALANCERS.build(config.balancing)
+            Experiment(config).balancer()
         except ConfigError as e:
             raise ConfigError(f"tune candidate {params}: {e}") from e
-    data = build_data(base)
+    data = experiment.data
     if spec.cv == 0 and not data.val:
         raise ConfigError("tune.cv: 0 scores on the validation split, but the data has none; set tune.cv >= 2")
     splits = folds(data, spec.cv, spec.seed) if spec.cv else [data]
     where = f"{spec.cv}-fold cross-validation" if spec.cv else "the validation split"
     log(f"tune: {len(settings)} candidate(s) x {len(splits)} fit(s), scored on {where}")
-    trials = []
+    results = []
     for i, (params, config) in enumerate(zip(settings, configs, strict=True)):
-        scores = [fit_score(config, split) for split in splits]
+        results.append([fit(config, split) for split in splits])
+        log(f"  [{i + 1}/{len(settings)}] trained {params}")
+    directions = higher_is_better(experiment.model(data))
+    references = [mean_results([r[f] for r in results]) for f in range(len(splits))]
+    trials = []
+    for params, per_fold in zip(settings, results, strict=True):
+        scores = [
+            monitored_value(r, base.train.monitor, ref, directions) for r, ref in zip(per_fold, references, strict=True)
+        ]
         mean = float(np.mean(scores))
         std = float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0
         trials.append({"params": {k: plain(v) for k, v in params.items()}, "scores": scores, "mean": mean, "std": std})
-        log(f"  [{i + 1}/{len(settings)}] score {mean:.4f} ± {std:.4f}  {trials[-1]['params']}")
+        log(f"  score {mean:.4f} ± {std:.4f}  {trials[-1]['params']}")
     ranking = sorted(trials, key=lambda t: -t["mean"] if math.isfinite(t["mean"]) else math.inf)
     out = Path(base.output_dir) / "tune"
     best_raw = apply_overrides(copy.deepcopy(raw), [f"{k}={json.dumps(v)}" for k, v in ranking[0]["params"].items()])

@@ -1,0 +1,1 @@
+"""The engine: the training loop and what it owns (run directory, checkpoints, optimizer, report)."""

@@ -1,0 +1,429 @@
+"""The training loop: sample sources, forward, balance, step, evaluate, checkpoint. Top to bottom.
+
+With an ``out_dir`` the trainer owns a run directory (``core.engine.rundir``): it holds the lock,
+refuses a folder that already holds a run unless resuming, writes ``metrics.jsonl``, checkpoints,
+``best/`` and ``final/``, and at the end scores the best model and writes ``results.json`` and
+``report.md`` — the same artifacts as ``jointtrain train``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ..balancing import Balancer, BalancerSetup, NonFiniteGradients, StepContext
+from ..config import ReportConfig, TrainConfig
+from ..data import DataBundle, Loading, SourceStream, count_labelled
+from ..distributed import DistEnv, all_reduce_sum, average_gradients, barrier, resolve_device
+from ..errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
+from ..evaluation import Results, evaluate, higher_is_better, monitored_value, move
+from ..io import load_state
+from ..model import JointModel
+from ..sampling import TaskSampler
+from .checkpoints import CheckpointManager
+from .conclude import conclude
+from .interrupt import graceful_interrupt
+from .metrics_log import MetricsLog
+from .optim import build_optimizer, build_scheduler
+from .precision import Precision
+from .progress import progress_bar
+from .rng import rng_state, seed_everything, set_rng_state
+from .rundir import RunDir, RunStatus
+
+FORMAT = "jointtrain.trainer/2"
+
+
+class Trainer:
+    """Joint training of ``model`` on ``data``; ``fit()`` runs it, ``evaluate()`` scores a split.
+
+    ``reference``: per-task metrics that model selection measures relative change against (the
+    config's ``baselines``); by default the first validation result. ``run_config``: the resolved
+    config recorded in ``config.yaml`` and compared on resume (default: built from the parts).
+    """
+
+    def __init__(
+        self,
+        model: JointModel,
+        data: DataBundle,
+        balancer: Balancer,
+        sampler: TaskSampler,
+        config: TrainConfig,
+        loading: Loading = Loading(),
+        out_dir: str | Path | None = None,
+        env: DistEnv | None = None,
+        report: ReportConfig | None = None,
+        reference: Results | None = None,
+        run_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.config, self.loading, self.report = config, loading, report or ReportConfig()
+        self.env = env or DistEnv(device=resolve_device(config.device))
+        self.model = model.to(self.env.device)
+        if config.channels_last and self.env.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.data, self.balancer, self.sampler = data, balancer, sampler
+        self._check_data()
+        self.run = RunDir(out_dir) if out_dir is not None else None
+        self.run_config = run_config or {
+            "train": dataclasses.asdict(config),
+            "loading": dataclasses.asdict(loading),
+            "model": {k: v for k, v in model.config().items() if k != "extra"},
+            "balancing": repr(balancer),
+            "sampler": repr(sampler),
+        }
+
+        self.streams = {
+            s.name: SourceStream(s, loading, config.seed, self.env.rank, self.env.world_size) for s in data.train
+        }
+        self.source_by_name = {s.name: s for s in data.train}
+        sampler.setup({name: len(stream) for name, stream in self.streams.items()})
+        balancer.setup(
+            BalancerSetup(
+                tasks=list(model.tasks),
+                task_weights={t: task.weight for t, task in model.tasks.items()},
+                dataset_sizes=data.task_sizes or self._count_labelled(),
+                steps_per_epoch=sampler.steps_per_epoch(),
+            )
+        )
+        self.balancer.to(self.env.device)
+        self.optimizer = build_optimizer(self.model, self.balancer, config)
+        self.scheduler = build_scheduler(self.optimizer, config)
+        self.precision = Precision(config.amp, self.env.device)
+        self.directions = higher_is_better(model)
+        self.reference = reference
+        self.checkpoints = CheckpointManager(
+            self.run.checkpoints if self.run else Path("."),
+            self.run.model("best") if self.run else Path("."),
+            config.keep_best,
+            write=self.run is not None and self.env.is_main,
+        )
+
+        self.step = 0
+        self.best_val: Results = {}
+        self.evals_without_improvement = 0
+        self.nonfinite_in_a_row = self.nonfinite_total = 0
+        self.stop_requested = False  # set by Ctrl-C / SIGTERM: checkpoint at the step boundary and stop
+
+    def request_stop(self) -> bool:
+        """Ask the loop to stop after the current step; True if that had been asked already."""
+        already, self.stop_requested = self.stop_requested, True
+        return already
+
+    # -- setup helpers -----------------------------------------------------------------------
+    def _check_data(self) -> None:
+        if not self.data.train:
+            raise DataError("no training sources")
+        unknown = {t for s in [*self.data.train, *self.data.val] for t in s.tasks} - set(self.model.tasks)
+        if unknown:
+            raise DataError(f"data sources label tasks {sorted(unknown)} that the model does not have")
+        untrained = set(self.model.tasks) - {t for s in self.data.train for t in s.tasks}
+        if untrained:
+            raise DataError(f"tasks {sorted(untrained)} have no training source")
+
+    def _count_labelled(self) -> dict[str, int]:
+        label_keys = {t: task.label_key for t, task in self.model.tasks.items()}
+        sizes = dict.fromkeys(self.model.tasks, 0)
+        for source in self.data.train:
+            for t, n in count_labelled(source, label_keys).items():
+                sizes[t] += n
+        empty = [t for t, n in sizes.items() if n == 0]
+        if empty:
+            raise DataError(f"tasks {empty} have no labelled sample in the training split")
+        return sizes
+
+    # -- one step --------------------------------------------------------------------------
+    def _forward(self, batches: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, Any]]:
+        """Backbone once per source, the heads of its tasks, and each task's masked loss.
+
+        Returns (losses to backpropagate, their global values, features). A task's value is the
+        mean over every labelled sample of every source and rank; its loss is scaled so that the
+        ranks' averaged gradient is exactly the gradient of that global mean.
+        """
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
+        features: dict[str, Any] = {}
+        with self.precision.autocast():
+            for name, batch in batches.items():
+                source = self.source_by_name[name]
+                features[name] = self.model.encode(batch[source.input_key])
+                outputs = self.model.decode(features[name], source.tasks)
+                for t in source.tasks:
+                    task, target = self.model.tasks[t], batch[self.model.tasks[t].label_key]
+                    loss = task.loss(outputs[t], target)
+                    if loss is not None:
+                        n = task.labelled(outputs[t], target)[2]
+                        sums[t] = sums.get(t, 0.0) + loss.float() * n
+                        counts[t] = counts.get(t, 0) + n
+        tasks = list(self.model.tasks)
+        totals = torch.zeros(len(tasks), 2, device=self.env.device, dtype=torch.float64)  # (sum, count)
+        for t, s in sums.items():
+            totals[tasks.index(t), 0], totals[tasks.index(t), 1] = s.detach().double(), counts[t]
+        all_reduce_sum(totals, self.env)
+        values = {t: float(totals[i, 0] / totals[i, 1]) for i, t in enumerate(tasks) if totals[i, 1] > 0}
+        losses = {t: s * (self.env.world_size / float(totals[tasks.index(t), 1])) for t, s in sums.items()}
+        return losses, values, features
+
+    def _backward(self, total: torch.Tensor) -> None:
+        self.precision.scaler.scale(total / self.config.grad_accum).backward()
+
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer step over ``grad_accum`` micro-batches of the sampled sources."""
+        chosen = self.sampler.choose(self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        logged: dict[str, list[float]] = {}
+        weights: dict[str, float] = {}
+        batches: dict[str, Any] = {}
+        for _ in range(self.config.grad_accum):
+            batches = {name: move(next(self.streams[name]), self.env.device) for name in chosen}
+            losses, values, features = self._forward(batches)
+            bad = {t: v for t, v in values.items() if not math.isfinite(v)}
+            if bad:
+                return self._skip_nonfinite(bad)
+            if not losses:
+                continue  # no labelled sample of any task on this rank
+            ctx = StepContext(
+                step=self.step,
+                backward=self._backward,
+                loss_values=values,
+                model=self.model,
+                features=features,
+                source_tasks={name: self.source_by_name[name].tasks for name in batches},
+                env=self.env,
+                scaler=self.precision.scaler,
+                grad_accum=self.config.grad_accum,
+            )
+            try:
+                weights = self.balancer.backward(losses, ctx)
+            except NonFiniteGradients as e:  # gradient-space methods check the task gradients
+                return self._skip_nonfinite(e.values, what="gradient squared norm")
+            for t, v in values.items():
+                logged.setdefault(t, []).append(v)
+        self.nonfinite_in_a_row = 0
+        grad_norm = self._optimizer_step()
+        self.balancer.after_step(lambda: self._recompute(batches))
+        record: dict[str, Any] = {f"loss/{t}": sum(v) / len(v) for t, v in logged.items()}
+        record.update({f"weight/{t}": w for t, w in weights.items()})
+        record.update(self.balancer.diagnostics())
+        record["lr"] = self.scheduler.get_last_lr()[0]
+        if grad_norm is not None:
+            record["grad_norm"] = grad_norm
+        return record
+
+    def _optimizer_step(self) -> float | None:
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        average_gradients(params, self.env)
+        scaler = self.precision.scaler
+        scaler.unscale_(self.optimizer)
+        if self.config.l1:
+            for p in self.model.parameters():
+                if p.grad is not None and p.ndim > 1:
+                    p.grad.add_(torch.sign(p.detach()), alpha=self.config.l1)
+        grad_norm = None
+        if self.config.clip_grad_norm:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.clip_grad_norm))
+        scaler.step(self.optimizer)
+        scaler.update()
+        self.scheduler.step()
+        return grad_norm
+
+    @torch.no_grad()
+    def _recompute(self, batches: dict[str, Any]) -> dict[str, float]:
+        return self._forward(batches)[1]
+
+    def _skip_nonfinite(self, bad: dict[str, float], what: str = "loss") -> dict[str, Any]:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.nonfinite_in_a_row += 1
+        self.nonfinite_total += 1
+        described = ", ".join(f"task '{t}' {what}={v}" for t, v in bad.items())
+        if self.nonfinite_in_a_row > self.config.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"non-finite {what} at step {self.step}: {described} "
+                f"({self.nonfinite_in_a_row} step(s) in a row). Lower the learning rate, enable "
+                "clip_grad_norm, check that task's labels, or raise max_nonfinite_steps to skip such steps."
+            )
+        warnings.warn(f"skipping step {self.step}: {described}", RuntimeWarning, stacklevel=2)
+        return {"skipped_nonfinite": self.nonfinite_total}
+
+    # -- evaluation --------------------------------------------------------------------------
+    def evaluate(self, split: str = "val", model: JointModel | None = None) -> Results:
+        sources = {"val": self.data.val, "test": self.data.test, "train": self.data.train}[split]
+        return evaluate(model or self.model, sources, self.loading, self.env, self.precision.autocast)
+
+    def score(self, results: Results) -> float:
+        """The monitored value (higher is better); the first validation result is the reference
+        unless ``reference`` was given."""
+        self.reference = self.reference or results
+        return monitored_value(results, self.config.monitor, self.reference, self.directions)
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "step": self.step,
+            "tasks": list(self.model.tasks),
+            "run_config": self.run_config,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.precision.scaler.state_dict(),
+            "balancer": self.balancer.state_dict(),
+            "streams": {name: s.state_dict() for name, s in self.streams.items()},
+            "rng": rng_state(),
+            "checkpoints": self.checkpoints.state_dict(),
+            "reference": self.reference,
+            "best_val": self.best_val,
+            "evals_without_improvement": self.evals_without_improvement,
+            "nonfinite_total": self.nonfinite_total,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("format") != FORMAT:
+            raise CheckpointError(f"not a {FORMAT} checkpoint (format {state.get('format')!r})")
+        if state["tasks"] != list(self.model.tasks) or set(state["streams"]) != set(self.streams):
+            raise CheckpointError(
+                f"checkpoint tasks {state['tasks']} / sources {sorted(state['streams'])} differ from "
+                f"{list(self.model.tasks)} / {sorted(self.streams)}"
+            )
+        try:
+            self.model.load_state_dict(state["model"])
+            self.balancer.load_state_dict(state["balancer"])
+        except RuntimeError as e:
+            raise CheckpointError(f"checkpoint does not match the model built from the config: {e}") from e
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.precision.scaler.load_state_dict(state["scaler"])
+        for name, s in state["streams"].items():
+            self.streams[name].load_state_dict(s)
+        set_rng_state(state["rng"])
+        self.checkpoints.load_state_dict(state["checkpoints"])
+        self.step, self.reference, self.best_val = int(state["step"]), state["reference"], state["best_val"]
+        self.evals_without_improvement = int(state["evals_without_improvement"])
+        self.nonfinite_total = int(state["nonfinite_total"])
+
+    # -- the loop ----------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train until ``max_steps`` or early stopping; returns a summary (with the test results when
+        there is a run directory)."""
+        c, main = self.config, self.env.is_main
+        writing = self.run.writing() if self.run is not None and main else contextlib.nullcontext()
+        with writing:
+            log = self._start(resume)
+            status = RunStatus.COMPLETED
+            start = time.perf_counter()
+            self.model.train()
+            with graceful_interrupt(self.request_stop), progress_bar(self, c) as bar:
+                while self.step < c.max_steps:
+                    record = self.train_step()
+                    self.step += 1
+                    bar.update(1)
+                    if self.step % c.log_every == 0 or self.step == c.max_steps:
+                        bar.set_postfix({k[5:]: f"{v:.3f}" for k, v in record.items() if k[:5] == "loss/"}, False)
+                        log({"split": "train", "step": self.step, "time": time.perf_counter() - start, **record})
+                    if (c.eval_every and self.step % c.eval_every == 0) or self.step == c.max_steps:
+                        self._validate(log)
+                        if self.evals_without_improvement >= c.early_stopping_patience > 0:
+                            status = RunStatus.EARLY_STOPPED
+                            break
+                    if self.stop_requested:
+                        self._save(None)
+                        status = RunStatus.INTERRUPTED
+                        break
+            summary = {
+                "status": status.value,
+                "step": self.step,
+                "best_val": self.best_val,
+                "best_score": self.checkpoints.best_score,
+                "nonfinite_steps": self.nonfinite_total,
+                "train_time_s": time.perf_counter() - start,
+            }
+            if status.finished:
+                self._save_model("final")
+                if not self.data.val:  # no validation split: the final model is the best we know
+                    self._save_model("best")
+                if self.run is not None:
+                    summary = conclude(self, summary)
+            log.close()
+        return summary
+
+    def _start(self, resume: bool) -> _Log:
+        """Check the run directory, load or seed the state, and open the log."""
+        run, main = self.run, self.env.is_main
+        if resume:
+            if run is None:
+                raise ConfigError("resume needs an out_dir holding checkpoints/last.pt")
+            state = load_state(run.last_checkpoint)
+            changes = run.check_resume(state.get("run_config", {}), self.run_config)
+            self.load_state_dict(state)
+        elif run is not None and main:
+            run.check_new()
+        if not resume:
+            seed_everything(self.config.seed + self.env.rank)
+        barrier(self.env)
+        log = _Log(self.run if main else None)
+        if run is not None and main:
+            run.write_config(yaml.safe_dump(self.run_config, sort_keys=False))
+        if resume:
+            dropped = log.truncate_after(self.step)
+            log({"split": "resume", "step": self.step, "changes": changes, "dropped_records": dropped})
+        else:
+            log(
+                {
+                    "split": "setup",
+                    "step": 0,
+                    "tasks": list(self.model.tasks),
+                    "sampler": self.sampler.describe(),
+                    "balancer": repr(self.balancer),
+                    "world_size": self.env.world_size,
+                    "device": str(self.env.device),
+                    "amp": str(self.precision.dtype),
+                    "config": dataclasses.asdict(self.config),
+                }
+            )
+        return log
+
+    def _validate(self, log: _Log) -> None:
+        """Score the validation split, keep the best checkpoints, count evaluations without improvement."""
+        results = self.evaluate("val") if self.data.val else {}
+        score = self.score(results) if results else None
+        if results:
+            log({"split": "val", "step": self.step, "score": score, "tasks": results})
+        if self._save(score):
+            self.best_val, self.evals_without_improvement = results, 0
+        elif score is not None:
+            self.evals_without_improvement += 1
+
+    def _save(self, score: float | None) -> bool:
+        """Checkpoint (rank 0 writes); True when ``score`` is the best so far."""
+        improved = self.checkpoints.save(self.step, self.state_dict, self.model, score)
+        barrier(self.env)
+        return improved
+
+    def _save_model(self, name: str) -> None:
+        if self.run is not None and self.env.is_main:
+            self.model.save_pretrained(self.run.model(name))
+        barrier(self.env)
+
+
+class _Log:
+    """The metrics log of rank 0 of a run with a directory; a no-op otherwise."""
+
+    def __init__(self, run: RunDir | None) -> None:
+        self._log = MetricsLog(run.metrics, run.path / "tb") if run is not None else None
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        if self._log is not None:
+            self._log.append(record)
+
+    def truncate_after(self, step: int) -> int:
+        return self._log.truncate_after(step) if self._log is not None else 0
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()

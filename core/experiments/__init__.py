@@ -1,0 +1,1 @@
+"""Experiments built from one config: run, fine-tune, compare, tune."""

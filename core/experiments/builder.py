@@ -1,0 +1,122 @@
+"""The one way to build a run: config -> data, model, balancer, sampler, trainer.
+
+``jointtrain train``, ``finetune``, ``tune``, ``compare`` and the domain scripts all start from an
+:class:`Experiment`; variants (one task alone, config overrides) are derived from it, never
+re-assembled by hand.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .. import plugins
+from ..backbones import BACKBONES
+from ..balancing import BALANCERS, Balancer
+from ..config import RunConfig, apply_overrides, load_config
+from ..data import DATASETS, DataBundle, Source
+from ..distributed import DistEnv, init_distributed
+from ..engine.rng import seed_everything
+from ..engine.trainer import Trainer
+from ..errors import ConfigError
+from ..model import JointModel
+from ..sampling import SAMPLERS, TaskSampler
+from ..tasks import build_task
+
+
+def restrict_tasks(data: DataBundle, tasks: Sequence[str]) -> DataBundle:
+    """The data restricted to ``tasks`` (a config may train a subset of what a dataset labels);
+    sources left with no task are dropped."""
+
+    def keep(sources: list[Source]) -> list[Source]:
+        kept = [dataclasses.replace(s, tasks=[t for t in s.tasks if t in tasks]) for s in sources]
+        return [s for s in kept if s.tasks]
+
+    sizes = {t: n for t, n in data.task_sizes.items() if t in tasks}
+    return dataclasses.replace(data, train=keep(data.train), val=keep(data.val), test=keep(data.test), task_sizes=sizes)
+
+
+class Experiment:
+    """A resolved run config and the components it builds."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        plugins.load(config.imports)
+
+    @classmethod
+    def from_file(cls, path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
+        return cls(load_config(path, overrides))
+
+    # -- variants ----------------------------------------------------------------------------
+    def with_overrides(self, overrides: Sequence[str] | Mapping[str, Any]) -> Experiment:
+        """A copy with ``key.sub=value`` overrides (or a ``{key: value}`` mapping) applied."""
+        items = [f"{k}={json.dumps(v)}" for k, v in overrides.items()] if isinstance(overrides, Mapping) else overrides
+        return Experiment(load_config(raw=apply_overrides(copy.deepcopy(self.config.to_dict()), list(items))))
+
+    def single_task(self, task: str, output_dir: str | Path | None = None) -> Experiment:
+        """``task`` alone with the same backbone, data, optimizer and budget (equal weighting)."""
+        config = self.config
+        if task not in config.tasks:
+            raise ConfigError(f"task '{task}' is not in the config; it has {list(config.tasks)}")
+        raw = copy.deepcopy(config.to_dict())
+        raw["tasks"] = {task: config.tasks[task]}
+        raw["balancing"] = {"name": "ew", "heuristic": "uniform"}
+        raw["baselines"] = {t: v for t, v in config.baselines.items() if t == task}
+        if raw["train"]["monitor"] != "score" and not raw["train"]["monitor"].startswith(f"{task}/"):
+            raw["train"]["monitor"] = "score"  # the monitored metric belongs to another task
+        raw["output_dir"] = str(output_dir) if output_dir is not None else f"{config.output_dir}/single/{task}"
+        return Experiment(load_config(raw=raw))
+
+    # -- components --------------------------------------------------------------------------
+    @functools.cached_property
+    def data(self) -> DataBundle:
+        return restrict_tasks(DATASETS.build(self.config.data), list(self.config.tasks))
+
+    def model(self, data: DataBundle | None = None) -> JointModel:
+        """Backbone and heads from the config, completed by what the data knows (label names...)."""
+        data = data or self.data
+        config = self.config
+        backbone_spec = {**config.model.backbone, **data.backbone_updates}
+        backbone = BACKBONES.build(backbone_spec)
+        tasks = [
+            build_task(name, {**spec, **data.task_updates.get(name, {})}, backbone)
+            for name, spec in config.tasks.items()
+        ]
+        extra = {**data.extra, "data": config.data, "loading": dataclasses.asdict(config.loading)}
+        return JointModel(backbone, tasks, backbone_spec, head_dropout=config.model.head_dropout, extra=extra)
+
+    def balancer(self) -> Balancer:
+        return BALANCERS.build(self.config.balancing)
+
+    def sampler(self) -> TaskSampler:
+        return SAMPLERS.build({"seed": self.config.train.seed, **self.config.sampler})
+
+    def trainer(
+        self, env: DistEnv | None = None, data: DataBundle | None = None, out_dir: str | Path | None = "config"
+    ) -> Trainer:
+        """The trainer of this run; ``out_dir=None`` trains without a run directory (tune's folds)."""
+        config = self.config
+        env = env or init_distributed(config.train.device)
+        seed_everything(config.train.seed)  # identical initial weights on every rank
+        data = data or self.data
+        model = self.model(data)
+        out = Path(config.output_dir).absolute() if out_dir == "config" else out_dir
+        run_config = {**config.to_dict(), "output_dir": str(out)} if out is not None else None
+        return Trainer(
+            model,
+            data,
+            self.balancer(),
+            self.sampler(),
+            config.train,
+            config.loading,
+            out,
+            env,
+            report=config.report,
+            reference=config.baselines or None,
+            run_config=run_config,
+        )
