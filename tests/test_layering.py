@@ -1,4 +1,9 @@
-"""Package boundaries: core never imports a domain package; our packages are the ones imported."""
+"""Package boundaries and layers: imports only go down, and no module imports itself back.
+
+Layers of ``core`` (folders show them): foundations (``core/*.py``) < ``core/balancing`` <
+``core/engine`` < ``core/experiments`` < the command line (``core/cli.py``). ``core/__init__`` only
+re-exports names lazily. Domain packages sit above core; core never imports them.
+"""
 
 from __future__ import annotations
 
@@ -10,24 +15,104 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOMAINS = ("vision", "nlp", "medical")
+PACKAGES = ("core", *DOMAINS)
+#: a core module's layer, from its folder (the CLI is the top)
+LAYERS = {"": 0, "balancing": 1, "architectures": 1, "engine": 2, "experiments": 3, "cli": 4}
 
 
-def _imported_top_levels(path: Path) -> set[str]:
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _type_checking_lines(tree: ast.Module) -> set[int]:
+    """Lines inside ``if TYPE_CHECKING:`` blocks (annotations only: no import at run time)."""
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", "")) == "TYPE_CHECKING":
+            for child in node.body:
+                lines.update(range(child.lineno, (child.end_lineno or child.lineno) + 1))
+    return lines
+
+
+def imports(path: Path) -> set[str]:
+    """Modules of our packages that ``path`` imports at run time, anywhere in the file (lazy ones too)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    skip = _type_checking_lines(tree)
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    modules = {module_name(p) for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+    found = set()
+    for node in ast.walk(tree):
+        if getattr(node, "lineno", None) in skip:
+            continue
         if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
-    return names
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            for alias in node.names:  # ``from pkg import module`` imports the module, ``from m import name`` m
+                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+    return {m for m in found if m in modules and m != module_name(path)}
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "core").rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
+def layer(module: str) -> int:
+    parts = module.split(".")
+    if parts[0] != "core":
+        return 5
+    if len(parts) == 1:
+        return -1  # the lazy public API
+    return LAYERS.get(parts[1], 0) if len(parts) > 2 or parts[1] in LAYERS else 0
+
+
+CORE_FILES = sorted((ROOT / "core").rglob("*.py"))
+ALL_FILES = sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", CORE_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_core_imports_only_go_down(path):
+    me = module_name(path)
+    if me == "core":
+        return
+    upward = sorted(m for m in imports(path) if layer(m) > layer(me) or layer(m) == -1)
+    assert not upward, f"{me} (layer {layer(me)}) imports {upward} from a higher layer"
+
+
+def test_the_layers_are_the_folders():
+    folders = {p.name for p in (ROOT / "core").iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    assert folders <= set(LAYERS), f"core/ folders without a layer: {sorted(folders - set(LAYERS))}"
+    assert {"balancing", "engine", "experiments"} <= folders
+
+
+def test_no_import_cycles():
+    graph = {module_name(p): imports(p) - {"core"} for p in ALL_FILES}
+    # a package's __init__ re-exporting its own modules is not a cycle through them
+    for name in graph:
+        graph[name] = {m for m in graph[name] if not m.startswith(f"{name}.") or "." not in name}
+    state: dict[str, int] = {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycle = [*stack[stack.index(nxt) :], nxt] if nxt in stack else [node, nxt]
+                pytest.fail(f"import cycle: {' -> '.join(cycle)}")
+            if nxt not in state:
+                visit(nxt, [*stack, nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+
+
+@pytest.mark.parametrize("path", CORE_FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_core_imports_no_domain_package(path):
-    assert not (_imported_top_levels(path) & set(DOMAINS)), f"{path} imports a domain package"
+    assert not {m.split(".")[0] for m in imports(path)} & set(DOMAINS), f"{path} imports a domain package"
 
 
-@pytest.mark.parametrize("package", ["core", *DOMAINS])
+@pytest.mark.parametrize("package", PACKAGES)
 def test_packages_resolve_inside_the_repo(package):
     if not (ROOT / package).is_dir():
         pytest.fail(f"package folder {package}/ is missing")
@@ -38,7 +123,7 @@ def test_packages_resolve_inside_the_repo(package):
 EXTRAS = {"timm", "torchvision", "transformers", "datasets", "pandas", "sklearn", "scipy", "matplotlib", "torchjd"}
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "core").rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", CORE_FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_core_needs_no_extra_at_import_time(path):
     """Optional dependencies are imported inside the functions that need them, never at module level."""
     tree = ast.parse(path.read_text(), filename=str(path))
@@ -49,3 +134,12 @@ def test_core_needs_no_extra_at_import_time(path):
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             top.add(node.module.split(".")[0])
     assert not (top & EXTRAS), f"{path} imports {sorted(top & EXTRAS)} at module level"
+
+
+def test_reading_a_config_imports_no_engine():
+    import subprocess
+    import sys
+
+    code = "import sys, core.config; print(sorted(m for m in sys.modules if m.startswith('core.')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert "engine" not in out and "balancing" not in out and "experiments" not in out, out

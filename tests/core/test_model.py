@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from core.backbones import BACKBONES
-from core.errors import CheckpointError
+from core.errors import CheckpointError, ConfigError
 from core.model import JointModel
 from core.tasks import build_task
 
@@ -82,3 +83,44 @@ def test_save_is_atomic_and_replaces_an_existing_directory(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m"], "no temporary directory is left behind"
     loaded = JointModel.from_pretrained(tmp_path / "m")
     assert torch.equal(next(loaded.parameters()), next(model.parameters()))
+
+
+def test_loading_never_runs_code_named_in_a_model_folder(tmp_path, monkeypatch):
+    """A config.json naming ``os:system`` must be refused before anything runs (no trust_remote_code)."""
+    model = JointModel.from_config(
+        {"backbone": {"name": "mlp", "in_dim": 4, "hidden": [4]}, "tasks": {"a": {"type": "regression"}}}
+    )
+    model.save_pretrained(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    marker = tmp_path / "pwned"
+    config["backbone"] = {"name": "os:system", "command": f"touch {marker}"}
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=r"names the import path 'os:system'.*trust_remote_code=True"):
+        JointModel.from_pretrained(tmp_path / "m")
+    assert not marker.exists()
+    # the same through the command line
+    from core.cli import main
+
+    np.save(tmp_path / "x.npy", np.zeros((1, 4), dtype=np.float32))
+    assert main(["predict", str(tmp_path / "m"), str(tmp_path / "x.npy"), "--out", str(tmp_path / "p.json")]) == 2
+    assert not marker.exists()
+    # a head spec nested in a task is guarded as well
+    config["backbone"] = {"name": "mlp", "in_dim": 4, "hidden": [4]}
+    config["tasks"]["a"]["head"] = {"name": "os:system", "command": f"touch {marker}"}
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="trust_remote_code"):
+        JointModel.from_pretrained(tmp_path / "m")
+    assert not marker.exists()
+
+
+def test_trusted_import_paths_load(tmp_path):
+    model = JointModel.from_config(
+        {
+            "backbone": {"name": "core.backbones:MLPBackbone", "in_dim": 4, "hidden": [4]},
+            "tasks": {"a": {"type": "regression"}},
+        }
+    )
+    model.save_pretrained(tmp_path / "m")
+    with pytest.raises(ConfigError, match=r"core\.backbones:MLPBackbone"):
+        JointModel.from_pretrained(tmp_path / "m")
+    assert JointModel.from_pretrained(tmp_path / "m", trust_remote_code=True).tasks.keys() == {"a"}
