@@ -165,6 +165,30 @@ def count_labelled(source: Source, label_keys: dict[str, str]) -> dict[str, int]
     return counts
 
 
+def check_sources(data: DataBundle, tasks: list[str]) -> None:
+    """Every source labels known tasks, and every task has a training source."""
+    if not data.train:
+        raise DataError("no training sources")
+    unknown = {t for s in [*data.train, *data.val] for t in s.tasks} - set(tasks)
+    if unknown:
+        raise DataError(f"data sources label tasks {sorted(unknown)} that the model does not have")
+    untrained = set(tasks) - {t for s in data.train for t in s.tasks}
+    if untrained:
+        raise DataError(f"tasks {sorted(untrained)} have no training source")
+
+
+def labelled_sizes(data: DataBundle, label_keys: dict[str, str]) -> dict[str, int]:
+    """Labelled training examples per task, over all training sources; every task needs one."""
+    sizes = dict.fromkeys(label_keys, 0)
+    for source in data.train:
+        for t, n in count_labelled(source, label_keys).items():
+            sizes[t] += n
+    empty = [t for t, n in sizes.items() if n == 0]
+    if empty:
+        raise DataError(f"tasks {empty} have no labelled sample in the training split")
+    return sizes
+
+
 class DictDataset(Dataset):
     """Samples from a dict of equal-length tensors: ``{"inputs": X, "task_a": y_a, ...}``."""
 

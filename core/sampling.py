@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from typing import ClassVar
 
 import numpy as np
 
@@ -30,6 +31,9 @@ def stable_hash(text: str) -> int:
 
 class TaskSampler:
     """Base: ``setup`` with each source's batches per epoch, then ``choose(step)``."""
+
+    #: whether every step draws a batch from every source (gradient balancing needs several tasks a step)
+    all_sources: ClassVar[bool] = False
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
@@ -64,6 +68,8 @@ class TaskSampler:
 @SAMPLERS.register("all")
 class AllSources(TaskSampler):
     """Every source contributes one batch every step (the natural choice for one shared dataset)."""
+
+    all_sources: ClassVar[bool] = True
 
     def choose(self, step: int) -> list[str]:
         return self.sources

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CheckpointError
 from ..io import atomic_write_text, make_dirs
 from ..tree import flatten
+
+if TYPE_CHECKING:
+    from .rundir import RunDir
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -65,3 +68,21 @@ class MetricsLog:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+class RunLog:
+    """The metrics log of rank 0 of a run with a directory; a no-op otherwise."""
+
+    def __init__(self, run: RunDir | None) -> None:
+        self._log = MetricsLog(run.metrics, run.path / "tb") if run is not None else None
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        if self._log is not None:
+            self._log.append(record)
+
+    def truncate_after(self, step: int) -> int:
+        return self._log.truncate_after(step) if self._log is not None else 0
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()

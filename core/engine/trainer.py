@@ -21,9 +21,9 @@ import yaml
 
 from ..balancing import Balancer, BalancerSetup, NonFiniteGradients, StepContext
 from ..config import ReportConfig, TrainConfig
-from ..data import DataBundle, Loading, SourceStream, count_labelled
+from ..data import DataBundle, Loading, SourceStream, check_sources, labelled_sizes
 from ..distributed import DistEnv, all_reduce_sum, average_gradients, barrier, resolve_device
-from ..errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
+from ..errors import CheckpointError, ConfigError, NonFiniteLossError
 from ..evaluation import Results, evaluate, higher_is_better, monitored_value, move
 from ..io import load_state
 from ..model import JointModel
@@ -31,7 +31,7 @@ from ..sampling import TaskSampler
 from .checkpoints import CheckpointManager
 from .conclude import conclude
 from .interrupt import graceful_interrupt
-from .metrics_log import MetricsLog
+from .metrics_log import RunLog
 from .optim import build_optimizer, build_scheduler
 from .precision import Precision
 from .progress import progress_bar
@@ -69,7 +69,12 @@ class Trainer:
         if config.channels_last and self.env.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.data, self.balancer, self.sampler = data, balancer, sampler
-        self._check_data()
+        check_sources(data, list(model.tasks))
+        if balancer.space != "loss" and not sampler.all_sources and len(data.train) > 1:
+            raise ConfigError(
+                f"{type(balancer).__name__} balances task gradients and needs at least 2 tasks per step, but sampler "
+                f"{type(sampler).__name__} picks one of the {len(data.train)} sources per step; use sampler 'all'"
+            )
         self.run = RunDir(out_dir) if out_dir is not None else None
         self.run_config = run_config or {
             "train": dataclasses.asdict(config),
@@ -88,7 +93,7 @@ class Trainer:
             BalancerSetup(
                 tasks=list(model.tasks),
                 task_weights={t: task.weight for t, task in model.tasks.items()},
-                dataset_sizes=data.task_sizes or self._count_labelled(),
+                dataset_sizes=data.task_sizes or labelled_sizes(data, {t: k.label_key for t, k in model.tasks.items()}),
                 steps_per_epoch=sampler.steps_per_epoch(),
             )
         )
@@ -115,28 +120,6 @@ class Trainer:
         """Ask the loop to stop after the current step; True if that had been asked already."""
         already, self.stop_requested = self.stop_requested, True
         return already
-
-    # -- setup helpers -----------------------------------------------------------------------
-    def _check_data(self) -> None:
-        if not self.data.train:
-            raise DataError("no training sources")
-        unknown = {t for s in [*self.data.train, *self.data.val] for t in s.tasks} - set(self.model.tasks)
-        if unknown:
-            raise DataError(f"data sources label tasks {sorted(unknown)} that the model does not have")
-        untrained = set(self.model.tasks) - {t for s in self.data.train for t in s.tasks}
-        if untrained:
-            raise DataError(f"tasks {sorted(untrained)} have no training source")
-
-    def _count_labelled(self) -> dict[str, int]:
-        label_keys = {t: task.label_key for t, task in self.model.tasks.items()}
-        sizes = dict.fromkeys(self.model.tasks, 0)
-        for source in self.data.train:
-            for t, n in count_labelled(source, label_keys).items():
-                sizes[t] += n
-        empty = [t for t, n in sizes.items() if n == 0]
-        if empty:
-            raise DataError(f"tasks {empty} have no labelled sample in the training split")
-        return sizes
 
     # -- one step --------------------------------------------------------------------------
     def _forward(self, batches: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, Any]]:
@@ -352,7 +335,7 @@ class Trainer:
             log.close()
         return summary
 
-    def _start(self, resume: bool) -> _Log:
+    def _start(self, resume: bool) -> RunLog:
         """Check the run directory, load or seed the state, and open the log."""
         run, main = self.run, self.env.is_main
         if resume:
@@ -366,7 +349,7 @@ class Trainer:
         if not resume:
             seed_everything(self.config.seed + self.env.rank)
         barrier(self.env)
-        log = _Log(self.run if main else None)
+        log = RunLog(self.run if main else None)
         if run is not None and main:
             run.write_config(yaml.safe_dump(self.run_config, sort_keys=False))
         if resume:
@@ -388,7 +371,7 @@ class Trainer:
             )
         return log
 
-    def _validate(self, log: _Log) -> None:
+    def _validate(self, log: RunLog) -> None:
         """Score the validation split, keep the best checkpoints, count evaluations without improvement."""
         results = self.evaluate("val") if self.data.val else {}
         score = self.score(results) if results else None
@@ -409,21 +392,3 @@ class Trainer:
         if self.run is not None and self.env.is_main:
             self.model.save_pretrained(self.run.model(name))
         barrier(self.env)
-
-
-class _Log:
-    """The metrics log of rank 0 of a run with a directory; a no-op otherwise."""
-
-    def __init__(self, run: RunDir | None) -> None:
-        self._log = MetricsLog(run.metrics, run.path / "tb") if run is not None else None
-
-    def __call__(self, record: dict[str, Any]) -> None:
-        if self._log is not None:
-            self._log.append(record)
-
-    def truncate_after(self, step: int) -> int:
-        return self._log.truncate_after(step) if self._log is not None else 0
-
-    def close(self) -> None:
-        if self._log is not None:
-            self._log.close()

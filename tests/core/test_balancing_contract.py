@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from core.balancing import BALANCERS, names
+from core.errors import ConfigError
 from tests.core.helpers import build_trainer
 
 from .helpers import toy_config
@@ -55,16 +56,18 @@ def _same(a, b) -> bool:
 
 @pytest.mark.parametrize("method", names())
 def test_method_handles_a_step_where_a_task_is_missing(tmp_path, method):
-    """round_robin over one source per task: K varies from step to step."""
+    """K varies from step to step: one source per task in turn (loss space), or labels so rare that
+    some batches carry none of a task (gradient space, which needs every source each step)."""
     cls = BALANCERS.get(method)
-    overrides = {
-        "balancing.name": method,
-        "data.regime": "per_task",
-        "sampler.name": "round_robin",
-        "train.max_steps": 4,
-        "train.eval_every": 4,
-    }
-    if getattr(cls, "spaces", ("loss",)) != ("loss",) and "params" in getattr(cls, "spaces", ()):
-        overrides["balancing.space"] = "params"
+    overrides = {"balancing.name": method, "train.max_steps": 4, "train.eval_every": 4}
+    per_task = {"data.regime": "per_task", "sampler.name": "round_robin"}
+    if cls.space == "loss":
+        overrides.update(per_task)
+    else:
+        with pytest.raises(ConfigError, match=r"needs at least 2 tasks per step.*use sampler 'all'"):
+            build_trainer(toy_config(tmp_path, **overrides, **per_task), out_dir=None)
+        overrides.update({"data.label_fraction": 0.04, "train.max_steps": 8, "train.eval_every": 8})
+        if "params" in getattr(cls, "spaces", ()):
+            overrides["balancing.space"] = "params"
     trainer = build_trainer(toy_config(tmp_path, **overrides))
     assert trainer.fit()["status"] == "completed"
