@@ -13,7 +13,7 @@ from importlib.metadata import entry_points
 
 from .errors import ConfigError
 
-BUILTIN = ("core.tasks", "core.balancing", "core.sampling", "core.optim", "core.toy", "core.predict")
+BUILTIN = ("core.tasks", "core.balancing", "core.sampling", "core.optim", "core.toy", "core.predict", "core.tabular")
 _loaded = False
 
 

@@ -38,7 +38,7 @@ def train(bundle, modalities: list[str], fusion: str = "gated", steps: int = 70)
             "modalities": modalities,
             "dim": 32,
             "fusion": fusion,
-            "image": {"model": "test_resnet"},
+            "image": {"model_name": "test_resnet"},
             **bundle.backbone_updates,
         }
     )
@@ -71,7 +71,7 @@ def test_missing_modality_uses_the_placeholder(fusion: str) -> None:
             "modalities": ["tabular", "image"],
             "dim": 8,
             "fusion": fusion,
-            "image": {"model": "test_resnet"},
+            "image": {"model_name": "test_resnet"},
             "image_channels": 1,
         }
     ).eval()
@@ -112,7 +112,7 @@ def test_saved_image_model_predicts_a_csv_as_in_training(tmp_path) -> None:
     path = image_records(tmp_path, n=40)
     bundle = records(str(path), **{**DATA, "val_fraction": 0.0, "test_fraction": 0.0})
     backbone = BACKBONES.build(
-        {"name": "records", "modalities": ["tabular", "image"], "dim": 8, "image": {"model": "test_resnet"},
+        {"name": "records", "modalities": ["tabular", "image"], "dim": 8, "image": {"model_name": "test_resnet"},
          **bundle.backbone_updates}
     )  # fmt: skip
     tasks = [build_task(d, {"type": "disease", **bundle.task_updates[d]}, backbone) for d in DATA["diseases"]]

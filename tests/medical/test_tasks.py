@@ -73,9 +73,9 @@ def test_patient_level_split_keeps_a_patients_rows_together() -> None:
 
 def test_bad_label_value_names_column_row_and_file(tmp_path) -> None:
     frame = records_frame(50).astype({"renal": object})
-    frame.loc[7, "renal"] = "yes"
+    frame.loc[7, "renal"] = "maybe"
     path = write_csv(frame, tmp_path / "bad.csv")
-    with pytest.raises(DataError, match=r"bad.csv: disease column 'renal' has the label 'yes' at row 7"):
+    with pytest.raises(DataError, match=r"bad.csv: label column 'renal' has the value 'maybe' at row 7"):
         records(str(path), ["renal"])
 
 
