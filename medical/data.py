@@ -1,7 +1,8 @@
 """Patient records as training data: core's ``table`` specialised to diseases, cohorts and images.
 
 A table of features, one label column per disease (1 / 0, true / false, yes / no; empty =
-unknown), optionally a column of image paths and a cohort column. Reading, splitting and the
+unknown), optionally other labels of any core task type (``labels``, as in ``table``), a column
+of image paths and a cohort column. Reading, splitting and the
 tabular preprocessing are core's (:func:`core.tabular.prepare_table`): splits are by patient
 (``id_column``; several rows of one patient stay together) and seeded, the preprocessing and
 each disease's label counts (for ``pos_weight: auto``) come from the training split only.
@@ -14,7 +15,7 @@ different diseases, as when records come from several studies).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,7 @@ def records_bundle(
     frame: pd.DataFrame,
     diseases: Sequence[str],
     source: str = "<table>",
+    labels: Mapping[str, str | Mapping[str, Any]] | None = None,
     features: Sequence[str] | None = None,
     categorical: Sequence[str] = (),
     numeric: Sequence[str] = (),
@@ -109,12 +111,15 @@ def records_bundle(
     diseases = list(diseases)
     if not diseases:
         raise ConfigError("records data needs at least one disease column")
+    both = sorted(set(diseases) & set(labels or {}))
+    if both:
+        raise ConfigError(f"tasks {both} are listed both as diseases and under labels")
     for column in (cohort_column, image_column):
         if column is not None and column not in frame.columns:
             raise DataError(f"{source}: column '{column}' is missing (the file has {list(frame.columns)})")
     table = prepare_table(
         frame,
-        dict.fromkeys(diseases, "disease"),
+        {**dict.fromkeys(diseases, "disease"), **(labels or {})},
         source,
         features=features,
         categorical=categorical,
@@ -180,6 +185,7 @@ def records_bundle(
 def records(
     path: str,
     diseases: Sequence[str],
+    labels: dict[str, Any] | None = None,
     features: Sequence[str] | None = None,
     categorical: Sequence[str] = (),
     numeric: Sequence[str] = (),
@@ -197,14 +203,16 @@ def records(
     min_category_count: int = 5,
     numeric_bins: int = 16,
 ) -> DataBundle:
-    """A table file of patient records (CSV, Parquet, JSON lines). ``features`` defaults to every
-    column that is not a label, id, cohort or image column; ``coerce`` lists numeric columns whose
+    """A table file of patient records (CSV, Parquet, JSON lines). ``labels`` adds tasks of any
+    core type (``{task: type}`` or ``{task: {type, column, ...}}``, as in ``table``); ``features``
+    defaults to every column that is not a label, id, cohort or image column; ``coerce`` lists numeric columns whose
     stray words are read as missing; relative image paths are resolved against ``image_root``
     (default: the file's folder)."""
     return records_bundle(
         read_table(path),
         diseases,
         source=str(path),
+        labels=labels,
         features=features,
         categorical=categorical,
         numeric=numeric,

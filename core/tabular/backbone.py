@@ -31,9 +31,8 @@ class TabularBackbone(nn.Module):
         super().__init__()
         if schema is None:
             raise ConfigError("tabular backbone: needs a fitted schema, which a table dataset supplies ('table')")
-        self.schema_json = schema
-        fitted = TabularSchema.from_json(schema)
-        self.encoder = TABULAR_ENCODERS.build(encoder or {"name": "mlp"}, schema=fitted, dim=dim)
+        self.schema_json, self.encoder_spec = schema, dict(encoder or {"name": "mlp"})
+        self.encoder = TABULAR_ENCODERS.build(self.encoder_spec, schema=TabularSchema.from_json(schema), dim=dim)
         self.out_dim = dim
 
     @property
@@ -42,3 +41,7 @@ class TabularBackbone(nn.Module):
 
     def forward(self, inputs: dict[str, Tensor]) -> Tensor:
         return self.encoder(inputs["numeric"], inputs["categorical"])
+
+    def export_spec(self) -> dict[str, Any]:
+        """The JSON that rebuilds this backbone, fitted schema included."""
+        return {"name": "tabular", "schema": self.schema_json, "dim": self.out_dim, "encoder": self.encoder_spec}

@@ -126,3 +126,15 @@ def test_saved_image_model_predicts_a_csv_as_in_training(tmp_path) -> None:
     batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
     expected = model.predict(batch)["lesion"]
     assert [p["lesion"]["probability"] for p in predicted] == pytest.approx([e["probability"] for e in expected])
+
+
+def test_image_model_is_model_name_as_in_vision_and_model_is_deprecated() -> None:
+    from medical.imaging import image_model_spec
+
+    assert image_model_spec({"model_name": "resnet18", "pretrained": False}) == {
+        "model_name": "resnet18", "pretrained": False
+    }  # fmt: skip
+    with pytest.warns(FutureWarning, match=r"image 'model' is deprecated; write 'model_name'"):
+        assert image_model_spec({"model": "resnet18"}) == {"model_name": "resnet18"}
+    with pytest.raises(Exception, match="give 'model_name' only"):
+        image_model_spec({"model": "a", "model_name": "b"})
