@@ -66,6 +66,7 @@ def test_issue_csv_trains_from_a_config_and_predicts_a_csv(tmp_path: Path, capsy
 
 
 def test_parquet_and_json_lines_read_like_csv(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
     frame = issue_frame(60)
     frame.to_csv(tmp_path / "t.csv", index=False)
     frame.to_parquet(tmp_path / "t.parquet")
