@@ -161,10 +161,10 @@ _BINARY_TEXT = {"1": 1.0, "0": 0.0, "1.0": 1.0, "0.0": 0.0, "true": 1.0, "false"
 
 
 def binary_values(raw: np.ndarray, where: str, positive: Any | None = None) -> tuple[np.ndarray, list[str] | None]:
-    """float32 0/1 with NaN = unknown, and [negative, positive] names when the column holds words.
+    """float32 0/1 with NaN = unknown, and [negative, positive] names for yes/no or a declared positive.
 
-    Without ``positive``: 1/0, true/false or yes/no (any case). With it: that value is 1 and the
-    column's only other value is 0.
+    Without ``positive``: 1/0, true/false or yes/no (any case). With it: that value (any case) is 1
+    and the column's only other value is 0; the names keep the column's spelling.
     """
     flat = np.ravel(raw)
     present = np.array([not is_empty(v) for v in flat], dtype=bool).reshape(raw.shape)
@@ -177,6 +177,7 @@ def binary_values(raw: np.ndarray, where: str, positive: Any | None = None) -> t
         values[present] = [_BINARY_TEXT[t] for t in text[present]]
         return values, ["no", "yes"] if set(text[present]) == {"yes", "no"} else None
     pos = _text(positive).lower()
+    spelling = {t: _text(v) for t, v in zip(np.ravel(text)[::-1], flat[::-1], strict=True)}  # first one wins
     others = sorted(set(text[present]) - {pos})
     if len(others) > 1:
         raise DataError(
@@ -184,7 +185,7 @@ def binary_values(raw: np.ndarray, where: str, positive: Any | None = None) -> t
             f"positive={positive!r} needs exactly one other value"
         )
     values[present] = (text[present] == pos).astype(np.float32)
-    return values, [others[0] if others else f"not {pos}", pos]
+    return values, [spelling[others[0]] if others else f"not {positive}", spelling.get(pos, str(positive))]
 
 
 class BinaryTask(Task):

@@ -181,8 +181,8 @@ def table(
     coerce: Sequence[str] = (),
     id_column: str | None = None,
     split_column: str | None = None,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
+    val_fraction: float | None = None,
+    test_fraction: float | None = None,
     seed: int = 0,
     min_category_count: int = 5,
     numeric_bins: int = 16,
@@ -197,10 +197,11 @@ def table(
         coerce: numeric columns whose stray non-numeric values are read as missing (counted, warned).
         id_column: rows sharing an id stay in one split; predictions echo it.
         split_column: a column of train / val / test instead of the seeded fractions.
+        val_fraction / test_fraction: of the rows (of the ids), default 0.15 each.
         min_category_count: rarer training categories go to the unknown bucket.
         numeric_bins: quantile bins per numeric column (piecewise-linear encoding; 0 = none).
     """
-    if split_column is not None and (val_fraction, test_fraction) != (0.15, 0.15):
+    if split_column is not None and (val_fraction, test_fraction) != (None, None):
         raise ConfigError("give split_column or val_fraction / test_fraction, not both")
     return table_bundle(
         read_table(path),
@@ -212,8 +213,8 @@ def table(
         coerce=coerce,
         id_column=id_column,
         split_column=split_column,
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
+        val_fraction=0.15 if val_fraction is None else val_fraction,
+        test_fraction=0.15 if test_fraction is None else test_fraction,
         seed=seed,
         min_category_count=min_category_count,
         numeric_bins=numeric_bins,

@@ -52,8 +52,8 @@ def test_binary_reads_common_spellings_and_a_declared_positive() -> None:
     assert np.array_equal(out.values, [1, 0, 1, 1, 0, np.nan, 1], equal_nan=True) and out.updates == {}
     words = BinaryTask.encode_labels(cells("Yes", "no", None), "w")
     assert words.values[:2].tolist() == [1, 0] and words.updates == {"label_names": ["no", "yes"]}
-    named = BinaryTask.encode_labels(cells("sick", "well", "sick"), "w", positive="sick")
-    assert named.values.tolist() == [1, 0, 1] and named.updates == {"label_names": ["well", "sick"]}
+    named = BinaryTask.encode_labels(cells("Sick", "well", "sick"), "w", positive="sick")
+    assert named.values.tolist() == [1, 0, 1] and named.updates == {"label_names": ["well", "Sick"]}
     with pytest.raises(DataError, match=r"holds 3 distinct values"):
         BinaryTask.encode_labels(cells("sick", "well", "dead"), "w", positive="sick")
     with pytest.raises(DataError, match=r"w has the value 'maybe' at row 2 .* set 'positive'"):

@@ -16,6 +16,7 @@ from core.errors import ConfigError, DataError
 from core.model import JointModel
 from core.run import train
 from core.tabular import read_table, table_bundle
+from core.tabular.dataset import table
 from core.tasks import build_task
 
 from .helpers import LABELS, issue_frame
@@ -104,8 +105,10 @@ def test_split_column_and_relative_paths(tmp_path: Path, monkeypatch: pytest.Mon
     frame["part"] = ["train"] * 60 + ["Validation"] * 15 + ["test"] * 15
     frame.to_csv(tmp_path / "t.csv", index=False)
     monkeypatch.chdir(tmp_path)
-    bundle = table_bundle(read_table("t.csv"), LABELS, split_column="part")
+    bundle = table("t.csv", LABELS, split_column="part")  # relative to the working directory
     assert [len(s) for s in (*bundle.train, *bundle.val, *bundle.test)] == [60, 15, 15]
+    with pytest.raises(ConfigError, match="give split_column or val_fraction / test_fraction, not both"):
+        table("t.csv", LABELS, split_column="part", val_fraction=0.2)
     assert "part" not in bundle.backbone_updates["schema"]["categorical"]
     frame.loc[70, "part"] = "holdout"
     with pytest.raises(DataError, match=r"split column 'part' has the value 'holdout' at row 70"):
