@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from .registry import Registry
 
-BACKBONES: Registry[nn.Module] = Registry("backbone")
+BACKBONES: Registry[nn.Module] = Registry("backbone", builtins=("core.tabular",))
 
 
 @BACKBONES.register("mlp")

@@ -23,7 +23,7 @@ from .sampling import stable_hash
 from .task import label_mask
 
 #: dataset factories: ``(**kwargs) -> DataBundle``
-DATASETS: Registry[DataBundle] = Registry("dataset", builtins=("core.digits",))
+DATASETS: Registry[DataBundle] = Registry("dataset", builtins=("core.digits", "core.tabular"))
 
 
 @dataclass

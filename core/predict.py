@@ -15,7 +15,7 @@ from .registry import Registry
 
 #: ``(model, input_path, out_path) -> list of per-sample records``; a predictor may write
 #: extra artifacts (e.g. images with boxes drawn) beside ``out_path``.
-PREDICTORS: Registry[Callable[..., list[dict[str, Any]]]] = Registry("predictor")
+PREDICTORS: Registry[Callable[..., list[dict[str, Any]]]] = Registry("predictor", builtins=("core.tabular",))
 
 
 @PREDICTORS.register("tensor")

@@ -1,8 +1,18 @@
-"""A task: one head, its loss on the samples that carry its label, and its metrics.
+"""A task: one head, its loss on the samples that carry its label, its metrics, and its labels' meaning.
 
 Missing labels are normal. The convention: a float target is missing where it is NaN, an
 integer target where it is negative (PyTorch's ``ignore_index=-100`` is one such value).
 Loss and metrics only ever see the labelled entries; a batch without any contributes nothing.
+
+A task type owns its label semantics in one class (see ``core.tasks``):
+
+- ``encode_labels(raw, where, **options)`` (class level: the data reads a raw column before any
+  task exists) -> :class:`EncodedLabels`, the per-sample values and the spec they imply
+  (class count, label names);
+- ``train_updates(values)``: spec completions that must come from the training split only;
+- ``labelled_rows(values)``: which samples carry a label (their count sizes samplers/weights);
+- ``labelled`` / ``loss`` / ``update_metrics``: masked training and scoring;
+- ``postprocess(output)``: the documented per-sample prediction record (docs/tabular.md).
 """
 
 from __future__ import annotations
@@ -11,11 +21,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -25,6 +36,32 @@ def label_mask(target: Tensor) -> Tensor:
     if target.is_floating_point():
         return ~torch.isnan(target)
     return target >= 0
+
+
+def is_empty(value: Any) -> bool:
+    """A raw cell that means "unknown": None, NaN, or a blank string."""
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return value != value  # NaN
+    return isinstance(value, str) and not value.strip()
+
+
+def bad_value(where: str, raw: np.ndarray, bad: np.ndarray, expected: str) -> DataError:
+    """The error for cells a task type cannot read: the first bad row, its value, how many, the fix."""
+    first = tuple(np.argwhere(bad)[0])
+    return DataError(
+        f"{where} has the value {raw[first]!r} at row {first[0]} ({int(bad.sum())} such cell(s)); "
+        f"labels must be {expected}, or empty (unknown)"
+    )
+
+
+@dataclass
+class EncodedLabels:
+    """A raw label column as its task type reads it."""
+
+    values: np.ndarray  # [N] or [N, K]; float32 with NaN or int64 with -1 where unknown
+    updates: dict[str, Any] = field(default_factory=dict)  # spec the labels imply: num_classes, label_names...
 
 
 @dataclass
@@ -43,6 +80,23 @@ class Task:
     weight: float = 1.0
     label_names: list[str] | None = None
     spec: dict[str, Any] = field(default_factory=dict)
+
+    # -- label semantics (class level) ------------------------------------------------------
+    @classmethod
+    def encode_labels(cls, raw: np.ndarray, where: str, **options: Any) -> EncodedLabels:
+        """Read raw cells (None = unknown; [N] or [N, K] objects); ``where`` names file and column."""
+        raise ConfigError(f"{where}: task type {cls.__name__} does not read labels from a table column")
+
+    @classmethod
+    def train_updates(cls, values: np.ndarray) -> dict[str, Any]:
+        """Spec completions computed from the training split's encoded labels only."""
+        return {}
+
+    @staticmethod
+    def labelled_rows(values: np.ndarray) -> np.ndarray:
+        """Per sample: does it carry at least one label?"""
+        mask = ~np.isnan(values) if values.dtype.kind == "f" else values >= 0
+        return mask.reshape(len(values), -1).any(1)
 
     @property
     def primary_metric(self) -> str:
@@ -82,5 +136,5 @@ class Task:
                 metric.update(output.float(), target)
 
     def postprocess(self, output: Tensor) -> list[Any]:
-        """Per-sample JSON-friendly predictions (used by ``JointModel.predict``)."""
+        """Per-sample JSON-friendly predictions (used by ``JointModel.predict``); task types override."""
         return output.float().tolist()

@@ -1,15 +1,26 @@
 """Generic task types: classification, binary, multi-label and regression on pooled features.
 
-Each factory receives the task name and the built backbone (for its ``out_dim``) plus the
-user's spec, and returns a :class:`Task` whose ``spec`` rebuilds it.
+Each type is one class that owns its label semantics (how a raw column is encoded, which
+samples are labelled, loss, metrics, the prediction record) and one factory registered with
+:func:`task_type`, which records the factory's arguments as the task's ``spec`` (the JSON that
+rebuilds it), so no factory writes its spec by hand.
+
+Prediction records (``postprocess``), one schema per type:
+
+- classification: ``{"label": name or index, "index": int, "probabilities": [float] * C}``
+- binary: ``{"label": name or 0/1, "probability": float}``
+- multilabel: ``{"labels": [names or indices >= 0.5], "probabilities": [float] * K}``
+- regression: ``{"value": float}`` (a list when ``out_dim > 1``)
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -17,9 +28,49 @@ from .errors import ConfigError, DataError
 from .heads import HEADS
 from .metrics import METRICS
 from .registry import Registry
-from .task import Task, label_mask
+from .task import EncodedLabels, Task, bad_value, is_empty, label_mask
 
 TASKS: Registry[Task] = Registry("task type")
+
+
+def task_type(type_name: str, task_class: type[Task]) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
+    """Register a task factory under ``type_name``; its bound arguments (defaults filled, minus
+    ``name`` and ``backbone``) become the task's ``spec``. A factory puts into ``task.spec`` only
+    values it resolved itself (``pos_weight: auto`` -> the number), which take precedence."""
+
+    def decorator(factory: Callable[..., Task]) -> Callable[..., Task]:
+        signature = inspect.signature(factory)
+
+        @functools.wraps(factory)
+        def build(*args: Any, **kwargs: Any) -> Task:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            task = factory(*bound.args, **bound.kwargs)
+            arguments = {k: _jsonable(v) for k, v in bound.arguments.items() if k not in ("name", "backbone")}
+            task.spec = {"type": type_name, **arguments, **task.spec}
+            return task
+
+        build.task_class = task_class  # type: ignore[attr-defined]
+        TASKS.register(type_name)(build)
+        return build
+
+    return decorator
+
+
+def task_class(type_name: str) -> type[Task]:
+    """The class that owns the labels of a registered task type (for datasets reading raw columns)."""
+    cls = getattr(TASKS.get(type_name), "task_class", None)
+    if cls is None:
+        raise ConfigError(f"task type '{type_name}' is not registered with core.tasks.task_type; it cannot read labels")
+    return cls
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
 
 
 def metric_factories(names: Sequence[str], kind: str, num_classes: int | None) -> dict[str, Any]:
@@ -35,16 +86,59 @@ def _head(spec: str | dict[str, Any], backbone: nn.Module, out_dim: int) -> nn.M
     return HEADS.build(spec, in_dim=in_dim, out_dim=out_dim)
 
 
-def _names(label_names: Sequence[str] | None, count: int, task: str) -> list[str] | None:
+def check_label_names(label_names: Sequence[str] | None, count: int, task: str) -> list[str] | None:
     if label_names is not None and len(label_names) != count:
         raise ConfigError(f"task '{task}': {len(label_names)} label_names given for {count} classes")
     return list(label_names) if label_names is not None else None
 
 
+def _text(value: Any) -> str:
+    """A cell as text; 2.0 read from a column with gaps is the same label as 2."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def _integral(value: Any) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, (int, np.integer)):
+        return True
+    return isinstance(value, (float, np.floating)) and float(value).is_integer()
+
+
 class ClassificationTask(Task):
     """Single-label multi-class: integer targets in [0, num_classes), negative = missing."""
 
+    @classmethod
+    def encode_labels(cls, raw: np.ndarray, where: str, classes: Sequence[Any] | None = None) -> EncodedLabels:
+        """Integer class ids (negative = unknown) or any other values as class names, sorted
+        unless ``classes`` fixes their order (and which values are valid)."""
+        present = np.array([not is_empty(v) for v in raw])
+        values = np.full(len(raw), -1, dtype=np.int64)
+        if classes is None and all(_integral(v) for v in raw[present]):
+            ids = np.array([int(v) for v in raw[present]], dtype=np.int64)
+            values[present] = np.where(ids < 0, -1, ids)
+            if not (values >= 0).any():
+                raise DataError(f"{where} has no label (every value is empty or negative)")
+            return EncodedLabels(values, {"num_classes": max(int(values.max()) + 1, 2)})
+        text = np.array([_text(v) if p else "" for v, p in zip(raw, present, strict=True)], dtype=object)
+        names = [_text(c) for c in classes] if classes is not None else sorted(set(text[present]))
+        if len(names) < 2:
+            raise DataError(f"{where} has {len(names)} class(es) {names}; classification needs at least 2")
+        lookup = {n: i for i, n in enumerate(names)}
+        bad = present & np.array([t not in lookup for t in text])
+        if bad.any():
+            raise bad_value(where, raw, bad, f"one of the classes {names}")
+        values[present] = [lookup[t] for t in text[present]]
+        return EncodedLabels(values, {"num_classes": len(names), "label_names": names})
+
     def validate_target(self, target: Tensor) -> None:
+        if target.is_floating_point():  # pandas gives class ids as floats with NaN; they must be encoded
+            raise DataError(
+                f"task '{self.name}': class labels (label key '{self.label_key}') are floats; give integer "
+                "ids with -1 for unknown, or read the column with a table dataset, which encodes them"
+            )
         num_classes = self.spec["num_classes"]
         bad = target >= num_classes
         if bool(bad.any()):
@@ -57,13 +151,50 @@ class ClassificationTask(Task):
         probs = output.float().softmax(-1)
         names = self.label_names
         return [
-            {"label": names[i] if names else i, "index": i, "probs": p.tolist()}
+            {"label": names[i] if names else i, "index": i, "probabilities": p.tolist()}
             for i, p in zip(probs.argmax(-1).tolist(), probs, strict=True)
         ]
 
 
+#: the value pairs a binary column may hold without naming its positive value
+_BINARY_TEXT = {"1": 1.0, "0": 0.0, "1.0": 1.0, "0.0": 0.0, "true": 1.0, "false": 0.0, "yes": 1.0, "no": 0.0}
+
+
+def binary_values(raw: np.ndarray, where: str, positive: Any | None = None) -> tuple[np.ndarray, list[str] | None]:
+    """float32 0/1 with NaN = unknown, and [negative, positive] names for yes/no or a declared positive.
+
+    Without ``positive``: 1/0, true/false or yes/no (any case). With it: that value (any case) is 1
+    and the column's only other value is 0; the names keep the column's spelling.
+    """
+    flat = np.ravel(raw)
+    present = np.array([not is_empty(v) for v in flat], dtype=bool).reshape(raw.shape)
+    text = np.array([_text(v).lower() if not is_empty(v) else "" for v in flat], dtype=object).reshape(raw.shape)
+    values = np.full(raw.shape, np.nan, dtype=np.float32)
+    if positive is None:
+        bad = present & ~np.isin(text, list(_BINARY_TEXT))
+        if bad.any():
+            raise bad_value(where, raw, bad, "1/0, true/false or yes/no (or set 'positive' to the positive value)")
+        values[present] = [_BINARY_TEXT[t] for t in text[present]]
+        return values, ["no", "yes"] if set(text[present]) == {"yes", "no"} else None
+    pos = _text(positive).lower()
+    spelling = {t: _text(v) for t, v in zip(np.ravel(text)[::-1], flat[::-1], strict=True)}  # first one wins
+    others = sorted(set(text[present]) - {pos})
+    if len(others) > 1:
+        raise DataError(
+            f"{where} holds {len(others) + 1} distinct values ({[pos, *others][:6]}); a binary label with "
+            f"positive={positive!r} needs exactly one other value"
+        )
+    values[present] = (text[present] == pos).astype(np.float32)
+    return values, [spelling[others[0]] if others else f"not {positive}", spelling.get(pos, str(positive))]
+
+
 class BinaryTask(Task):
-    """One logit per label; targets 0/1 (float, NaN = missing). Also the multi-label case."""
+    """One logit; targets 0/1 (float, NaN = missing)."""
+
+    @classmethod
+    def encode_labels(cls, raw: np.ndarray, where: str, positive: Any | None = None) -> EncodedLabels:
+        values, names = binary_values(raw, where, positive)
+        return EncodedLabels(values, {"label_names": names} if names else {})
 
     def validate_target(self, target: Tensor) -> None:
         target = target.float()
@@ -76,26 +207,121 @@ class BinaryTask(Task):
             output = output.squeeze(-1)
         return super().labelled(output, target.float())
 
+    def probabilities(self, output: Tensor) -> Tensor:
+        return output.float().sigmoid()
+
     def update_metrics(self, metrics: Any, output: Tensor, target: Tensor) -> None:
         output, target, count = self.labelled(output, target)
         if count:
             for metric in metrics.values():
-                metric.update(output.float().sigmoid(), target.long())
+                metric.update(self.probabilities(output), target.long())
+
+    def threshold(self) -> float:
+        return 0.5
 
     def postprocess(self, output: Tensor) -> list[Any]:
-        return output.float().sigmoid().tolist()
+        probs = self.probabilities(output.reshape(len(output))).tolist()
+        names, threshold = self.label_names, self.threshold()
+        labels = [int(p >= threshold) for p in probs]
+        return [{"label": names[y] if names else y, "probability": p} for y, p in zip(labels, probs, strict=True)]
+
+
+class MultilabelTask(BinaryTask):
+    """Several independent 0/1 labels per sample (float [N, K], each entry NaN = missing)."""
+
+    @classmethod
+    def encode_labels(
+        cls, raw: np.ndarray, where: str, separator: str | None = None, nothing: str = "-"
+    ) -> EncodedLabels:
+        """Several columns of 0/1 cells ([N, K]; names = the columns, given by the data), or one
+        column of ``separator``-joined label names: empty = unknown, ``nothing`` = no label."""
+        if separator is None:
+            if raw.ndim != 2:
+                raise ConfigError(
+                    f"{where}: a multilabel task reads several 0/1 columns ('columns') or one column with a 'separator'"
+                )
+            return EncodedLabels(binary_values(raw, where)[0], {"num_labels": raw.shape[1]})
+        if raw.ndim != 1:
+            raise ConfigError(f"{where}: 'separator' reads one column, not {raw.shape[1]}")
+        present = np.array([not is_empty(v) for v in raw])
+        sets = [
+            {s.strip() for s in _text(v).split(separator) if s.strip()} - {nothing} if p else set()
+            for v, p in zip(raw, present, strict=True)
+        ]
+        names = sorted(set().union(*sets))
+        if not names:
+            raise DataError(f"{where} names no label")
+        values = np.full((len(raw), len(names)), np.nan, dtype=np.float32)
+        values[present] = [[float(n in s) for n in names] for s, p in zip(sets, present, strict=True) if p]
+        return EncodedLabels(values, {"num_labels": len(names), "label_names": names})
+
+    def postprocess(self, output: Tensor) -> list[Any]:
+        names = self.label_names
+        return [
+            {"labels": [names[i] if names else i for i, q in enumerate(p) if q >= 0.5], "probabilities": p}
+            for p in self.probabilities(output).tolist()
+        ]
 
 
 class RegressionTask(Task):
-    """Float targets (NaN = missing); outputs are squeezed to the target's shape."""
+    """Float targets (NaN = missing). The loss sees targets standardised with the training split's
+    mean and standard deviation (so raw scales like 1e4 train as well as 1); outputs are scaled back."""
+
+    @classmethod
+    def encode_labels(cls, raw: np.ndarray, where: str) -> EncodedLabels:
+        present = np.array([not is_empty(v) for v in raw])
+        values = np.full(len(raw), np.nan, dtype=np.float32)
+        parsed = []
+        for v in raw[present]:
+            try:
+                parsed.append(float(v))
+            except (TypeError, ValueError):
+                parsed.append(None)
+        bad = present.copy()
+        bad[present] = [p is None or not np.isfinite(p) for p in parsed]
+        if bad.any():
+            raise bad_value(where, raw, bad, "finite numbers")
+        values[present] = np.array(parsed, dtype=np.float64)
+        return EncodedLabels(values, {"out_dim": 1})
+
+    @classmethod
+    def train_updates(cls, values: np.ndarray) -> dict[str, Any]:
+        seen = values[~np.isnan(values)].astype(np.float64)
+        return {"target_mean": float(seen.mean()), "target_std": float(seen.std()) or 1.0} if len(seen) else {}
+
+    def _scale(self) -> tuple[float, float]:
+        return float(self.spec.get("target_mean", 0.0)), float(self.spec.get("target_std", 1.0))
 
     def labelled(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor, int]:
         if output.ndim == target.ndim + 1 and output.shape[-1] == 1:
             output = output.squeeze(-1)
         return super().labelled(output, target.float())
 
+    def loss(self, output: Tensor, target: Tensor) -> Tensor | None:
+        output, target, count = self.labelled(output, target)
+        if count == 0:
+            return None
+        mean, std = self._scale()
+        return self.loss_fn(output, (target - mean) / std)
 
-@TASKS.register("classification")
+    def value(self, output: Tensor) -> Tensor:
+        mean, std = self._scale()
+        return output.float() * std + mean
+
+    def update_metrics(self, metrics: Any, output: Tensor, target: Tensor) -> None:
+        output, target, count = self.labelled(output, target)
+        if count:
+            for metric in metrics.values():
+                metric.update(self.value(output), target)
+
+    def postprocess(self, output: Tensor) -> list[Any]:
+        values = self.value(output)
+        if values.ndim == 2 and values.shape[-1] == 1:
+            values = values.squeeze(-1)
+        return [{"value": v} for v in values.tolist()]
+
+
+@task_type("classification", ClassificationTask)
 def classification(
     name: str,
     backbone: nn.Module,
@@ -110,16 +336,6 @@ def classification(
     """Multi-class classification with cross-entropy."""
     if num_classes < 2:
         raise ConfigError(f"task '{name}': num_classes must be >= 2, got {num_classes}")
-    spec = {
-        "type": "classification",
-        "num_classes": num_classes,
-        "head": head,
-        "metrics": list(metrics),
-        "label_key": label_key or name,
-        "weight": weight,
-        "label_smoothing": label_smoothing,
-        "label_names": _names(label_names, num_classes, name),
-    }
     return ClassificationTask(
         name=name,
         head=_head(head, backbone, num_classes),
@@ -127,8 +343,7 @@ def classification(
         metrics=metric_factories(metrics, "multiclass", num_classes),
         label_key=label_key or name,
         weight=weight,
-        label_names=spec["label_names"],
-        spec=spec,
+        label_names=check_label_names(label_names, num_classes, name),
     )
 
 
@@ -142,7 +357,7 @@ def bce_loss(pos_weight: float | None) -> Any:
     return loss
 
 
-@TASKS.register("binary")
+@task_type("binary", BinaryTask)
 def binary(
     name: str,
     backbone: nn.Module,
@@ -151,16 +366,10 @@ def binary(
     label_key: str | None = None,
     weight: float = 1.0,
     pos_weight: float | None = None,
+    label_names: Sequence[str] | None = None,
 ) -> Task:
-    """Binary classification with BCE on one logit; ``pos_weight`` counters class imbalance."""
-    spec = {
-        "type": "binary",
-        "head": head,
-        "metrics": list(metrics),
-        "label_key": label_key or name,
-        "weight": weight,
-        "pos_weight": pos_weight,
-    }
+    """Binary classification with BCE on one logit; ``pos_weight`` counters class imbalance;
+    ``label_names`` = [negative, positive] names the prediction's label."""
     return BinaryTask(
         name=name,
         head=_head(head, backbone, 1),
@@ -168,11 +377,11 @@ def binary(
         metrics=metric_factories(metrics, "binary", None),
         label_key=label_key or name,
         weight=weight,
-        spec=spec,
+        label_names=check_label_names(label_names, 2, name),
     )
 
 
-@TASKS.register("multilabel")
+@task_type("multilabel", MultilabelTask)
 def multilabel(
     name: str,
     backbone: nn.Module,
@@ -184,31 +393,21 @@ def multilabel(
     label_names: Sequence[str] | None = None,
 ) -> Task:
     """Several independent binary labels per sample; each entry may be missing (NaN)."""
-    spec = {
-        "type": "multilabel",
-        "num_labels": num_labels,
-        "head": head,
-        "metrics": list(metrics),
-        "label_key": label_key or name,
-        "weight": weight,
-        "label_names": _names(label_names, num_labels, name),
-    }
-    return BinaryTask(
+    return MultilabelTask(
         name=name,
         head=_head(head, backbone, num_labels),
         loss_fn=F.binary_cross_entropy_with_logits,
         metrics=metric_factories(metrics, "multilabel", None),
         label_key=label_key or name,
         weight=weight,
-        label_names=spec["label_names"],
-        spec=spec,
+        label_names=check_label_names(label_names, num_labels, name),
     )
 
 
 _REGRESSION_LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.huber_loss}
 
 
-@TASKS.register("regression")
+@task_type("regression", RegressionTask)
 def regression(
     name: str,
     backbone: nn.Module,
@@ -218,19 +417,15 @@ def regression(
     metrics: Sequence[str] = ("mae", "pearson"),
     label_key: str | None = None,
     weight: float = 1.0,
+    target_mean: float = 0.0,
+    target_std: float = 1.0,
 ) -> Task:
-    """Real-valued targets; ``loss`` is one of mse, l1, huber."""
+    """Real-valued targets; ``loss`` is one of mse, l1, huber, on targets standardised with
+    ``target_mean`` / ``target_std`` (a table dataset supplies the training split's)."""
     if loss not in _REGRESSION_LOSSES:
         raise ConfigError(f"task '{name}': unknown regression loss '{loss}'; valid: {', '.join(_REGRESSION_LOSSES)}")
-    spec = {
-        "type": "regression",
-        "out_dim": out_dim,
-        "head": head,
-        "loss": loss,
-        "metrics": list(metrics),
-        "label_key": label_key or name,
-        "weight": weight,
-    }
+    if not target_std > 0:
+        raise ConfigError(f"task '{name}': target_std must be > 0, got {target_std}")
     return RegressionTask(
         name=name,
         head=_head(head, backbone, out_dim),
@@ -238,7 +433,6 @@ def regression(
         metrics=metric_factories(metrics, "regression", None),
         label_key=label_key or name,
         weight=weight,
-        spec=spec,
     )
 
 
@@ -247,5 +441,5 @@ def build_task(name: str, spec: dict[str, Any], backbone: nn.Module) -> Task:
     spec = dict(spec)
     if "type" not in spec:
         raise ConfigError(f"task '{name}' needs a 'type'; valid types: {', '.join(TASKS.names())}")
-    task_type = spec.pop("type")
-    return TASKS.build({"name": task_type, **spec}, name=name, backbone=backbone)
+    task_type_name = spec.pop("type")
+    return TASKS.build({"name": task_type_name, **spec}, name=name, backbone=backbone)

@@ -2,24 +2,23 @@
 
 Importing the package registers its components: the ``records`` backbone (tabular and/or image
 encoders, fused), the ``disease`` task type, the ``records`` and ``thyroid`` datasets, the
-``records`` predictor and the ``auprc`` / ``brier`` / ``ece`` metrics.
+``records`` predictor and the ``auprc`` / ``brier`` / ``ece`` metrics. The tabular part is
+core's (:mod:`core.tabular`).
 """
 
-from . import calibration, data, fusion, metrics, predict, tabular, tasks, thyroid
+from . import calibration, calibrators, data, fusion, metrics, predict, tasks, thyroid
 from .calibration import calibrate
 from .data import records_bundle
-from .tabular import TabularSchema
 
 __all__ = [
-    "TabularSchema",
     "calibrate",
     "calibration",
+    "calibrators",
     "data",
     "fusion",
     "metrics",
     "predict",
     "records_bundle",
-    "tabular",
     "tasks",
     "thyroid",
 ]

@@ -19,9 +19,10 @@ from torch import Tensor, nn
 from core.backbones import BACKBONES
 from core.errors import ConfigError
 from core.registry import Registry
+from core.tabular.encoders import TABULAR_ENCODERS
+from core.tabular.schema import TabularSchema
 
-from .imaging import ImageEncoder, check_channels
-from .tabular import TABULAR_ENCODERS, TabularSchema
+from .imaging import ImageEncoder, check_channels, image_model_spec
 
 #: fusion strategies: ``(dim, modalities) -> nn.Module`` mapping [B, M, dim] + mask [B, M] to [B, out_dim]
 FUSIONS: Registry[nn.Module] = Registry("fusion")
@@ -69,7 +70,7 @@ class RecordsBackbone(nn.Module):
         modalities: any of ``tabular``, ``image``.
         dim: width of each modality's projection.
         tabular: tabular encoder spec, ``{name: mlp | ft_transformer, **kwargs}``.
-        image: image encoder spec ``{model: <timm name>, pretrained, checkpoint}``.
+        image: image encoder spec ``{model_name: <timm name>, pretrained, checkpoint}`` (as vision's backbone).
         image_channels: 1 (grayscale) or 3 (RGB), supplied by the data.
         fusion: ``concat`` or ``gated``.
     """
@@ -91,7 +92,7 @@ class RecordsBackbone(nn.Module):
         self.modalities = list(modalities)
         self.dim, self.fusion_name, self.image_channels = dim, fusion, image_channels
         self.tabular_spec = dict(tabular or {"name": "mlp"})
-        self.image_spec = dict(image or {"model": "resnet18"})
+        self.image_spec = image_model_spec(image or {"model_name": "resnet18"})
         self.schema_json = schema
         if "tabular" in self.modalities:
             if schema is None:
@@ -99,10 +100,7 @@ class RecordsBackbone(nn.Module):
             self.tabular = TABULAR_ENCODERS.build(self.tabular_spec, schema=TabularSchema.from_json(schema), dim=dim)
         if "image" in self.modalities:
             check_channels(image_channels)
-            spec = dict(self.image_spec)
-            if "model" not in spec:
-                raise ConfigError("records backbone: image spec needs a timm 'model' name")
-            self.image = ImageEncoder(spec.pop("model"), in_chans=image_channels, **spec)
+            self.image = ImageEncoder(in_chans=image_channels, **self.image_spec)
             self.image_proj = nn.Sequential(nn.Linear(self.image.num_features, dim), nn.LayerNorm(dim))
         # learned stand-ins for a modality a patient does not have
         self.placeholder = nn.Parameter(torch.zeros(len(self.modalities), dim))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,18 +46,35 @@ def load_image(
     return tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1).contiguous()
 
 
+def image_model_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The image encoder's arguments; ``model`` is the deprecated spelling of vision's ``model_name``."""
+    spec = dict(spec)
+    if "model" in spec:
+        if "model_name" in spec:
+            raise ConfigError("image spec: give 'model_name' only ('model' is its deprecated spelling)")
+        warnings.warn(
+            "records backbone: image 'model' is deprecated; write 'model_name' (as vision's backbone does)",
+            FutureWarning,
+            stacklevel=3,
+        )
+        spec["model_name"] = spec.pop("model")
+    if "model_name" not in spec:
+        raise ConfigError("records backbone: the image spec needs a timm 'model_name'")
+    return spec
+
+
 class ImageEncoder(nn.Module):
     """vision's timm backbone (``vision.backbone.TimmBackbone``, normalisation built in), last stage
     average-pooled: images [B, C, H, W] (uint8, or floats in [0, 1]) -> [B, num_features].
 
     Args:
-        model: a timm model name.
+        model_name: a timm model name.
         in_chans: 1 (grayscale) or 3 (RGB).
         pretrained: load hub weights (needs network once, then timm's cache).
         checkpoint: load pretrained weights from a local file instead (offline).
     """
 
-    def __init__(self, model: str, in_chans: int, pretrained: bool = False, checkpoint: str | None = None) -> None:
+    def __init__(self, model_name: str, in_chans: int, pretrained: bool = False, checkpoint: str | None = None) -> None:
         super().__init__()
         import timm  # imported here: tabular-only models need neither timm nor vision
 
@@ -65,11 +83,11 @@ class ImageEncoder(nn.Module):
         if checkpoint is not None and not Path(checkpoint).is_file():
             raise ConfigError(f"image checkpoint {checkpoint} does not exist")
         mean = std = None  # 3 channels: the model's pretrained config
-        cfg = timm.models.get_pretrained_cfg(model)
+        cfg = timm.models.get_pretrained_cfg(model_name)
         if in_chans == 1 and cfg is not None:  # timm sums RGB filters into one: normalise with the channel mean
             mean, std = [sum(cfg.mean) / len(cfg.mean)], [sum(cfg.std) / len(cfg.std)]
         self.backbone = TimmBackbone(
-            model,
+            model_name,
             pretrained=pretrained,
             pretrained_file=checkpoint,
             out_indices=(-1,),

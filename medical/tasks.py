@@ -1,9 +1,14 @@
 """The ``disease`` task type: core's binary task with pos_weight from the data and a calibrated head.
 
-Labels are 0/1 floats, NaN = unknown: core's masking keeps unknown labels out of the loss and
-the metrics. The head carries the calibration (p = sigmoid(a * z + b)) and the decision
-threshold as buffers, fitted on validation data by :func:`medical.calibration.calibrate`;
-until then they are the identity and 0.5. Metrics and predictions use calibrated probabilities.
+Labels are read like a binary column (1/0, true/false, yes/no; empty = unknown) and become 0/1
+floats, NaN = unknown: core's masking keeps unknown labels out of the loss and the metrics; the
+training split's positive / negative counts go into the spec (``pos_weight: auto``).
+
+The head carries the calibration (p = sigmoid(a * z + b)) and the decision threshold as
+buffers, fitted on validation data by :func:`medical.calibration.calibrate`; until then they
+are the identity and 0.5. Metrics and predictions use calibrated probabilities; a prediction
+is core's binary record plus the threshold, ``{"label", "probability", "threshold"}``, where
+label is the decision at that threshold.
 """
 
 from __future__ import annotations
@@ -11,14 +16,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from core.errors import ConfigError
 from core.heads import HEADS
-from core.tasks import TASKS, BinaryTask, bce_loss, metric_factories
+from core.tasks import BinaryTask, bce_loss, check_label_names, metric_factories, task_type
 
-from .calibration import CALIBRATORS, THRESHOLDS
+from .calibrators import CALIBRATORS, THRESHOLDS
 
 
 class DiseaseHead(nn.Module):
@@ -46,17 +52,20 @@ class DiseaseHead(nn.Module):
 class DiseaseTask(BinaryTask):
     head: DiseaseHead
 
-    def update_metrics(self, metrics: Any, output: Tensor, target: Tensor) -> None:
-        output, target, count = self.labelled(output, target)
-        if count:
-            probs = self.head.probability(output)
-            for metric in metrics.values():
-                metric.update(probs, target.long())
+    @classmethod
+    def train_updates(cls, values: np.ndarray) -> dict[str, Any]:
+        seen = values[~np.isnan(values)]
+        return {"label_counts": {"positive": int(seen.sum()), "negative": int(len(seen) - seen.sum())}}
+
+    def probabilities(self, output: Tensor) -> Tensor:
+        return self.head.probability(output)
+
+    def threshold(self) -> float:
+        return float(self.head.threshold)
 
     def postprocess(self, output: Tensor) -> list[Any]:
-        probs = self.head.probability(output.reshape(len(output)))
-        threshold = float(self.head.threshold)
-        return [{"probability": p, "decision": int(p >= threshold), "threshold": threshold} for p in probs.tolist()]
+        threshold = self.threshold()
+        return [{**record, "threshold": threshold} for record in super().postprocess(output)]
 
 
 def resolve_pos_weight(name: str, pos_weight: float | str | None, label_counts: dict[str, int] | None) -> float | None:
@@ -73,7 +82,7 @@ def resolve_pos_weight(name: str, pos_weight: float | str | None, label_counts: 
     return label_counts["negative"] / label_counts["positive"]
 
 
-@TASKS.register("disease")
+@task_type("disease", DiseaseTask)
 def disease(
     name: str,
     backbone: nn.Module,
@@ -86,6 +95,7 @@ def disease(
     calibration: str = "platt",
     threshold: str | float = "youden",
     target_sensitivity: float = 0.9,
+    label_names: Sequence[str] | None = None,
 ) -> DiseaseTask:
     """One disease: BCE on one logit, unknown (NaN) labels masked.
 
@@ -94,6 +104,7 @@ def disease(
         label_counts: ``{"positive": n, "negative": m}`` of the training split (supplied by the data).
         calibration: ``platt``, ``temperature`` or ``none``, fitted on the validation split.
         threshold: ``youden``, ``sensitivity`` (reach ``target_sensitivity``) or a fixed probability.
+        label_names: [negative, positive] names for the prediction's label (the data gives them for yes/no).
     """
     CALIBRATORS.get(calibration)  # fail on a typo now, not after training
     if not isinstance(threshold, (int, float)):
@@ -104,19 +115,6 @@ def disease(
     if not isinstance(in_dim, int):
         raise ConfigError(f"backbone {type(backbone).__name__} has no integer 'out_dim' for a disease head")
     resolved = resolve_pos_weight(name, pos_weight, label_counts)
-    spec = {
-        "type": "disease",
-        "head": head,
-        "metrics": list(metrics),
-        "label_key": label_key or name,
-        "weight": weight,
-        # the resolved number is saved: a reloaded model needs no label counts
-        "pos_weight": resolved,
-        "label_counts": label_counts,
-        "calibration": calibration,
-        "threshold": threshold,
-        "target_sensitivity": target_sensitivity,
-    }
     return DiseaseTask(
         name=name,
         head=DiseaseHead(HEADS.build(head, in_dim=in_dim, out_dim=1)),
@@ -124,5 +122,6 @@ def disease(
         metrics=metric_factories(metrics, "binary", None),
         label_key=label_key or name,
         weight=weight,
-        spec=spec,
+        label_names=check_label_names(label_names, 2, name),
+        spec={"pos_weight": resolved},  # the resolved number is saved: a reloaded model needs no label counts
     )

@@ -16,8 +16,9 @@ import pandas as pd
 
 from core.data import DATASETS, DataBundle
 from core.errors import ConfigError, DataError
+from core.tabular import read_table
 
-from .data import read_table, records_bundle
+from .data import records_bundle
 
 #: disease group -> diagnosis letters (thyroid0387.names)
 GROUPS: dict[str, str] = {
@@ -64,7 +65,7 @@ def thyroid(
     numeric_bins: int = 16,
 ) -> DataBundle:
     """thyroid0387 records, diagnoses grouped into ``groups`` (default: all seven), patient-level split;
-    ``numeric_bins`` quantile bins per lab value feed the piecewise-linear encoding (see ``medical.tabular``)."""
+    ``numeric_bins`` quantile bins per lab value feed the piecewise-linear encoding (see ``core.tabular.schema``)."""
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
         raise ConfigError(f"unknown thyroid groups {unknown}; valid: {', '.join(GROUPS)}")

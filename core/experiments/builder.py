@@ -83,6 +83,12 @@ class Experiment:
         config = self.config
         backbone_spec = {**config.model.backbone, **data.backbone_updates}
         backbone = BACKBONES.build(backbone_spec)
+        for name, spec in config.tasks.items():
+            given, supplied = spec.get("type"), data.task_updates.get(name, {}).get("type")
+            if given and supplied and given != supplied:
+                raise ConfigError(
+                    f"task '{name}': tasks.{name}.type is '{given}' but the data labels it as '{supplied}'"
+                )
         tasks = [
             build_task(name, {**spec, **data.task_updates.get(name, {})}, backbone)
             for name, spec in config.tasks.items()

@@ -54,8 +54,8 @@ def test_parameter_partition_covers_everything_once():
 
 def test_predict_returns_json_friendly_records():
     out = _model().predict(torch.randn(2, 8))
-    assert out["a"][0]["label"] in ("x", "y", "z") and len(out["a"][0]["probs"]) == 3
-    assert len(out["c"][0]) == 4 and all(0 <= p <= 1 for p in out["c"][0])
+    assert out["a"][0]["label"] in ("x", "y", "z") and len(out["a"][0]["probabilities"]) == 3
+    assert len(out["c"][0]["probabilities"]) == 4 and all(0 <= p <= 1 for p in out["c"][0]["probabilities"])
     json.dumps(out)
 
 

@@ -5,7 +5,8 @@ import torch
 from core.backbones import BACKBONES
 from core.model import JointModel
 from core.tasks import build_task
-from medical.calibration import CALIBRATORS, calibrate, fit_disease, sensitivity, youden
+from medical.calibration import calibrate
+from medical.calibrators import CALIBRATORS, fit_disease, sensitivity, youden
 from medical.data import records_bundle
 from medical.metrics import binary_scores
 
@@ -68,4 +69,4 @@ def test_calibrate_writes_buffers_that_survive_save_and_predict(tmp_path) -> Non
     logits = model.eval()(batch)["renal"].squeeze(-1)
     expected = torch.sigmoid(report["renal"]["scale"] * logits + report["renal"]["bias"])
     assert [r["probability"] for r in out] == pytest.approx(expected.tolist(), abs=1e-6)
-    assert [r["decision"] for r in out] == [int(p >= report["renal"]["threshold"]) for p in expected.tolist()]
+    assert [r["label"] for r in out] == [int(p >= report["renal"]["threshold"]) for p in expected.tolist()]

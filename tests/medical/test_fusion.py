@@ -39,7 +39,7 @@ def train(bundle, modalities: list[str], fusion: str = "gated", steps: int = 70)
             "modalities": modalities,
             "dim": 32,
             "fusion": fusion,
-            "image": {"model": "test_resnet"},
+            "image": {"model_name": "test_resnet"},
             **bundle.backbone_updates,
         }
     )
@@ -72,7 +72,7 @@ def test_missing_modality_uses_the_placeholder(fusion: str) -> None:
             "modalities": ["tabular", "image"],
             "dim": 8,
             "fusion": fusion,
-            "image": {"model": "test_resnet"},
+            "image": {"model_name": "test_resnet"},
             "image_channels": 1,
         }
     ).eval()
@@ -113,7 +113,7 @@ def test_saved_image_model_predicts_a_csv_as_in_training(tmp_path) -> None:
     path = image_records(tmp_path, n=40)
     bundle = records(str(path), **{**DATA, "val_fraction": 0.0, "test_fraction": 0.0})
     backbone = BACKBONES.build(
-        {"name": "records", "modalities": ["tabular", "image"], "dim": 8, "image": {"model": "test_resnet"},
+        {"name": "records", "modalities": ["tabular", "image"], "dim": 8, "image": {"model_name": "test_resnet"},
          **bundle.backbone_updates}
     )  # fmt: skip
     tasks = [build_task(d, {"type": "disease", **bundle.task_updates[d]}, backbone) for d in DATA["diseases"]]
@@ -127,3 +127,15 @@ def test_saved_image_model_predicts_a_csv_as_in_training(tmp_path) -> None:
     batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
     expected = model.predict(batch)["lesion"]
     assert [p["lesion"]["probability"] for p in predicted] == pytest.approx([e["probability"] for e in expected])
+
+
+def test_image_model_is_model_name_as_in_vision_and_model_is_deprecated() -> None:
+    from medical.imaging import image_model_spec
+
+    assert image_model_spec({"model_name": "resnet18", "pretrained": False}) == {
+        "model_name": "resnet18", "pretrained": False
+    }  # fmt: skip
+    with pytest.warns(FutureWarning, match=r"image 'model' is deprecated; write 'model_name'"):
+        assert image_model_spec({"model": "resnet18"}) == {"model_name": "resnet18"}
+    with pytest.raises(Exception, match="give 'model_name' only"):
+        image_model_spec({"model": "a", "model_name": "b"})

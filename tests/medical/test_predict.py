@@ -43,7 +43,7 @@ def test_predict_cli_on_a_csv(tmp_path, capsys) -> None:
         for disease in ("renal", "cardiac"):
             p = r[disease]
             assert 0 <= p["probability"] <= 1 and p["threshold"] == pytest.approx(fitted[disease]["threshold"])
-            assert p["decision"] == int(p["probability"] >= p["threshold"])
+            assert p["label"] == int(p["probability"] >= p["threshold"])
 
     missing = write_csv(new.drop(columns=["creatinine"]), tmp_path / "missing.csv")
     assert jointtrain(["predict", str(tmp_path / "run"), str(missing), "--out", str(out)]) == 2

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from core.errors import DataError
-from medical.tabular import MISSING, RESERVED, TABULAR_ENCODERS, UNKNOWN, TabularInputs, TabularSchema, warn_unknown
+from core.tabular.encoders import TABULAR_ENCODERS
+from core.tabular.inputs import TabularInputs
+from core.tabular.schema import MISSING, RESERVED, UNKNOWN, TabularSchema, warn_unknown
 
 from .helpers import records_frame
 

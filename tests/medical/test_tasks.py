@@ -74,9 +74,9 @@ def test_patient_level_split_keeps_a_patients_rows_together() -> None:
 
 def test_bad_label_value_names_column_row_and_file(tmp_path) -> None:
     frame = records_frame(50).astype({"renal": object})
-    frame.loc[7, "renal"] = "yes"
+    frame.loc[7, "renal"] = "maybe"
     path = write_csv(frame, tmp_path / "bad.csv")
-    with pytest.raises(DataError, match=r"bad.csv: disease column 'renal' has the label 'yes' at row 7"):
+    with pytest.raises(DataError, match=r"bad.csv: label column 'renal' has the value 'maybe' at row 7"):
         records(str(path), ["renal"])
 
 
@@ -105,3 +105,44 @@ def test_cohorts_labelled_for_different_diseases_train_jointly() -> None:
     trainer.fit()
     results = trainer.evaluate("val")
     assert set(results) == {"renal", "cardiac"} and all(math.isfinite(r["auroc"]) for r in results.values())
+
+
+def test_records_take_other_task_types_beside_diseases() -> None:
+    """A patient table may also label a category and a measurement: core's task types read them."""
+    frame = records_frame(300)
+    frame["stage"] = np.where(frame["age"] > 60, "late", "early").astype(object)
+    frame["egfr"] = 120 - frame["age"] + np.random.default_rng(0).normal(0, 2, 300)
+    frame.loc[::4, "stage"] = None
+    labels = {"stage": "classification", "egfr": "regression"}
+    bundle = records_bundle(frame, ["renal"], labels=labels, id_column="patient")
+    assert {t: bundle.task_updates[t]["type"] for t in ("renal", "stage", "egfr")} == {
+        "renal": "disease", "stage": "classification", "egfr": "regression"
+    }  # fmt: skip
+    assert bundle.task_updates["stage"]["label_names"] == ["early", "late"]
+    backbone = BACKBONES.build({"name": "records", "dim": 16, **bundle.backbone_updates})
+    model = JointModel(backbone, [build_task(t, bundle.task_updates[t], backbone) for t in ("renal", "stage", "egfr")])
+    trainer = Trainer(
+        model,
+        bundle,
+        BALANCERS.build("ew"),
+        SAMPLERS.build("all"),
+        TrainConfig(max_steps=60, lr=3e-3, eval_every=0, progress=False),
+        Loading(batch_size=32),
+    )
+    trainer.fit()
+    results = trainer.evaluate("test")
+    assert results["stage"]["accuracy"] > 0.8 and results["egfr"]["pearson"] > 0.8
+    with pytest.raises(Exception, match=r"tasks \['renal'\] are listed both as diseases and under labels"):
+        records_bundle(frame, ["renal"], labels={"renal": "binary"})
+
+
+def test_yes_no_disease_labels_name_the_predicted_label() -> None:
+    frame = records_frame(200)
+    frame["renal"] = frame["renal"].map({1.0: "Yes", 0.0: "No"})
+    bundle = records_bundle(frame, ["renal"], id_column="patient")
+    assert bundle.task_updates["renal"]["label_names"] == ["no", "yes"]
+    model = model_for(bundle, tasks=("renal",))
+    data = bundle.test[0].dataset
+    out = model.predict({"numeric": data.numeric[:3], "categorical": data.categorical[:3]})["renal"]
+    assert all(set(r) == {"label", "probability", "threshold"} for r in out)
+    assert [r["label"] for r in out] == ["yes" if r["probability"] >= 0.5 else "no" for r in out]

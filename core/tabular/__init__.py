@@ -1,0 +1,23 @@
+"""Generic tabular data: preprocessing fitted on the training split, the ``tabular`` backbone
+(residual MLP / FT-Transformer encoders), the ``table`` dataset and the ``table`` predictor.
+
+pandas is imported only where a table is read (``core`` imports with torch alone).
+"""
+
+from . import backbone, dataset, encoders, predict
+from .dataset import PreparedTable, TableDataset, prepare_table, table_bundle
+from .read import read_table
+from .schema import TabularSchema
+
+__all__ = [
+    "PreparedTable",
+    "TableDataset",
+    "TabularSchema",
+    "backbone",
+    "dataset",
+    "encoders",
+    "predict",
+    "prepare_table",
+    "read_table",
+    "table_bundle",
+]

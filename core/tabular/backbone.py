@@ -1,0 +1,47 @@
+"""The ``tabular`` backbone: a table row (numeric + categorical cells) -> one feature vector.
+
+Inputs (a batch dict): ``numeric`` [B, Cn] raw floats (NaN = missing), ``categorical`` [B, Cc]
+codes, as :meth:`core.tabular.schema.TabularSchema.encode` gives them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from core.backbones import BACKBONES
+from core.errors import ConfigError
+
+from .encoders import TABULAR_ENCODERS
+from .schema import TabularSchema
+
+
+@BACKBONES.register("tabular")
+class TabularBackbone(nn.Module):
+    """A fitted tabular preprocessing followed by a registered encoder.
+
+    Args:
+        schema: the fitted preprocessing (supplied by the data: the ``table`` dataset).
+        dim: feature width (the heads' input).
+        encoder: ``{name: mlp | ft_transformer, **kwargs}``.
+    """
+
+    def __init__(self, schema: dict[str, Any] | None = None, dim: int = 128, encoder: dict[str, Any] | None = None):
+        super().__init__()
+        if schema is None:
+            raise ConfigError("tabular backbone: needs a fitted schema, which a table dataset supplies ('table')")
+        self.schema_json, self.encoder_spec = schema, dict(encoder or {"name": "mlp"})
+        self.encoder = TABULAR_ENCODERS.build(self.encoder_spec, schema=TabularSchema.from_json(schema), dim=dim)
+        self.out_dim = dim
+
+    @property
+    def schema(self) -> TabularSchema:
+        return TabularSchema.from_json(self.schema_json)
+
+    def forward(self, inputs: dict[str, Tensor]) -> Tensor:
+        return self.encoder(inputs["numeric"], inputs["categorical"])
+
+    def export_spec(self) -> dict[str, Any]:
+        """The JSON that rebuilds this backbone, fitted schema included."""
+        return {"name": "tabular", "schema": self.schema_json, "dim": self.out_dim, "encoder": self.encoder_spec}

@@ -1,0 +1,68 @@
+"""Reading a table file: CSV / TSV, Parquet or JSON lines (optionally compressed), by its suffix.
+
+A path is absolute, relative to the working directory, or ``pkg:<package>/<file>``: a file
+shipped inside an installed Python package (bundled demo data, read offline).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from core.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+_COMPRESSION = (".gz", ".bz2", ".xz", ".zip", ".zst")
+
+
+def table_format(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSION:
+        suffixes = suffixes[:-1]
+    fmt = FORMATS.get(suffixes[-1] if suffixes else "")
+    if fmt is None:
+        raise DataError(f"{path}: unknown table format; name the file {', '.join(f'*{s}' for s in FORMATS)}")
+    return fmt
+
+
+def resolve_path(path: str | Path) -> Path:
+    """The file a table path names (see the module docstring)."""
+    text = str(path)
+    if not text.startswith("pkg:"):
+        return Path(path)
+    package, _, inner = text[len("pkg:") :].partition("/")
+    if not package or not inner:
+        raise DataError(f"table path {text!r} must look like 'pkg:<package>/<file inside it>'")
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"table path {text!r}: package '{package}' is not installed (pip install {package})")
+    return Path(next(iter(spec.submodule_search_locations))) / inner
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """The file as a DataFrame; empty cells are missing (NaN)."""
+    try:
+        import pandas as pd
+    except ImportError as e:
+        raise DataError("reading tables needs pandas: pip install pandas") from e
+    path = resolve_path(path)
+    if not path.is_file():
+        raise DataError(f"table file {path} does not exist")
+    fmt = table_format(path)
+    try:
+        if fmt == "parquet":
+            return pd.read_parquet(path)
+        if fmt == "jsonl":
+            return pd.read_json(path, lines=True)
+        return pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", low_memory=False)
+    except ImportError as e:
+        raise DataError(f"{path}: reading {fmt} needs an extra package: {e}") from e
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as e:
+        raise DataError(f"{path} is not a readable {fmt} file: {e}") from e
