@@ -1,4 +1,4 @@
-"""JointModel: one shared backbone, one head per task, saved as safetensors + JSON."""
+"""JointModel: a backbone shared as its architecture says, one head per task, saved as safetensors + JSON."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from .architectures import ARCHITECTURES
 from .backbones import BACKBONES
 from .checkpoint import atomic_write_dir
 from .errors import CheckpointError
@@ -34,7 +35,11 @@ def tree_map(fn: Any, features: Any) -> Any:
 
 
 class JointModel(nn.Module):
-    """Shared backbone + ``heads[task]``; ``forward`` runs the backbone once for all tasks asked."""
+    """Backbone + ``architecture`` (how its layers are shared) + ``heads[task]``.
+
+    ``forward`` runs the shared part once for all tasks asked. ``architecture`` is a
+    ``{name, **kwargs}`` spec of ``core.architectures.ARCHITECTURES``; None = ``hard`` sharing.
+    """
 
     def __init__(
         self,
@@ -43,6 +48,7 @@ class JointModel(nn.Module):
         backbone_spec: dict[str, Any] | None = None,
         head_dropout: float = 0.0,
         extra: dict[str, Any] | None = None,
+        architecture: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not tasks:
@@ -55,14 +61,23 @@ class JointModel(nn.Module):
         self.head_dropout = nn.Dropout(head_dropout)
         self.backbone_spec = backbone_spec or {}
         self.extra = extra or {}  # JSON-able preprocessing / metadata saved with the model
+        # -- architecture (issue 13): built last, it may take blocks over from the backbone --
+        self.architecture = ARCHITECTURES.build(
+            architecture or {"name": "hard"}, backbone=backbone, tasks=list(self.tasks)
+        )
 
     # -- forward ---------------------------------------------------------------------------
     def encode(self, inputs: Any) -> Any:
-        return self.backbone(inputs)
+        return self.architecture.encode(self.backbone, inputs)
 
     def decode(self, features: Any, tasks: Iterable[str] | None = None) -> dict[str, Any]:
-        features = tree_map(self.head_dropout, features)
-        return {name: self.heads[name](features) for name in (tasks if tasks is not None else self.tasks)}
+        names = list(tasks if tasks is not None else self.tasks)
+        per_task = self.architecture.decode(features, names)
+        dropped: dict[int, Any] = {}  # features read by several heads get one dropout draw, as before
+        for feats in per_task.values():
+            if id(feats) not in dropped:
+                dropped[id(feats)] = tree_map(self.head_dropout, feats)
+        return {name: self.heads[name](dropped[id(per_task[name])]) for name in names}
 
     def forward(self, inputs: Any, tasks: Iterable[str] | None = None) -> dict[str, Any]:
         return self.decode(self.encode(inputs), tasks)
@@ -80,10 +95,14 @@ class JointModel(nn.Module):
 
     # -- parameter partition -----------------------------------------------------------------
     def shared_parameters(self) -> Iterator[nn.Parameter]:
-        return self.backbone.parameters()
+        """Parameters that reach two tasks or more: all but the heads and the architecture's task parts."""
+        own = {id(p) for t in self.tasks for p in self.task_parameters(t)}
+        return (p for p in self.parameters() if id(p) not in own)
 
     def task_parameters(self, name: str) -> Iterator[nn.Parameter]:
-        return self.heads[name].parameters()
+        """Parameters that reach task ``name`` only."""
+        yield from self.heads[name].parameters()
+        yield from self.architecture.task_parameters(name)
 
     # -- persistence -----------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
@@ -94,6 +113,7 @@ class JointModel(nn.Module):
             "tasks": {name: task.spec for name, task in self.tasks.items()},
             "head_dropout": self.head_dropout.p,
             "extra": self.extra,
+            "architecture": self.architecture.spec(),
         }
 
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -132,6 +152,7 @@ class JointModel(nn.Module):
             backbone_spec=config["backbone"],
             head_dropout=config.get("head_dropout", 0.0),
             extra=config.get("extra", {}),
+            architecture=config.get("architecture"),  # saved before architectures existed: hard
         )
 
     @classmethod
@@ -158,6 +179,12 @@ class JointModel(nn.Module):
             raise CheckpointError(f"{weights_path} is corrupt: {e}") from e
         dropped = set(config["tasks"]) - set(model.tasks)
         state = {k: v for k, v in state.items() if not any(k.startswith(f"heads.{t}.") for t in dropped)}
+        if dropped:  # branches / gates of the dropped tasks
+            prefix = "architecture."
+            own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            adapted = model.architecture.adapt_state(own, list(config["tasks"]))
+            state = {k: v for k, v in state.items() if not k.startswith(prefix)}
+            state.update({prefix + k: v for k, v in adapted.items()})
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as e:

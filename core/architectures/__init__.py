@@ -1,0 +1,28 @@
+"""Sharing architectures: which layers the tasks share. Build one with ``ARCHITECTURES.build``.
+
+One file per architecture (the paper in its docstring): ``hard`` (the default), ``branched``,
+``cross_stitch``, ``mtan``, ``mmoe``, ``cgc``, ``ple``, ``dselect_k``. The contract is
+:class:`~core.architectures.base.Architecture`.
+"""
+
+from . import branched, cross_stitch, dselect_k, hard, mmoe, mtan, ple
+from .base import Architecture
+from .groups import branched_from_groups
+from .registry import ARCHITECTURES
+
+__all__ = [
+    "ARCHITECTURES",
+    "DIAGNOSTIC_PREFIXES",
+    "Architecture",
+    "branched",
+    "branched_from_groups",
+    "cross_stitch",
+    "dselect_k",
+    "hard",
+    "mmoe",
+    "mtan",
+    "ple",
+]
+
+#: log keys the architectures write (``gate/<task>/entropy``, ``gate/<task>/expert<i>``), for plots
+DIAGNOSTIC_PREFIXES = ("gate/",)
