@@ -9,8 +9,9 @@ task's and the shared ones) into the input of the next level's shared experts: w
 levels above would never see what the task experts extracted. The first level reads the
 backbone's feature vector.
 
-Parameters below the last level reach every task through the shared gate, so they are shared;
-the last level's task experts and gates are task-specific. No single tensor separates the two
+Parameters below the last level reach every task through the shared gate, so they are shared,
+except the next-to-last level's task gates (each feeds only its task's experts above); the last
+level's task experts and gates are task-specific. No single tensor separates the two
 (task experts read the same input as the shared experts), so only the ``params`` space is exact.
 """
 
@@ -35,31 +36,44 @@ def mix(gate_logits: Tensor, experts: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class Level(nn.Module):
-    """One extraction level: shared experts, experts and a gate per task, and (not last) a shared gate."""
+    """One extraction level: shared experts, experts and a gate per task, and (not last) a shared gate.
+
+    ``expert_tasks`` own experts here; ``gate_tasks`` own a gate (a task's gate output feeds only
+    that task's experts at the next level, so tasks absent from the model need none).
+    """
 
     def __init__(
-        self, tasks: Sequence[str], dim: int, n_shared: int, n_task: int, hidden: int, dropout: float, last: bool
+        self,
+        expert_tasks: Sequence[str],
+        gate_tasks: Sequence[str],
+        dim: int,
+        n_shared: int,
+        n_task: int,
+        hidden: int,
+        dropout: float,
+        last: bool,
     ) -> None:
         super().__init__()
-        self.tasks = list(tasks)
+        self.expert_tasks = list(expert_tasks)
         self.shared = ExpertBank(n_shared, dim, hidden, dim, dropout)
-        self.task_experts = nn.ModuleDict({t: ExpertBank(n_task, dim, hidden, dim, dropout) for t in tasks})
-        self.task_gates = nn.ModuleDict({t: nn.Linear(dim, n_task + n_shared) for t in tasks})
-        self.shared_gate = None if last else nn.Linear(dim, len(self.tasks) * n_task + n_shared)
+        self.task_experts = nn.ModuleDict({t: ExpertBank(n_task, dim, hidden, dim, dropout) for t in expert_tasks})
+        self.task_gates = nn.ModuleDict({t: nn.Linear(dim, n_task + n_shared) for t in gate_tasks})
+        self.shared_gate = None if last else nn.Linear(dim, len(self.expert_tasks) * n_task + n_shared)
 
     def forward(
         self, task_in: dict[str, Tensor], shared_in: Tensor, tasks: Sequence[str]
     ) -> tuple[dict[str, Tensor], Tensor | None, dict[str, Tensor]]:
-        """(task outputs of ``tasks``, the shared output or None at the last level, task gate weights)."""
+        """(outputs of ``tasks``' gates, the shared output or None at the last level, their gate weights)."""
         shared = self.shared(shared_in)
-        needed = self.tasks if self.shared_gate is not None else list(tasks)
+        needed = self.expert_tasks if self.shared_gate is not None else list(tasks)
         own = {t: self.task_experts[t](task_in[t]) for t in needed}
         out, weights = {}, {}
         for t in tasks:
             out[t], weights[t] = mix(self.task_gates[t](task_in[t]), torch.cat([own[t], shared], 1))
         shared_out = None
         if self.shared_gate is not None:
-            shared_out, _ = mix(self.shared_gate(shared_in), torch.cat([*(own[t] for t in self.tasks), shared], 1))
+            experts = torch.cat([*(own[t] for t in self.expert_tasks), shared], 1)
+            shared_out, _ = mix(self.shared_gate(shared_in), experts)
         return out, shared_out, weights
 
 
@@ -102,17 +116,20 @@ class PLE(Architecture):
         dim = int(backbone.out_dim)
         self.num_levels, self.n_shared, self.n_task = num_levels, n_shared, n_task
         self.expert_hidden, self.dropout = expert_hidden or dim, dropout
+        # below the last two levels everything reaches every task (through the shared gates); the
+        # next-to-last level's task gates feed only the last level's experts of their task
         self.levels = nn.ModuleList(
             Level(
-                self.tasks if last else self.structure_tasks,
+                self.tasks if i == num_levels - 1 else self.structure_tasks,
+                self.tasks if i >= num_levels - 2 else self.structure_tasks,
                 dim,
                 n_shared,
                 n_task,
                 self.expert_hidden,
                 dropout,
-                last,
+                i == num_levels - 1,
             )
-            for last in (i == num_levels - 1 for i in range(num_levels))
+            for i in range(num_levels)
         )
         self._stats: dict[str, Tensor] = {}
 
@@ -126,8 +143,8 @@ class PLE(Architecture):
     def decode(self, features: Tensor, tasks: Sequence[str]) -> dict[str, Any]:
         shared = features
         task_in = dict.fromkeys(self.structure_tasks, features)
-        for level in self.levels:
-            asked = list(tasks) if level.shared_gate is None else level.tasks
+        for i, level in enumerate(self.levels):
+            asked = list(tasks) if i >= self.num_levels - 2 else self.structure_tasks
             task_in, next_shared, weights = level(task_in, shared, asked)
             shared = next_shared if next_shared is not None else shared
         for t in tasks:
@@ -136,7 +153,10 @@ class PLE(Architecture):
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         last = self.levels[-1]
-        return [*last.task_experts[task].parameters(), *last.task_gates[task].parameters()]
+        params = [*last.task_experts[task].parameters(), *last.task_gates[task].parameters()]
+        if self.num_levels > 1:
+            params += self.levels[-2].task_gates[task].parameters()
+        return params
 
     def diagnostics(self) -> dict[str, float]:
         return to_floats(self._stats)
