@@ -4,6 +4,7 @@ spaces, persistence (full and subset), training through the real Trainer in both
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -155,3 +156,41 @@ def test_trains_through_the_trainer(tmp_path, name, space, balancing, regime):
             assert not torch.equal(before[p_name], after[p_name]), f"{name}/{space}/{regime}: {p_name} never updated"
     saved = JointModel.from_pretrained(tmp_path / "out" / "best")
     assert saved.config()["architecture"]["name"] == name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_amp_bf16_step(tmp_path, name):
+    """bf16 autocast (CPU here, CUDA alike): finite losses, every trainable parameter updated."""
+    trainer = toy_trainer(
+        tmp_path,
+        spec_of(name, ["digit", "parity", "large"]),
+        {"name": "ew"},
+        "shared",
+        **{"train.amp": "bf16", "train.max_steps": 2, "train.eval_every": 2},
+    )
+    assert trainer.amp_dtype is torch.bfloat16
+    record = trainer.train_step()
+    assert all(math.isfinite(v) for k, v in record.items() if k.startswith("loss/"))
+
+
+@pytest.mark.parametrize("name", ["branched", "mmoe", "ple"])
+def test_exact_resume(tmp_path, name):
+    spec, method = spec_of(name, ["digit", "parity", "large"]), {"name": "upgrad", "space": "params"}
+    steps = {"train.max_steps": 6, "train.eval_every": 3}
+    full = toy_trainer(tmp_path / "a", spec, method, "shared", **steps)
+    full.fit()
+    first = toy_trainer(tmp_path / "b", spec, method, "shared", **steps)
+    original = first.train_step
+
+    def stop_after_step_4() -> dict:
+        record = original()
+        if first.step == 3:
+            first._stop_requested = True
+        return record
+
+    first.train_step = stop_after_step_4  # type: ignore[method-assign]
+    assert first.fit()["status"] == "interrupted"
+    resumed = toy_trainer(tmp_path / "b", spec, method, "shared", **steps)
+    assert resumed.fit(resume=True)["status"] == "completed"
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), f"{name}: resumed run diverged"
