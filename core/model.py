@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,31 @@ class JointModel(nn.Module):
             architecture=config.get("architecture"),  # saved before architectures existed: hard
         )
 
+    def _state_for_tasks(self, state: dict[str, Tensor], saved_tasks: list[str]) -> dict[str, Tensor]:
+        """Weights of a model with ``saved_tasks`` -> this model's (a subset, maybe reordered)."""
+        if saved_tasks == list(self.tasks):
+            return state
+        dropped = set(saved_tasks) - set(self.tasks)
+        state = {k: v for k, v in state.items() if not any(k.startswith(f"heads.{t}.") for t in dropped)}
+        prefix = "architecture."  # branches / gates of dropped tasks; per-task rows in the new order
+        own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        state = {k: v for k, v in state.items() if not k.startswith(prefix)}
+        state.update({prefix + k: v for k, v in self.architecture.adapt_state(own, saved_tasks).items()})
+        return state
+
+    def subset(self, tasks: Sequence[str]) -> JointModel:
+        """An independent copy with only ``tasks`` (branches and gates of the others dropped),
+        as ``from_pretrained(..., tasks=...)`` loads it; e.g. the start of per-task fine-tuning."""
+        model = type(self).from_config(self.config(), tasks)
+        state = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        model.load_state_dict(model._state_for_tasks(state, list(self.tasks)), strict=True)
+        save_extra = getattr(self.backbone, "save_extra", None)
+        if callable(save_extra):  # what a backbone keeps beside its weights (a tokenizer) travels as when saved
+            with tempfile.TemporaryDirectory() as tmp:
+                save_extra(Path(tmp))
+                model.backbone.load_extra(Path(tmp))
+        return model.to(next(self.parameters()).device)
+
     @classmethod
     def from_pretrained(
         cls, directory: str | Path, tasks: Sequence[str] | None = None, map_location: str | torch.device = "cpu"
@@ -177,14 +203,7 @@ class JointModel(nn.Module):
             state = load_file(str(weights_path), device=str(map_location))
         except Exception as e:  # safetensors raises its own error type for truncated files
             raise CheckpointError(f"{weights_path} is corrupt: {e}") from e
-        dropped = set(config["tasks"]) - set(model.tasks)
-        state = {k: v for k, v in state.items() if not any(k.startswith(f"heads.{t}.") for t in dropped)}
-        if dropped:  # branches / gates of the dropped tasks
-            prefix = "architecture."
-            own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-            adapted = model.architecture.adapt_state(own, list(config["tasks"]))
-            state = {k: v for k, v in state.items() if not k.startswith(prefix)}
-            state.update({prefix + k: v for k, v in adapted.items()})
+        state = model._state_for_tasks(state, list(config["tasks"]))
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as e:
