@@ -153,10 +153,13 @@ class Branched(Architecture):
             key = by_key[key].parent
         return path[::-1]
 
+    def _users(self, node: Node) -> frozenset[str]:
+        return node.tasks & frozenset(self.tasks)
+
     @property
     def shared_representation(self) -> bool:  # type: ignore[override]
         # exact 'rep' needs every parameter past the trunk output to be task-specific
-        return self.trunk > 0 and not any(n.group for n in self.tree)
+        return self.trunk > 0 and all(len(self._users(n)) == 1 for n in self.tree)
 
     def encode(self, backbone: nn.Module, inputs: Any) -> Any:
         state = backbone.stem(inputs)
@@ -180,7 +183,11 @@ class Branched(Architecture):
         return out
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
-        return list(self.nodes[task].parameters())
+        # a group node left with one task (a subset was loaded) is that task's alone
+        by_key = {n.key: n for n in self.tree}
+        return [
+            p for key in self.path[task] if self._users(by_key[key]) == {task} for p in self.nodes[key].parameters()
+        ]
 
     def spec(self) -> dict[str, Any]:
         return {

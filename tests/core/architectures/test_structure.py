@@ -269,3 +269,12 @@ def test_dselect_k_gate_is_a_distribution_that_reaches_exact_selection():
     odd = toy_model({"name": "dselect_k", "n_experts": 3, "k": 2}).architecture
     w = odd.gate(torch.randn(5, 2 * odd.bits), torch.randn(5, 2))
     torch.testing.assert_close(w.sum(-1), torch.ones(5))
+
+
+def test_a_group_left_with_one_task_belongs_to_it():
+    tree = toy_model({"name": "branched", "branch_point": 1, "groups": [{"tasks": ["a", "b"], "until": 2}]})
+    part = tree.subset(["a", "c"])
+    group = {id(p) for p in part.architecture.nodes["group:0"].parameters()}
+    assert group <= {id(p) for p in part.task_parameters("a")}
+    assert not group & {id(p) for p in part.shared_parameters()}
+    assert part.architecture.shared_representation
