@@ -22,6 +22,27 @@ def _init_like_linear(weight: Tensor, bias: Tensor, fan_in: int) -> None:
         bias.uniform_(-bound, bound)
 
 
+class StackedLinear(nn.Module):
+    """One linear map per slot (task or expert), stored as a [S, in, out] tensor.
+
+    ``forward``: [B, in] (one input for every slot) or [B, S, in] (one per slot) -> [B, S, out].
+    Stacked per-task gates are one tensor that every task's output depends on, so they sit
+    upstream of the shared representation with the experts (exact ``rep`` gradients);
+    :func:`select_rows` keeps the rows of a task subset when a saved model is partly loaded.
+    """
+
+    def __init__(self, slots: int, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(slots, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.empty(slots, out_dim))
+        _init_like_linear(self.weight, self.bias, in_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim == 2:
+            return torch.einsum("bi,sio->bso", x, self.weight) + self.bias
+        return torch.einsum("bsi,sio->bso", x, self.weight) + self.bias
+
+
 class ExpertBank(nn.Module):
     """``n`` two-layer ReLU MLP experts ``in_dim -> hidden -> out_dim`` (Ma et al. 2018's experts).
 
@@ -30,40 +51,13 @@ class ExpertBank(nn.Module):
 
     def __init__(self, n: int, in_dim: int, hidden: int, out_dim: int, dropout: float = 0.0) -> None:
         super().__init__()
-        self.w1 = nn.Parameter(torch.empty(n, in_dim, hidden))
-        self.b1 = nn.Parameter(torch.empty(n, hidden))
-        self.w2 = nn.Parameter(torch.empty(n, hidden, out_dim))
-        self.b2 = nn.Parameter(torch.empty(n, out_dim))
-        _init_like_linear(self.w1, self.b1, in_dim)
-        _init_like_linear(self.w2, self.b2, hidden)
+        self.fc1 = StackedLinear(n, in_dim, hidden)
+        self.fc2 = StackedLinear(n, hidden, out_dim)
         self.dropout = nn.Dropout(dropout)
         self.n = n
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.ndim == 2:  # one input for all experts
-            h = torch.einsum("bi,nih->bnh", x, self.w1)
-        else:  # [B, n, in]: one input per expert
-            h = torch.einsum("bni,nih->bnh", x, self.w1)
-        h = self.dropout(torch.relu(h + self.b1))
-        return torch.einsum("bnh,nho->bno", h, self.w2) + self.b2
-
-
-class StackedLinear(nn.Module):
-    """One linear map per task, stored as a [T, in, out] tensor: ``forward`` [B, in] -> [B, T, out].
-
-    Stacked, the per-task gates are one tensor that every task's output depends on, so they sit
-    upstream of the shared representation with the experts (exact ``rep`` gradients), and
-    :meth:`select` keeps the rows of a subset of tasks when a saved model is partly loaded.
-    """
-
-    def __init__(self, tasks: int, in_dim: int, out_dim: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(tasks, in_dim, out_dim))
-        self.bias = nn.Parameter(torch.empty(tasks, out_dim))
-        _init_like_linear(self.weight, self.bias, in_dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.einsum("bi,tio->bto", x, self.weight) + self.bias
+        return self.fc2(self.dropout(torch.relu(self.fc1(x))))
 
 
 def gate_statistics(weights: Tensor, task: str) -> dict[str, Tensor]:

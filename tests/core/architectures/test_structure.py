@@ -232,10 +232,12 @@ def test_experts_differ_at_init_and_after_training(name):
     assert banks
 
     def distinct() -> bool:
-        return all(not torch.allclose(b.w1[i], b.w1[j]) for b in banks for i in range(b.n) for j in range(i))
+        return all(
+            not torch.allclose(b.fc1.weight[i], b.fc1.weight[j]) for b in banks for i in range(b.n) for j in range(i)
+        )
 
     assert distinct()
-    start = [b.w1.detach().clone() for b in banks]
+    start = [b.fc1.weight.detach().clone() for b in banks]
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     y = {t: torch.randint(0, k, (7,)) for t, k in TASKS.items()}
     for _ in range(5):
@@ -244,7 +246,7 @@ def test_experts_differ_at_init_and_after_training(name):
         sum(nn.functional.cross_entropy(out[t], y[t]) for t in TASKS).backward()
         opt.step()
     assert distinct()
-    assert all(not torch.equal(b.w1, s) for b, s in zip(banks, start, strict=True)), "experts did not train"
+    assert all(not torch.equal(b.fc1.weight, s) for b, s in zip(banks, start, strict=True)), "experts did not train"
 
 
 @pytest.mark.parametrize("name", ["mmoe", "dselect_k", "cgc", "ple"])
