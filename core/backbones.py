@@ -22,7 +22,10 @@ class BlockBackbone(Protocol):
 
     ``block(i)`` is a module mapping the state to the next state; architectures deep-copy it for
     task-specific branches. ``drop_blocks(start)`` removes blocks ``start..`` from the backbone once
-    an architecture owns copies of them, so no parameter is left unused.
+    an architecture owns copies of them, so no parameter is left unused. ``single_tensor_state()``
+    says whether gradient flows between blocks through one tensor only (not, e.g., a list of the
+    feature maps collected so far): then the state at a branch point is an exact representation
+    for the gradient engine's ``rep`` space.
     """
 
     def num_blocks(self) -> int: ...
@@ -36,6 +39,8 @@ class BlockBackbone(Protocol):
     def finish(self, state: Any) -> Any: ...
 
     def drop_blocks(self, start: int) -> None: ...
+
+    def single_tensor_state(self) -> bool: ...
 
 
 #: modules per MLP block: Linear, LayerNorm, GELU, Dropout
@@ -81,3 +86,6 @@ class MLPBackbone(nn.Module):
 
     def drop_blocks(self, start: int) -> None:
         del self.net[start * _MLP_BLOCK :]
+
+    def single_tensor_state(self) -> bool:
+        return True

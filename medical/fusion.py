@@ -160,6 +160,9 @@ class RecordsBackbone(nn.Module):
     def drop_blocks(self, start: int) -> None:
         del self._blocks_encoder().blocks[start:]
 
+    def single_tensor_state(self) -> bool:
+        return True
+
     def export_spec(self) -> dict[str, Any]:
         """JSON that rebuilds this backbone offline: weights come from model.safetensors, never a hub."""
         image = {**self.image_spec, "pretrained": False}

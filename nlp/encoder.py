@@ -209,6 +209,9 @@ class HFEncoder(nn.Module):
     def drop_blocks(self, start: int) -> None:
         del self._layers()[start:]
 
+    def single_tensor_state(self) -> bool:
+        return True  # the attention mask beside the hidden states carries no gradient
+
     # -- persistence: HF config in the spec, tokenizer files beside the weights -----------------
     def export_spec(self) -> dict[str, Any]:
         return {

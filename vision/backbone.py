@@ -129,6 +129,9 @@ class TimmBackbone(nn.Module):
             for name in stage:
                 del self.body[name]
 
+    def single_tensor_state(self) -> bool:
+        return False  # the maps collected so far: earlier maps feed later ones and the heads
+
     def export_spec(self) -> dict[str, Any]:
         return {
             "name": "timm",

@@ -73,7 +73,8 @@ def require_blocks(backbone: nn.Module, architecture: str) -> BlockBackbone:
     if not isinstance(backbone, BlockBackbone):
         raise ConfigError(
             f"architecture '{architecture}' needs a backbone exposing its blocks (core.backbones.BlockBackbone: "
-            f"num_blocks, block_dims, stem, block, finish, drop_blocks); {type(backbone).__name__} does not. "
+            "num_blocks, block_dims, stem, block, finish, drop_blocks, single_tensor_state); "
+            f"{type(backbone).__name__} does not. "
             "Use 'hard' or an expert architecture (mmoe, cgc, ple, dselect_k) with it."
         )
     return backbone

@@ -143,6 +143,7 @@ class Branched(Architecture):
         self._trunk = [blocks.block(b) for b in range(self.trunk)]  # views of the backbone's modules, not owned
         blocks.drop_blocks(self.trunk)
         self._finish = blocks.finish
+        self._single_tensor_state = blocks.single_tensor_state()
         self.path = {t: self._path(t) for t in self.tasks}
 
     def _path(self, task: str) -> list[str]:
@@ -158,8 +159,8 @@ class Branched(Architecture):
 
     @property
     def shared_representation(self) -> bool:  # type: ignore[override]
-        # exact 'rep' needs every parameter past the trunk output to be task-specific
-        return self.trunk > 0 and all(len(self._users(n)) == 1 for n in self.tree)
+        # exact 'rep' needs one tensor at the branch point, and every parameter past it task-specific
+        return self._single_tensor_state and self.trunk > 0 and all(len(self._users(n)) == 1 for n in self.tree)
 
     def encode(self, backbone: nn.Module, inputs: Any) -> Any:
         state = backbone.stem(inputs)

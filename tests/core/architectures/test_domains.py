@@ -57,6 +57,9 @@ def test_timm_stages():
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     assert backbone.num_blocks() == 4
     _check_copies_compute_the_backbone(backbone, images, _branch_specs(4))
+    # the state carries every map collected so far (nested tensors): no exact 'rep' at a branch point
+    arch = ARCHITECTURES.build({"name": "branched", "branch_point": 2}, backbone=copy.deepcopy(backbone), tasks=TASKS)
+    assert not arch.shared_representation
     with pytest.raises(ConfigError, match="tensor"):  # the state carries the maps collected so far
         arch = ARCHITECTURES.build({"name": "mtan"}, backbone=copy.deepcopy(backbone), tasks=TASKS)
         arch.decode(arch.encode(backbone, images), TASKS)
@@ -80,6 +83,11 @@ def test_transformer_layers():
     # a truncated encoder still finds its layers, and the saved spec rebuilds the full depth
     arch = ARCHITECTURES.build({"name": "branched", "branch_point": 1}, backbone=backbone, tasks=TASKS)
     assert backbone.num_blocks() == 1 and len(arch.nodes["a"]) == 2
+    assert arch.shared_representation
+    from core.balancing.gradient import feature_tensors
+
+    state = arch.encode(backbone, inputs)  # what 'rep' differentiates against: the hidden states alone
+    assert [t is state["hidden"] for t in feature_tensors(state)] == [True]
 
 
 @pytest.mark.parametrize("encoder", ["mlp", "ft_transformer"])
