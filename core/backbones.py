@@ -1,8 +1,13 @@
-"""Generic backbones. A backbone maps a batch's ``inputs`` to features and exposes ``out_dim``."""
+"""Generic backbones. A backbone maps a batch's ``inputs`` to features and exposes ``out_dim``.
+
+A backbone may also expose its computation as blocks (:class:`BlockBackbone`): the sharing
+architectures (``core.architectures``) then copy, truncate or interleave those blocks.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
@@ -11,9 +16,40 @@ from .registry import Registry
 BACKBONES: Registry[nn.Module] = Registry("backbone", builtins=("core.tabular",))
 
 
+@runtime_checkable
+class BlockBackbone(Protocol):
+    """A backbone computing ``finish(block(n-1)(... block(0)(stem(inputs))))``.
+
+    ``block(i)`` is a module mapping the state to the next state; architectures deep-copy it for
+    task-specific branches. ``drop_blocks(start)`` removes blocks ``start..`` from the backbone once
+    an architecture owns copies of them, so no parameter is left unused. ``single_tensor_state()``
+    says whether gradient flows between blocks through one tensor only (not, e.g., a list of the
+    feature maps collected so far): then the state at a branch point is an exact representation
+    for the gradient engine's ``rep`` space.
+    """
+
+    def num_blocks(self) -> int: ...
+
+    def block_dims(self) -> list[int]: ...
+
+    def stem(self, inputs: Any) -> Any: ...
+
+    def block(self, index: int) -> nn.Module: ...
+
+    def finish(self, state: Any) -> Any: ...
+
+    def drop_blocks(self, start: int) -> None: ...
+
+    def single_tensor_state(self) -> bool: ...
+
+
+#: modules per MLP block: Linear, LayerNorm, GELU, Dropout
+_MLP_BLOCK = 4
+
+
 @BACKBONES.register("mlp")
 class MLPBackbone(nn.Module):
-    """A stack of Linear -> LayerNorm -> GELU -> Dropout blocks for vector inputs."""
+    """A stack of Linear -> LayerNorm -> GELU -> Dropout blocks for vector inputs (a BlockBackbone)."""
 
     def __init__(self, in_dim: int, hidden: Sequence[int] = (256, 256), dropout: float = 0.1) -> None:
         super().__init__()
@@ -23,8 +59,33 @@ class MLPBackbone(nn.Module):
         for width in hidden:
             layers += [nn.Linear(in_dim, width), nn.LayerNorm(width), nn.GELU(), nn.Dropout(dropout)]
             in_dim = width
-        self.net = nn.Sequential(*layers)
+        self.net = nn.Sequential(*layers)  # one flat Sequential: the weight names of saved models
+        self.widths = [int(w) for w in hidden]
         self.out_dim = in_dim
 
     def forward(self, inputs: Tensor) -> Tensor:
-        return self.net(inputs.flatten(1).float())
+        return self.net(self.stem(inputs))
+
+    # -- BlockBackbone ---------------------------------------------------------------------------
+    def num_blocks(self) -> int:
+        return len(self.widths)
+
+    def block_dims(self) -> list[int]:
+        return list(self.widths)
+
+    def stem(self, inputs: Tensor) -> Tensor:
+        return inputs.flatten(1).float()
+
+    def block(self, index: int) -> nn.Module:
+        if not 0 <= index < len(self.net) // _MLP_BLOCK:
+            raise IndexError(f"mlp block {index} is not in this backbone ({len(self.net) // _MLP_BLOCK} left)")
+        return nn.Sequential(*self.net[index * _MLP_BLOCK : (index + 1) * _MLP_BLOCK])
+
+    def finish(self, state: Tensor) -> Tensor:
+        return state
+
+    def drop_blocks(self, start: int) -> None:
+        del self.net[start * _MLP_BLOCK :]
+
+    def single_tensor_state(self) -> bool:
+        return True

@@ -104,6 +104,7 @@ class TrainConfig:
 @dataclass
 class ModelConfig:
     backbone: dict[str, Any] = field(default_factory=dict)  # {name, **kwargs}
+    architecture: dict[str, Any] = field(default_factory=lambda: {"name": "hard"})  # which layers tasks share
     head_dropout: float = 0.0  # dropout on shared features before every head
 
 

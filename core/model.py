@@ -1,16 +1,18 @@
-"""JointModel: one shared backbone, one head per task, saved as safetensors + JSON."""
+"""JointModel: a backbone shared as its architecture says, one head per task, saved as safetensors + JSON."""
 
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
+from torch import Tensor, nn
 
+from .architectures import ARCHITECTURES
 from .backbones import BACKBONES
 from .errors import CheckpointError
 from .io import atomic_write_dir
@@ -25,7 +27,11 @@ WEIGHTS_NAME = "model.safetensors"
 
 
 class JointModel(nn.Module):
-    """Shared backbone + ``heads[task]``; ``forward`` runs the backbone once for all tasks asked."""
+    """Backbone + ``architecture`` (how its layers are shared) + ``heads[task]``.
+
+    ``forward`` runs the shared part once for all tasks asked. ``architecture`` is a
+    ``{name, **kwargs}`` spec of ``core.architectures.ARCHITECTURES``; None = ``hard`` sharing.
+    """
 
     def __init__(
         self,
@@ -34,6 +40,7 @@ class JointModel(nn.Module):
         backbone_spec: dict[str, Any] | None = None,
         head_dropout: float = 0.0,
         extra: dict[str, Any] | None = None,
+        architecture: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not tasks:
@@ -46,14 +53,23 @@ class JointModel(nn.Module):
         self.head_dropout = nn.Dropout(head_dropout)
         self.backbone_spec = backbone_spec or {}
         self.extra = extra or {}  # JSON-able preprocessing / metadata saved with the model
+        # -- architecture (issue 13): built last, it may take blocks over from the backbone --
+        self.architecture = ARCHITECTURES.build(
+            architecture or {"name": "hard"}, backbone=backbone, tasks=list(self.tasks)
+        )
 
     # -- forward ---------------------------------------------------------------------------
     def encode(self, inputs: Any) -> Any:
-        return self.backbone(inputs)
+        return self.architecture.encode(self.backbone, inputs)
 
     def decode(self, features: Any, tasks: Iterable[str] | None = None) -> dict[str, Any]:
-        features = tree_map(self.head_dropout, features)
-        return {name: self.heads[name](features) for name in (tasks if tasks is not None else self.tasks)}
+        names = list(tasks if tasks is not None else self.tasks)
+        per_task = self.architecture.decode(features, names)
+        dropped: dict[int, Any] = {}  # features read by several heads get one dropout draw, as before
+        for feats in per_task.values():
+            if id(feats) not in dropped:
+                dropped[id(feats)] = tree_map(self.head_dropout, feats)
+        return {name: self.heads[name](dropped[id(per_task[name])]) for name in names}
 
     def forward(self, inputs: Any, tasks: Iterable[str] | None = None) -> dict[str, Any]:
         return self.decode(self.encode(inputs), tasks)
@@ -71,16 +87,21 @@ class JointModel(nn.Module):
 
     # -- parameter partition -----------------------------------------------------------------
     def shared_parameters(self) -> Iterator[nn.Parameter]:
-        """Parameters that reach more than one task (what gradient balancing acts on)."""
-        return self.backbone.parameters()
+        """Parameters that reach two tasks or more: all but the heads and the architecture's task parts."""
+        own = {id(p) for t in self.tasks for p in self.task_parameters(t)}
+        return (p for p in self.parameters() if id(p) not in own)
 
     def task_parameters(self, name: str) -> Iterator[nn.Parameter]:
         """Parameters that reach task ``name`` only."""
-        return self.heads[name].parameters()
+        yield from self.heads[name].parameters()
+        yield from self.architecture.task_parameters(name)
 
     def parameter_groups(self, lr: float, task_lr_scale: float = 1.0) -> list[dict[str, Any]]:
         """Optimizer groups from the model's own shared / task partition: task-specific parameters at
-        ``lr * task_lr_scale``; biases and norm weights (1-D tensors) without weight decay."""
+        ``lr * task_lr_scale``; no weight decay on biases, norm weights (1-D tensors) and what the
+        architecture names in ``no_weight_decay()`` (timm's convention, e.g. cross-stitch units)."""
+        exempt = {f"architecture.{n}" for n in self.architecture.no_weight_decay()}
+        no_decay = {id(p) for n, p in self.named_parameters() if p.ndim < 2 or n.endswith(".bias") or n in exempt}
         parts = {"shared": list(self.shared_parameters())}
         parts["task"] = [p for name in self.tasks for p in self.task_parameters(name)]
         groups = []
@@ -88,7 +109,7 @@ class JointModel(nn.Module):
             scale = task_lr_scale if part == "task" else 1.0
             trainable = [p for p in params if p.requires_grad]
             for decay in (True, False):
-                chosen = [p for p in trainable if (p.ndim > 1) == decay]
+                chosen = [p for p in trainable if (id(p) not in no_decay) == decay]
                 if chosen:
                     groups.append({"params": chosen, "lr": lr * scale, **({} if decay else {"weight_decay": 0.0})})
         return groups
@@ -102,6 +123,7 @@ class JointModel(nn.Module):
             "tasks": {name: task.spec for name, task in self.tasks.items()},
             "head_dropout": self.head_dropout.p,
             "extra": self.extra,
+            "architecture": self.architecture.spec(),
         }
 
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -137,7 +159,33 @@ class JointModel(nn.Module):
             backbone_spec=config["backbone"],
             head_dropout=config.get("head_dropout", 0.0),
             extra=config.get("extra", {}),
+            architecture=config.get("architecture"),  # saved before architectures existed: hard
         )
+
+    def _state_for_tasks(self, state: dict[str, Tensor], saved_tasks: list[str]) -> dict[str, Tensor]:
+        """Weights of a model with ``saved_tasks`` -> this model's (a subset, maybe reordered)."""
+        if saved_tasks == list(self.tasks):
+            return state
+        dropped = set(saved_tasks) - set(self.tasks)
+        state = {k: v for k, v in state.items() if not any(k.startswith(f"heads.{t}.") for t in dropped)}
+        prefix = "architecture."  # branches / gates of dropped tasks; per-task rows in the new order
+        own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        state = {k: v for k, v in state.items() if not k.startswith(prefix)}
+        state.update({prefix + k: v for k, v in self.architecture.adapt_state(own, saved_tasks).items()})
+        return state
+
+    def subset(self, tasks: Sequence[str]) -> JointModel:
+        """An independent copy with only ``tasks`` (branches and gates of the others dropped),
+        as ``from_pretrained(..., tasks=...)`` loads it; e.g. the start of per-task fine-tuning."""
+        model = type(self).from_config(self.config(), tasks)
+        state = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        model.load_state_dict(model._state_for_tasks(state, list(self.tasks)), strict=True)
+        save_extra = getattr(self.backbone, "save_extra", None)
+        if callable(save_extra):  # what a backbone keeps beside its weights (a tokenizer) travels as when saved
+            with tempfile.TemporaryDirectory() as tmp:
+                save_extra(Path(tmp))
+                model.backbone.load_extra(Path(tmp))
+        return model.to(next(self.parameters()).device)
 
     @classmethod
     def from_pretrained(
@@ -173,8 +221,7 @@ class JointModel(nn.Module):
             state = load_file(str(weights_path), device=str(map_location))
         except Exception as e:  # safetensors raises its own error type for truncated files
             raise CheckpointError(f"{weights_path} is corrupt: {e}") from e
-        dropped = set(config["tasks"]) - set(model.tasks)
-        state = {k: v for k, v in state.items() if not any(k.startswith(f"heads.{t}.") for t in dropped)}
+        state = model._state_for_tasks(state, list(config["tasks"]))
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as e:

@@ -128,6 +128,39 @@ class RecordsBackbone(nn.Module):
         stacked = torch.where(mask.unsqueeze(-1), stacked, self.placeholder.to(stacked.dtype))
         return self.fusion(stacked, mask)
 
+    # -- BlockBackbone (core.backbones): the tabular encoder's blocks, when records are tabular only --
+    def _blocks_encoder(self) -> nn.Module:
+        if self.modalities != ["tabular"]:
+            raise ConfigError(
+                "records backbone exposes blocks only with modalities [tabular] (the image branch is fused after "
+                f"them); got {self.modalities}. Use architecture 'hard' or an expert architecture (mmoe, cgc, ple, "
+                "dselect_k) with images."
+            )
+        return self.tabular
+
+    def num_blocks(self) -> int:
+        return len(self._blocks_encoder().blocks)
+
+    def block_dims(self) -> list[int]:
+        return self._blocks_encoder().block_dims()
+
+    def stem(self, inputs: dict[str, Tensor]) -> Tensor:
+        return self._blocks_encoder().embed(inputs["numeric"], inputs["categorical"])
+
+    def block(self, index: int) -> nn.Module:
+        return self._blocks_encoder().block(index)
+
+    def finish(self, state: Tensor) -> Tensor:
+        tab = self._blocks_encoder().finish(state)
+        present = torch.ones(len(tab), 1, dtype=torch.bool, device=tab.device)
+        return self.fusion(tab.unsqueeze(1), present)  # one modality: no placeholder stands in
+
+    def drop_blocks(self, start: int) -> None:
+        del self._blocks_encoder().blocks[start:]
+
+    def single_tensor_state(self) -> bool:
+        return True
+
     def export_spec(self) -> dict[str, Any]:
         """JSON that rebuilds this backbone offline: weights come from model.safetensors, never a hub."""
         image = {**self.image_spec, "pretrained": False}

@@ -67,6 +67,18 @@ def transformer_layers(model: nn.Module, count: int) -> nn.ModuleList:
     raise ConfigError(f"cannot find the {count} transformer layers of {type(model).__name__} to freeze")
 
 
+class LayerBlock(nn.Module):
+    """One transformer layer as a block: ``{"hidden", "attention", "mask"}`` -> the same, hidden updated."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        out = self.layer(state["hidden"], state["attention"])
+        return {**state, "hidden": out[0] if isinstance(out, tuple) else out}
+
+
 @BACKBONES.register("hf_encoder")
 class HFEncoder(nn.Module):
     """A transformers encoder shared by every text task.
@@ -113,6 +125,7 @@ class HFEncoder(nn.Module):
             self.tokenizer = load_tokenizer(tokenizer or model)
             check_vocab(self.tokenizer, self.vocab_size, f"encoder '{model}'")
         self.out_dim: int = int(self.encoder.config.hidden_size)
+        self._layers_name: str | None = None  # where the transformer layers are (see _layers)
         self._freeze()
         if gradient_checkpointing:  # renamed activation checkpointing in transformers 5
             enable = getattr(self.encoder, "activation_checkpointing_enable", None)
@@ -136,18 +149,68 @@ class HFEncoder(nn.Module):
         for module in frozen:
             module.requires_grad_(False)
 
-    def forward(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        mask = inputs["attention_mask"]
-        kwargs = {"input_ids": inputs["input_ids"], "attention_mask": mask}
+    def _encoder_kwargs(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        kwargs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
         if "token_type_ids" in inputs and self.encoder.config.type_vocab_size > 1:
             kwargs["token_type_ids"] = inputs["token_type_ids"]
-        tokens = self.encoder(**kwargs).last_hidden_state
+        return kwargs
+
+    def _pool(self, tokens: Tensor, mask: Tensor) -> dict[str, Tensor]:
         if self.pooling == "cls":
             pooled = tokens[:, 0]
         else:
             weights = mask.unsqueeze(-1).to(tokens.dtype)
             pooled = (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
         return {"pooled": pooled, "tokens": tokens}
+
+    def forward(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        tokens = self.encoder(**self._encoder_kwargs(inputs)).last_hidden_state
+        return self._pool(tokens, inputs["attention_mask"])
+
+    # -- BlockBackbone (core.backbones): the transformer layers, for the sharing architectures ------
+    # The state between layers is {"hidden", "attention", "mask"}: tensor-state architectures
+    # (cross_stitch, mtan) refuse it; branched copies layers.
+    def _layers(self) -> nn.ModuleList:
+        if not (hasattr(self.encoder, "embeddings") and hasattr(self.encoder, "_create_attention_masks")):
+            raise ConfigError(
+                f"{type(self.encoder).__name__} does not expose BERT-style embeddings and attention masks, so its "
+                "layers cannot be split; use architecture 'hard' or an expert architecture with it"
+            )
+        if self._layers_name is None:  # found by length once; a name still finds it after drop_blocks
+            layers = transformer_layers(self.encoder, self.encoder.config.num_hidden_layers)
+            self._layers_name = next(n for n, m in self.encoder.named_modules() if m is layers)
+        return self.encoder.get_submodule(self._layers_name)
+
+    def num_blocks(self) -> int:
+        return len(self._layers())
+
+    def block_dims(self) -> list[int]:
+        return [self.out_dim] * self.num_blocks()
+
+    def stem(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        self._layers()
+        kwargs = self._encoder_kwargs(inputs)
+        hidden = self.encoder.embeddings(input_ids=kwargs["input_ids"], token_type_ids=kwargs.get("token_type_ids"))
+        attention, _ = self.encoder._create_attention_masks(
+            attention_mask=kwargs["attention_mask"],
+            encoder_attention_mask=None,
+            embedding_output=hidden,
+            encoder_hidden_states=None,
+            cache=None,
+        )
+        return {"hidden": hidden, "attention": attention, "mask": inputs["attention_mask"]}
+
+    def block(self, index: int) -> nn.Module:
+        return LayerBlock(self._layers()[index])
+
+    def finish(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        return self._pool(state["hidden"], state["mask"])
+
+    def drop_blocks(self, start: int) -> None:
+        del self._layers()[start:]
+
+    def single_tensor_state(self) -> bool:
+        return True  # the attention mask beside the hidden states carries no gradient
 
     # -- persistence: HF config in the spec, tokenizer files beside the weights -----------------
     def export_spec(self) -> dict[str, Any]:

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOMAINS = ("vision", "nlp", "medical")
 PACKAGES = ("core", *DOMAINS)
 #: a core module's layer, from its folder (the CLI is the top)
-LAYERS = {"": 0, "balancing": 1, "architectures": 1, "tabular": 1, "engine": 2, "experiments": 3, "cli": 4}
+LAYERS = {"": 0, "balancing": 1, "architectures": 0, "tabular": 1, "engine": 2, "experiments": 3, "cli": 4}
 
 
 def module_name(path: Path) -> str:

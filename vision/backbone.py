@@ -9,6 +9,7 @@ offline and the weights come from ``model.safetensors``.
 from __future__ import annotations
 
 import difflib
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +19,18 @@ from torch import Tensor, nn
 
 from core.backbones import BACKBONES
 from core.errors import ConfigError
+
+
+class Stage(nn.Module):
+    """The body's modules up to one returned stage: ``(x, maps)`` -> ``(y, maps + [y])``."""
+
+    def __init__(self, modules: nn.Sequential) -> None:
+        super().__init__()
+        self.modules_ = modules
+
+    def forward(self, state: tuple[Tensor, list[Tensor]]) -> tuple[Tensor, list[Tensor]]:
+        y = self.modules_(state[0])
+        return y, [*state[1], y]
 
 
 @BACKBONES.register("timm")
@@ -72,8 +85,52 @@ class TimmBackbone(nn.Module):
         self.out_dim = self.channels[-1]  # pooled heads read the last stage
 
     def forward(self, images: Tensor) -> list[Tensor]:
+        return self.body(self._normalise(images))
+
+    def _normalise(self, images: Tensor) -> Tensor:
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        return self.body((x - self.mean) / self.std)
+        return (x - self.mean) / self.std
+
+    # -- BlockBackbone (core.backbones): one block per returned stage, for the sharing architectures --
+    # Block i runs the body's modules up to the i-th returned stage and appends that feature map to
+    # the state ``(x, [maps so far])``; ``finish`` returns the maps, as ``forward`` does.
+    def _stages(self) -> list[list[str]]:
+        returned = getattr(self.body, "return_layers", None)
+        if returned is None:
+            raise ConfigError(
+                f"timm model '{self.model_name}' builds its features with hooks, so its stages cannot be split; "
+                "use architecture 'hard' with it"
+            )
+        stages, current = [], []
+        for name in self.body.keys():
+            current.append(name)
+            if name in returned:
+                stages.append(current)
+                current = []
+        return stages
+
+    def num_blocks(self) -> int:
+        return len(self._stages())
+
+    def block_dims(self) -> list[int]:
+        return list(self.channels)
+
+    def stem(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
+        return self._normalise(images), []
+
+    def block(self, index: int) -> nn.Module:
+        return Stage(nn.Sequential(OrderedDict((n, self.body[n]) for n in self._stages()[index])))
+
+    def finish(self, state: tuple[Tensor, list[Tensor]]) -> list[Tensor]:
+        return state[1]
+
+    def drop_blocks(self, start: int) -> None:
+        for stage in self._stages()[start:]:
+            for name in stage:
+                del self.body[name]
+
+    def single_tensor_state(self) -> bool:
+        return False  # the maps collected so far: earlier maps feed later ones and the heads
 
     def export_spec(self) -> dict[str, Any]:
         return {

@@ -194,6 +194,7 @@ class Trainer:
         record: dict[str, Any] = {f"loss/{t}": sum(v) / len(v) for t, v in logged.items()}
         record.update({f"weight/{t}": w for t, w in weights.items()})
         record.update(self.balancer.diagnostics())
+        record.update(self.model.architecture.diagnostics())
         record["lr"] = self.scheduler.get_last_lr()[0]
         if grad_norm is not None:
             record["grad_norm"] = grad_norm

@@ -94,7 +94,14 @@ class Experiment:
             for name, spec in config.tasks.items()
         ]
         extra = {**data.extra, "data": config.data, "loading": dataclasses.asdict(config.loading)}
-        return JointModel(backbone, tasks, backbone_spec, head_dropout=config.model.head_dropout, extra=extra)
+        return JointModel(
+            backbone,
+            tasks,
+            backbone_spec,
+            head_dropout=config.model.head_dropout,
+            extra=extra,
+            architecture=config.model.architecture,
+        )
 
     def balancer(self) -> Balancer:
         return BALANCERS.build(self.config.balancing)

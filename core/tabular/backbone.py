@@ -42,6 +42,28 @@ class TabularBackbone(nn.Module):
     def forward(self, inputs: dict[str, Tensor]) -> Tensor:
         return self.encoder(inputs["numeric"], inputs["categorical"])
 
+    # -- BlockBackbone (core.backbones): the encoder's blocks, for branched / cross-stitch / MTAN sharing --
+    def num_blocks(self) -> int:
+        return len(self.encoder.blocks)
+
+    def block_dims(self) -> list[int]:
+        return self.encoder.block_dims()
+
+    def stem(self, inputs: dict[str, Tensor]) -> Tensor:
+        return self.encoder.embed(inputs["numeric"], inputs["categorical"])
+
+    def block(self, index: int) -> nn.Module:
+        return self.encoder.block(index)
+
+    def finish(self, state: Tensor) -> Tensor:
+        return self.encoder.finish(state)
+
+    def drop_blocks(self, start: int) -> None:
+        del self.encoder.blocks[start:]
+
+    def single_tensor_state(self) -> bool:
+        return True
+
     def export_spec(self) -> dict[str, Any]:
         """The JSON that rebuilds this backbone, fitted schema included."""
         return {"name": "tabular", "schema": self.schema_json, "dim": self.out_dim, "encoder": self.encoder_spec}

@@ -21,6 +21,17 @@ from .schema import TabularSchema
 TABULAR_ENCODERS: Registry[nn.Module] = Registry("tabular encoder")
 
 
+class Residual(nn.Module):
+    """``x + block(x)``: one residual block as a module of its own (the unit the architectures copy)."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.block(x)
+
+
 @TABULAR_ENCODERS.register("mlp")
 class ResidualMLP(nn.Module):
     """Flattened inputs -> Linear -> residual blocks (LayerNorm, Linear, GELU, Dropout, Linear).
@@ -53,11 +64,24 @@ class ResidualMLP(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, numeric: Tensor, categorical: Tensor) -> Tensor:
-        values, missing, bins = self.inputs.numeric(numeric)
-        x = torch.cat([values, missing, bins.flatten(1), self.inputs.categorical(categorical).flatten(1)], 1)
-        x = self.stem(x)
+        x = self.embed(numeric, categorical)
         for block in self.blocks:
             x = x + block(x)
+        return self.finish(x)
+
+    # -- blocks, for the sharing architectures (the tabular and records backbones expose them) ----
+    def embed(self, numeric: Tensor, categorical: Tensor) -> Tensor:
+        values, missing, bins = self.inputs.numeric(numeric)
+        x = torch.cat([values, missing, bins.flatten(1), self.inputs.categorical(categorical).flatten(1)], 1)
+        return self.stem(x)
+
+    def block(self, index: int) -> nn.Module:
+        return Residual(self.blocks[index])
+
+    def block_dims(self) -> list[int]:
+        return [self.norm.normalized_shape[0]] * len(self.blocks)
+
+    def finish(self, x: Tensor) -> Tensor:
         return self.norm(x)
 
 
@@ -85,7 +109,24 @@ class FeatureTokenizer(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, numeric: Tensor, categorical: Tensor) -> Tensor:
+        return self.finish(self.transformer(self.embed(numeric, categorical)))
+
+    # -- blocks, for the sharing architectures (the tabular and records backbones expose them) ----
+    def embed(self, numeric: Tensor, categorical: Tensor) -> Tensor:
         values, missing, _ = self.inputs.numeric(numeric)
         num_tokens = values.unsqueeze(-1) * self.weight + self.bias + missing.unsqueeze(-1) * self.missing
         tokens = [self.cls.expand(len(values), -1, -1), num_tokens, self.inputs.categorical(categorical)]
-        return self.norm(self.transformer(torch.cat(tokens, 1))[:, 0])
+        return torch.cat(tokens, 1)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.transformer.layers
+
+    def block(self, index: int) -> nn.Module:
+        return self.transformer.layers[index]
+
+    def block_dims(self) -> list[int]:
+        return [self.norm.normalized_shape[0]] * len(self.transformer.layers)
+
+    def finish(self, tokens: Tensor) -> Tensor:
+        return self.norm(tokens[:, 0])

@@ -52,3 +52,13 @@ def test_groups_come_from_the_model_partition(tmp_path):
     no_decay = [p for g in optimizer.param_groups if g["weight_decay"] == 0.0 for p in g["params"]]
     assert no_decay and all(p.ndim == 1 for p in no_decay)
     assert len(trainer_model_params) == sum(len(g["params"]) for g in optimizer.param_groups)
+
+
+def test_architecture_parameters_follow_the_decay_rules(tmp_path):
+    from ..helpers import build_trainer, toy_config
+
+    trainer = build_trainer(toy_config(tmp_path, **{"model.architecture": {"name": "cross_stitch"}}), out_dir=None)
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    decayed = [names[id(p)] for g in trainer.optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]]
+    assert decayed and all(p.endswith(".weight") for p in decayed)
+    assert "architecture.units" not in decayed and not any(n.endswith(".bias") for n in decayed)
