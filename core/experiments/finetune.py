@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -18,18 +17,6 @@ from .builder import restrict_tasks
 
 #: a fine-tuning stage reports its before / after metrics in the parent run's report
 NO_REPORT = ReportConfig(enabled=False, train_eval_samples=0, affinity_batches=0)
-
-
-def single_task_model(model: JointModel, task: str) -> JointModel:
-    """A deep copy of the backbone with one head: the fine-tuning (and single-task) starting point."""
-    t = model.tasks[task]
-    return JointModel(
-        copy.deepcopy(model.backbone),
-        [dataclasses.replace(t, head=copy.deepcopy(t.head))],
-        backbone_spec=model.backbone_spec,
-        head_dropout=model.head_dropout.p,
-        extra=model.extra,
-    )
 
 
 def finetune(
@@ -52,10 +39,10 @@ def finetune(
     """
     report: dict[str, dict[str, Any]] = {}
     for task in tasks or list(model.tasks):
-        sub_model, sub_data = single_task_model(model, task), restrict_tasks(data, [task])
-        if mode == "head":
-            for p in sub_model.backbone.parameters():
-                p.requires_grad_(False)
+        sub_model, sub_data = model.subset([task]), restrict_tasks(data, [task])
+        if mode == "head":  # everything but the head: trunk, and this task's branch of the architecture
+            sub_model.requires_grad_(False)
+            sub_model.heads[task].requires_grad_(True)
         config = dataclasses.replace(
             train, max_steps=steps, lr=train.lr * lr_scale, warmup_steps=0, eval_every=0, early_stopping_patience=0
         )
