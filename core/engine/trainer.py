@@ -22,7 +22,7 @@ import yaml
 from ..balancing import Balancer, BalancerSetup, NonFiniteGradients, StepContext
 from ..config import ReportConfig, TrainConfig
 from ..data import DataBundle, Loading, SourceStream, check_sources, labelled_sizes
-from ..distributed import DistEnv, all_reduce_sum, average_gradients, barrier, resolve_device
+from ..distributed import DistEnv, all_reduce_sum, any_rank, average_gradients, barrier, connected_zero, resolve_device
 from ..errors import CheckpointError, ConfigError, NonFiniteLossError
 from ..evaluation import Results, evaluate, higher_is_better, monitored_value, move
 from ..io import load_state
@@ -121,6 +121,16 @@ class Trainer:
         already, self.stop_requested = self.stop_requested, True
         return already
 
+    def _stop_agreed(self) -> bool:
+        """Whether every rank stops now. A signal reaches ranks at different steps, so under DDP the
+        flag is all-reduced at log steps only (one tiny collective every ``log_every`` steps) and
+        all ranks stop at the same step boundary."""
+        if not self.env.enabled:
+            return self.stop_requested
+        if self.step % self.config.log_every:
+            return False
+        return any_rank(self.stop_requested, self.env)
+
     # -- one step --------------------------------------------------------------------------
     def _forward(self, batches: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, Any]]:
         """Backbone once per source, the heads of its tasks, and each task's masked loss.
@@ -140,17 +150,20 @@ class Trainer:
                 for t in source.tasks:
                     task, target = self.model.tasks[t], batch[self.model.tasks[t].label_key]
                     loss = task.loss(outputs[t], target)
-                    if loss is not None:
-                        n = task.labelled(outputs[t], target)[2]
-                        sums[t] = sums.get(t, 0.0) + loss.float() * n
-                        counts[t] = counts.get(t, 0) + n
+                    n = task.labelled(outputs[t], target)[2] if loss is not None else 0
+                    # no labelled sample here: a zero on the graph, so this rank still joins t's collectives
+                    part = loss.float() * n if loss is not None else connected_zero(outputs[t])
+                    sums[t] = sums.get(t, 0.0) + part
+                    counts[t] = counts.get(t, 0) + n
         tasks = list(self.model.tasks)
         totals = torch.zeros(len(tasks), 2, device=self.env.device, dtype=torch.float64)  # (sum, count)
         for t, s in sums.items():
             totals[tasks.index(t), 0], totals[tasks.index(t), 1] = s.detach().double(), counts[t]
         all_reduce_sum(totals, self.env)
-        values = {t: float(totals[i, 0] / totals[i, 1]) for i, t in enumerate(tasks) if totals[i, 1] > 0}
-        losses = {t: s * (self.env.world_size / float(totals[tasks.index(t), 1])) for t, s in sums.items()}
+        global_counts = totals[:, 1].tolist()  # host sync: the global labelled counts decide which tasks train
+        values = {t: float(totals[i, 0] / global_counts[i]) for i, t in enumerate(tasks) if global_counts[i] > 0}
+        # the same task set on every rank (labelled on some rank), so balancers run the same collectives
+        losses = {t: s * (self.env.world_size / global_counts[tasks.index(t)]) for t, s in sums.items() if t in values}
         return losses, values, features
 
     def _backward(self, total: torch.Tensor) -> None:
@@ -170,7 +183,7 @@ class Trainer:
             if bad:
                 return self._skip_nonfinite(bad)
             if not losses:
-                continue  # no labelled sample of any task on this rank
+                continue  # no labelled sample of any task on any rank: every rank skips alike
             ctx = StepContext(
                 step=self.step,
                 backward=self._backward,
@@ -315,7 +328,7 @@ class Trainer:
                         if self.evals_without_improvement >= c.early_stopping_patience > 0:
                             status = RunStatus.EARLY_STOPPED
                             break
-                    if self.stop_requested:
+                    if self._stop_agreed():
                         self._save(None)
                         status = RunStatus.INTERRUPTED
                         break
