@@ -16,8 +16,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from core.engine.rundir import RunDir
-from core.io import load_state
 from core.experiments.run import train
+from core.io import load_state
 from core.model import JointModel
 
 from .helpers import build_trainer, toy_config
