@@ -103,6 +103,15 @@ def any_rank(flag: bool, env: DistEnv) -> bool:
     return bool(t.item() > 0)  # host sync: callers do this only every few steps
 
 
+def gather_objects(obj: Any, env: DistEnv) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+    if not env.enabled:
+        return [obj]
+    out: list[Any] = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def connected_zero(output: Any) -> Tensor:
     """A scalar 0 whose graph reaches every floating tensor of ``output`` (a head output tree).
 

@@ -22,7 +22,16 @@ import yaml
 from ..balancing import Balancer, BalancerSetup, NonFiniteGradients, StepContext
 from ..config import ReportConfig, TrainConfig
 from ..data import DataBundle, Loading, SourceStream, check_sources, labelled_sizes
-from ..distributed import DistEnv, all_reduce_sum, any_rank, average_gradients, barrier, connected_zero, resolve_device
+from ..distributed import (
+    DistEnv,
+    all_reduce_sum,
+    any_rank,
+    average_gradients,
+    barrier,
+    connected_zero,
+    gather_objects,
+    resolve_device,
+)
 from ..errors import CheckpointError, ConfigError, NonFiniteLossError
 from ..evaluation import Results, evaluate, higher_is_better, monitored_value, move
 from ..io import load_state
@@ -35,7 +44,7 @@ from .metrics_log import RunLog
 from .optim import build_optimizer, build_scheduler
 from .precision import Precision
 from .progress import progress_bar
-from .rng import rng_state, seed_everything, set_rng_state
+from .rng import restore_rank_rng, rng_state, seed_everything
 from .rundir import RunDir, RunStatus
 
 FORMAT = "jointtrain.trainer/2"
@@ -260,7 +269,8 @@ class Trainer:
         return monitored_value(results, self.config.monitor, self.reference, self.directions)
 
     # -- state -------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, rank_rngs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The resumable state; ``rank_rngs``: every rank's RNG state (default: this process's only)."""
         return {
             "format": FORMAT,
             "step": self.step,
@@ -272,7 +282,7 @@ class Trainer:
             "scaler": self.precision.scaler.state_dict(),
             "balancer": self.balancer.state_dict(),
             "streams": {name: s.state_dict() for name, s in self.streams.items()},
-            "rng": rng_state(),
+            "rng": rank_rngs or [rng_state(self.env.device)],
             "checkpoints": self.checkpoints.state_dict(),
             "reference": self.reference,
             "best_val": self.best_val,
@@ -298,7 +308,8 @@ class Trainer:
         self.precision.scaler.load_state_dict(state["scaler"])
         for name, s in state["streams"].items():
             self.streams[name].load_state_dict(s)
-        set_rng_state(state["rng"])
+        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # older checkpoints: rank 0 only
+        restore_rank_rng(rngs, self.env.rank, self.env.device, self.config.seed, int(state["step"]))
         self.checkpoints.load_state_dict(state["checkpoints"])
         self.step, self.reference, self.best_val = int(state["step"]), state["reference"], state["best_val"]
         self.evals_without_improvement = int(state["evals_without_improvement"])
@@ -398,7 +409,8 @@ class Trainer:
 
     def _save(self, score: float | None) -> bool:
         """Checkpoint (rank 0 writes); True when ``score`` is the best so far."""
-        improved = self.checkpoints.save(self.step, self.state_dict, self.model, score)
+        rngs = gather_objects(rng_state(self.env.device), self.env)  # every rank joins; rank 0 writes them
+        improved = self.checkpoints.save(self.step, lambda: self.state_dict(rngs), self.model, score)
         barrier(self.env)
         return improved
 

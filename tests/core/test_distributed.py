@@ -4,31 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from core.engine.rundir import RunDir
 from core.experiments.run import train
 from core.io import load_state
 from core.model import JointModel
 
-from .helpers import build_trainer, toy_config
-
-TIMEOUT_S = 120  # a hang (ranks in different collectives) fails the test instead of blocking the suite
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .helpers import build_trainer, spawn, toy_config
 
 
 def _join(rank: int, world_size: int, port: int) -> None:
@@ -44,17 +32,6 @@ def _worker(rank: int, world_size: int, port: int, out: str, overrides: dict) ->
         train(toy_config(Path(out), **overrides, **{"train.device": "cpu"}))
     finally:
         dist.destroy_process_group()
-
-
-def spawn(fn: Callable[..., None], *args: Any, nprocs: int = 2) -> None:
-    """``mp.spawn`` with a deadline: a rank blocked in a collective fails the test, it does not hang it."""
-    context = mp.start_processes(fn, args=(nprocs, _free_port(), *args), nprocs=nprocs, join=False)
-    deadline = time.monotonic() + TIMEOUT_S
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in context.processes:
-                p.kill()
-            pytest.fail(f"{nprocs} ranks did not finish within {TIMEOUT_S} s (a collective hangs)")
 
 
 CASES = {
@@ -118,3 +95,33 @@ def test_a_stop_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     # agreed at the next log step (4), not where rank 1 was signalled (3)
     assert summaries == [{"status": "interrupted", "step": 4}] * 2
     assert load_state(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 4
+
+
+RESUME = {"train.device": "cpu", "train.eval_every": 3, "model.backbone.dropout": 0.2}
+
+
+def _rng_worker(rank: int, world_size: int, port: int, out: str, max_steps: int) -> None:
+    """Train (``max_steps`` > 0) or load ``last.pt`` and report this rank's torch RNG state."""
+    _join(rank, world_size, port)
+    try:
+        config = toy_config(Path(out), **RESUME, **{"train.max_steps": max_steps or 3, "loading.batch_size": 16})
+        if max_steps:
+            train(config)
+        else:
+            trainer = build_trainer(config)
+            trainer.load_state_dict(load_state(Path(out, "run", "checkpoints", "last.pt")))
+            torch.save(torch.get_rng_state(), Path(out, f"rng{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_each_rank_resumes_its_own_rng_stream_and_a_smaller_world_resumes_too(tmp_path):
+    spawn(_rng_worker, str(tmp_path), 3)
+    saved = load_state(tmp_path / "run" / "checkpoints" / "last.pt")["rng"]
+    assert len(saved) == 2 and not torch.equal(saved[0]["torch"], saved[1]["torch"])  # seed + rank
+    spawn(_rng_worker, str(tmp_path), 0)
+    for rank in range(2):
+        assert torch.equal(torch.load(tmp_path / f"rng{rank}.pt"), saved[rank]["torch"]), rank
+    # 2 -> 1 process: rank 0 takes its own state and training goes on
+    summary = train(toy_config(tmp_path, **RESUME, **{"train.max_steps": 6, "loading.batch_size": 16}), resume=True)
+    assert (summary["status"], summary["step"]) == ("completed", 6)
