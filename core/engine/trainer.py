@@ -169,10 +169,14 @@ class Trainer:
         for t, s in sums.items():
             totals[tasks.index(t), 0], totals[tasks.index(t), 1] = s.detach().double(), counts[t]
         all_reduce_sum(totals, self.env)
-        global_counts = totals[:, 1].tolist()  # host sync: the global labelled counts decide which tasks train
-        values = {t: float(totals[i, 0] / global_counts[i]) for i, t in enumerate(tasks) if global_counts[i] > 0}
+        # host sync, the trainer's only one per micro-batch: global counts pick the tasks that train,
+        # and the global means are the logged values and the non-finite check
+        global_totals = totals.tolist()
+        values = {t: total / count for t, (total, count) in zip(tasks, global_totals, strict=True) if count > 0}
         # the same task set on every rank (labelled on some rank), so balancers run the same collectives
-        losses = {t: s * (self.env.world_size / global_counts[tasks.index(t)]) for t, s in sums.items() if t in values}
+        losses = {
+            t: s * (self.env.world_size / global_totals[tasks.index(t)][1]) for t, s in sums.items() if t in values
+        }
         return losses, values, features
 
     def _backward(self, total: torch.Tensor) -> None:
