@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import time
 import warnings
@@ -18,6 +19,7 @@ from typing import Any
 
 import torch
 import yaml
+from torch.nn.parallel import DistributedDataParallel
 
 from ..balancing import Balancer, BalancerSetup, NonFiniteGradients, StepContext
 from ..config import ReportConfig, TrainConfig
@@ -39,6 +41,7 @@ from ..model import JointModel
 from ..sampling import TaskSampler
 from .checkpoints import CheckpointManager
 from .conclude import conclude
+from .ddp import accumulating, step_forward, unused_zero
 from .interrupt import graceful_interrupt
 from .metrics_log import RunLog
 from .optim import build_optimizer, build_scheduler
@@ -107,6 +110,8 @@ class Trainer:
             )
         )
         self.balancer.to(self.env.device)
+        self.forward_step = step_forward(self.model, self.env, balancer.space)
+        self.ddp = isinstance(self.forward_step, DistributedDataParallel)
         self.optimizer = build_optimizer(self.model, self.balancer, config)
         self.scheduler = build_scheduler(self.optimizer, config)
         self.precision = Precision(config.amp, self.env.device)
@@ -144,24 +149,22 @@ class Trainer:
     def _forward(self, batches: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, Any]]:
         """Backbone once per source, the heads of its tasks, and each task's masked loss.
 
-        Returns (losses to backpropagate, their global values, features). A task's value is the
-        mean over every labelled sample of every source and rank; its loss is scaled so that the
-        ranks' averaged gradient is exactly the gradient of that global mean.
+        Returns (losses to backpropagate, their global values, features, task outputs per source).
+        A task's value is the mean over every labelled sample of every source and rank; its loss is
+        scaled so that the ranks' averaged gradient is exactly the gradient of that global mean.
         """
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}
-        features: dict[str, Any] = {}
+        inputs = {name: batch[self.source_by_name[name].input_key] for name, batch in batches.items()}
         with self.precision.autocast():
+            features, outputs = self.forward_step(inputs, {name: self.source_by_name[name].tasks for name in batches})
             for name, batch in batches.items():
-                source = self.source_by_name[name]
-                features[name] = self.model.encode(batch[source.input_key])
-                outputs = self.model.decode(features[name], source.tasks)
-                for t in source.tasks:
-                    task, target = self.model.tasks[t], batch[self.model.tasks[t].label_key]
-                    loss = task.loss(outputs[t], target)
-                    n = task.labelled(outputs[t], target)[2] if loss is not None else 0
+                for t in self.source_by_name[name].tasks:
+                    task, target, output = self.model.tasks[t], batch[self.model.tasks[t].label_key], outputs[name][t]
+                    loss = task.loss(output, target)
+                    n = task.labelled(output, target)[2] if loss is not None else 0
                     # no labelled sample here: a zero on the graph, so this rank still joins t's collectives
-                    part = loss.float() * n if loss is not None else connected_zero(outputs[t])
+                    part = loss.float() * n if loss is not None else connected_zero(output)
                     sums[t] = sums.get(t, 0.0) + part
                     counts[t] = counts.get(t, 0) + n
         tasks = list(self.model.tasks)
@@ -177,9 +180,11 @@ class Trainer:
         losses = {
             t: s * (self.env.world_size / global_totals[tasks.index(t)][1]) for t, s in sums.items() if t in values
         }
-        return losses, values, features
+        return losses, values, features, outputs
 
-    def _backward(self, total: torch.Tensor) -> None:
+    def _backward(self, total: torch.Tensor, unused: torch.Tensor | None = None) -> None:
+        if unused is not None:
+            total = total + unused
         self.precision.scaler.scale(total / self.config.grad_accum).backward()
 
     def train_step(self) -> dict[str, Any]:
@@ -189,31 +194,41 @@ class Trainer:
         logged: dict[str, list[float]] = {}
         weights: dict[str, float] = {}
         batches: dict[str, Any] = {}
-        for _ in range(self.config.grad_accum):
-            batches = {name: move(next(self.streams[name]), self.env.device) for name in chosen}
-            losses, values, features = self._forward(batches)
-            bad = {t: v for t, v in values.items() if not math.isfinite(v)}
-            if bad:
-                return self._skip_nonfinite(bad)
-            if not losses:
-                continue  # no labelled sample of any task on any rank: every rank skips alike
-            ctx = StepContext(
-                step=self.step,
-                backward=self._backward,
-                loss_values=values,
-                model=self.model,
-                features=features,
-                source_tasks={name: self.source_by_name[name].tasks for name in batches},
-                env=self.env,
-                scaler=self.precision.scaler,
-                grad_accum=self.config.grad_accum,
-            )
-            try:
-                weights = self.balancer.backward(losses, ctx)
-            except NonFiniteGradients as e:  # gradient-space methods check the task gradients
-                return self._skip_nonfinite(e.values, what="gradient squared norm")
+        trained: set[str] = set()
+        for i in range(self.config.grad_accum):
+            with accumulating(self.forward_step, last=i == self.config.grad_accum - 1):
+                batches = {name: move(next(self.streams[name]), self.env.device) for name in chosen}
+                losses, values, features, outputs = self._forward(batches)
+                bad = {t: v for t, v in values.items() if not math.isfinite(v)}
+                if self.ddp and (bad or not losses):
+                    self._backward(connected_zero(outputs))  # DDP's reducer must see every forward's backward
+                if bad:
+                    return self._skip_nonfinite(bad)
+                if not losses:
+                    continue  # no labelled sample of any task on any rank: every rank skips alike
+                ctx = StepContext(
+                    step=self.step,
+                    backward=functools.partial(
+                        self._backward, unused=unused_zero(outputs, losses) if self.ddp else None
+                    ),
+                    loss_values=values,
+                    model=self.model,
+                    features=features,
+                    source_tasks={name: self.source_by_name[name].tasks for name in batches},
+                    env=self.env,
+                    scaler=self.precision.scaler,
+                    grad_accum=self.config.grad_accum,
+                )
+                try:
+                    weights = self.balancer.backward(losses, ctx)
+                except NonFiniteGradients as e:  # gradient-space methods check the task gradients
+                    return self._skip_nonfinite(e.values, what="gradient squared norm")
+            trained.update(losses)
             for t, v in values.items():
                 logged.setdefault(t, []).append(v)
+        for t in set(self.model.tasks) - trained:  # no labelled sample all step: no gradient, as without DDP
+            for p in self.model.task_parameters(t):
+                p.grad = None
         self.nonfinite_in_a_row = 0
         grad_norm = self._optimizer_step()
         self.balancer.after_step(lambda: self._recompute(batches))
@@ -228,7 +243,8 @@ class Trainer:
 
     def _optimizer_step(self) -> float | None:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        average_gradients(params, self.env)
+        # DDP has averaged the model's gradients during backward; the balancer's learned weights are not in it
+        average_gradients([p for p in self.balancer.parameters()] if self.ddp else params, self.env)
         scaler = self.precision.scaler
         scaler.unscale_(self.optimizer)
         if self.config.l1:

@@ -47,6 +47,9 @@ CASES = {
     },
     # rare labels: a rank's micro-batch often holds no label of a task (or of any task) while the
     # other's does; both must still run the same backward and collectives
+    # loss-space methods train through DistributedDataParallel: no_sync on accumulation micro-batches
+    "uw-half-hidden-accumulated": {"balancing.name": "uw", "data.label_fraction": 0.5, "train.grad_accum": 2},
+    # gradient-space methods keep the engine's own reduction
     "upgrad-rep-rare-labels": {"balancing.name": "upgrad", "data.label_fraction": 0.06},
     "mgda-params-rare-labels": {"balancing.name": "mgda", "balancing.space": "params", "data.label_fraction": 0.06},
 }
@@ -84,7 +87,8 @@ def _stopping_worker(rank: int, world_size: int, port: int, out: str) -> None:
 
         trainer.train_step = train_step  # type: ignore[method-assign]
         summary = trainer.fit()
-        Path(out, f"rank{rank}.json").write_text(json.dumps({"status": summary["status"], "step": summary["step"]}))
+        record = {"status": summary["status"], "step": summary["step"], "ddp": trainer.ddp}
+        Path(out, f"rank{rank}.json").write_text(json.dumps(record))
     finally:
         dist.destroy_process_group()
 
@@ -93,7 +97,7 @@ def test_a_stop_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     spawn(_stopping_worker, str(tmp_path))
     summaries = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     # agreed at the next log step (4), not where rank 1 was signalled (3)
-    assert summaries == [{"status": "interrupted", "step": 4}] * 2
+    assert summaries == [{"status": "interrupted", "step": 4, "ddp": True}] * 2  # ew: through DDP
     assert load_state(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 4
 
 
