@@ -40,6 +40,7 @@ from ..io import load_state
 from ..model import JointModel
 from ..sampling import TaskSampler
 from .checkpoints import CheckpointManager
+from .compiled import compile_model
 from .conclude import conclude
 from .ddp import accumulating, step_forward, unused_zero
 from .interrupt import graceful_interrupt
@@ -80,6 +81,7 @@ class Trainer:
         self.model = model.to(self.env.device)
         if config.channels_last and self.env.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.compiled = compile_model(self.model, config.compile, self.env.device)
         self.data, self.balancer, self.sampler = data, balancer, sampler
         check_sources(data, list(model.tasks))
         if balancer.space != "loss" and not sampler.all_sources and len(data.train) > 1:
