@@ -126,7 +126,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     from .balancing import BALANCERS
     from .registry import REGISTRIES, load_plugins
 
-    for module in ("core.tasks", "core.sampling", "core.engine.optim", "core.predict", "core.digits"):
+    for module in (
+        "core.tasks",
+        "core.sampling",
+        "core.engine.optim",
+        "core.predict",
+        "core.digits",
+        "core.architectures",
+    ):
         importlib.import_module(module)
     load_plugins()
     for kind, registry in sorted(REGISTRIES.items()):
