@@ -238,7 +238,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from e
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{path} must hold a mapping of sections (model:, tasks:, data:, ...), not a {type(raw).__name__}")
+        raise ConfigError(
+            f"{path} must hold a mapping of sections (model:, tasks:, data:, ...), not a {type(raw).__name__}"
+        )
     return dict(raw)
 
 
