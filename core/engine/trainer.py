@@ -312,7 +312,7 @@ class Trainer:
                         log({"split": "train", "step": self.step, "time": time.perf_counter() - start, **record})
                     if (c.eval_every and self.step % c.eval_every == 0) or self.step == c.max_steps:
                         self._validate(log)
-                        if self.evals_without_improvement >= c.early_stopping_patience > 0:
+                        if self.step < c.max_steps and self.evals_without_improvement >= c.early_stopping_patience > 0:
                             status = RunStatus.EARLY_STOPPED
                             break
                     if self.stop_requested:
