@@ -70,3 +70,15 @@ def test_own_csv_quickstart_trains_and_predicts(tmp_path, capsys):
     assert main(["predict", raw["output_dir"], str(tmp_path / "new_rows.csv"), "--out", str(out)]) == 0
     record = json.loads(out.read_text())["predictions"][0]
     assert set(record["grade"]) == {"label", "index", "probabilities"} and "value" in record["bmi"]
+
+
+def test_extending_example_trains_from_yaml(tmp_path, monkeypatch):
+    body = README.split("## Extending", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", body, re.S).group(1)
+    raw = yaml.safe_load(re.search(r"```yaml\n(.*?)```", body, re.S).group(1))
+    (tmp_path / "mypkg.py").write_text(code)
+    monkeypatch.chdir(tmp_path)
+    raw["train"].update(max_steps=60, progress=False)
+    raw["report"] = {"enabled": False}
+    report = train(load_config(raw=raw))
+    assert report["tasks"]["cultivar"]["accuracy"] > 0.8 and "mae" in report["tasks"]["alcohol"]
