@@ -16,7 +16,7 @@ from core.balancing import BalancerSetup, StepContext, build
 from core.distributed import DistEnv, average_gradients
 from tests.core.balancing.test_gradient_engine import TASKS, Tiny
 
-CASES = [("mgda", "rep"), ("pcgrad", "params")]
+CASES = [("mgda", "rep"), ("pcgrad", "params"), ("graddrop", "params")]
 
 
 def _step(rank: int, world: int) -> dict[str, torch.Tensor]:
@@ -42,7 +42,10 @@ def _step(rank: int, world: int) -> dict[str, torch.Tensor]:
             env=env,
         )
         method.backward(losses, ctx)
-        average_gradients(model.parameters(), env)
+        synchronised = {id(p) for p in method.synchronised_parameters()}
+        if env.enabled:  # params: the shared gradients are already global; averaging them again is waste
+            assert bool(synchronised) == (space == "params")
+        average_gradients([p for p in model.parameters() if id(p) not in synchronised], env)
         torch.optim.SGD(model.parameters(), lr=0.5).step()
         out[name] = nn.utils.parameters_to_vector(model.parameters()).detach()
     return out
