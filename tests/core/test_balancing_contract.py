@@ -28,8 +28,9 @@ def test_method_trains_and_round_trips_its_state(tmp_path, method):
     assert any(not torch.equal(before[k], after[k]) for k in before), "no parameter moved"
     assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
 
-    cls = BALANCERS.get(method)
-    assert cls.space in ("loss", "gradient") and isinstance(cls.cost, str)
+    info = BALANCERS.get(method).describe()  # what `jointtrain list` prints
+    assert info["kind"] in ("loss", "weighting", "aggregator") and isinstance(info["cost"], str)
+    assert isinstance(info["state"], str) and info["ddp"]
     resumed = build_trainer(
         toy_config(tmp_path, **{"balancing.name": method, "train.max_steps": 4, "train.eval_every": 4})
     )
@@ -64,7 +65,7 @@ def test_method_handles_a_step_where_a_task_is_missing(tmp_path, method):
         "train.max_steps": 4,
         "train.eval_every": 4,
     }
-    if getattr(cls, "spaces", ("loss",)) != ("loss",) and "params" in getattr(cls, "spaces", ()):
+    if "params" in cls.describe()["spaces"]:
         overrides["balancing.space"] = "params"
     trainer = build_trainer(toy_config(tmp_path, **overrides))
     assert trainer.fit()["status"] == "completed"

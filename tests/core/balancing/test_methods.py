@@ -407,3 +407,10 @@ def test_stateful_method_state_round_trips(name: str) -> None:
     restored.load_state_dict(method.state_dict())
     jac = matrices()["random"]
     assert torch.equal(method.aggregate(jac, losses * 0.5), restored.aggregate(jac, losses * 0.5))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_graddrop_draws_on_the_jacobians_device() -> None:
+    jac = matrices()["conflicting"].float().cuda()
+    out = build("graddrop", seed=3).aggregate(jac)
+    assert out.device.type == "cuda" and torch.equal(out, build("graddrop", seed=3).aggregate(jac))
