@@ -185,7 +185,7 @@ class GradientEngine:
         if ctx.env.enabled:
             gramian = self._global_gramian(gramian, tasks, known, ctx)
         self._remember(gramian, tasks)
-        finite = torch.isfinite(jac).all(1).tolist()  # host sync: needed to decide the step
+        finite = torch.isfinite(gramian.diagonal()).tolist()
         if not all(finite):
             self._nonfinite(finite, tasks, ctx, next(iter(model.shared_parameters())))  # type: ignore[operator]
             return {}
@@ -200,13 +200,13 @@ class GradientEngine:
             weighted = sum(float(wk) * losses[t] for wk, t in zip(w.tolist(), tasks, strict=True))
             torch.autograd.backward(weighted * factor, inputs=shared)  # type: ignore[union-attr]
             return dict(zip(tasks, w.tolist(), strict=True))
-        update = method.aggregate(jac, values, index)
+        update = method.apply(jac, values, index)  # type: ignore[attr-defined]
         offset, vectors = 0, []
         for x in z:
             vectors.append((update[offset : offset + x.numel()] * factor).view_as(x).to(x.dtype))
             offset += x.numel()
         torch.autograd.backward(z, vectors)  # the one backbone backward
-        return dict(zip(tasks, _applied(jac, update).tolist(), strict=True))
+        return dict(zip(tasks, _applied(jac, update, gramian).tolist(), strict=True))
 
     @staticmethod
     def _global_gramian(gramian: Tensor, tasks: list[str], known: list[str], ctx: StepContext) -> Tensor:
@@ -240,24 +240,24 @@ class GradientEngine:
             else [torch.zeros_like(p, dtype=torch.float32) for p in shared]
             for t in tasks
         ]
+        factor = scale / ctx.grad_accum
+        for i, p in enumerate(heads):  # a head is reached by its own task(s) only: the plain sum
+            head = [per_task[t][len(shared) + i] for t in local]
+            _accumulate(p, sum(head) / ctx.grad_accum)  # type: ignore[arg-type]
+        del grads, per_task  # only the shared pieces stay alive
         if ctx.env.enabled:
             for row in pieces:
                 for g in row:
                     dist.all_reduce(g)
                     g /= ctx.env.world_size
             self.synchronised = shared
-        finite = torch.stack([torch.stack([torch.isfinite(g).all() for g in row]).all() for row in pieces])
-        finite_list = finite.tolist()  # host sync: needed to decide the step
-        if not all(finite_list):
-            self.last_gramian = None
-            self._nonfinite(finite_list, tasks, ctx, shared[0])
-            return {}
-        factor = scale / ctx.grad_accum
-        for i, p in enumerate(heads):  # a head is reached by its own task(s) only: the plain sum
-            head = [per_task[t][len(shared) + i] for t in local]
-            _accumulate(p, sum(head) / ctx.grad_accum)  # type: ignore[arg-type]
         gramian = _gramian(pieces)
         self._remember(gramian, tasks)
+        finite = torch.isfinite(gramian.diagonal()).tolist()  # a non-finite piece makes its diagonal entry so
+        if not all(finite):
+            self.last_gramian = None
+            self._nonfinite(finite, tasks, ctx, shared[0])
+            return {}
         values, index = self._loss_vector(tasks, ctx), [known.index(t) for t in tasks]
         if method.kind == "weighting":
             w = method.weights(gramian, values, index)  # type: ignore[attr-defined]
@@ -268,14 +268,16 @@ class GradientEngine:
                     out.add_(pieces[k][j], alpha=coef[k])
                 _accumulate(p, out)
             return dict(zip(tasks, w.tolist(), strict=True))
-        jac = torch.cat([torch.cat([g.reshape(-1) for g in row])[None] for row in pieces])
-        del pieces
-        update = method.aggregate(jac, values, index)
+        jac = torch.empty(len(tasks), sum(p.numel() for p in shared), device=shared[0].device)
+        for k in range(len(tasks)):  # fill the K x P Jacobian, releasing each task's pieces as it goes
+            torch.cat([g.reshape(-1) for g in pieces[k]], out=jac[k])
+            pieces[k] = []
+        update = method.apply(jac, values, index)  # type: ignore[attr-defined]
         offset = 0
         for p in shared:
             _accumulate(p, update[offset : offset + p.numel()].view_as(p) * factor)
             offset += p.numel()
-        return dict(zip(tasks, _applied(jac, update).tolist(), strict=True))
+        return dict(zip(tasks, _applied(jac, update, gramian).tolist(), strict=True))
 
     def task_gradients(self, losses: list[Tensor], inputs: Sequence[Tensor]) -> list[list[Tensor]]:
         """Per loss, its gradient w.r.t. each input (zeros where unused)."""
@@ -320,9 +322,9 @@ def _gramian(pieces: list[list[Tensor]]) -> Tensor:
     return gramian + acc.cpu()  # host sync: the method runs on the CPU
 
 
-def _applied(jac: Tensor, update: Tensor) -> Tensor:
+def _applied(jac: Tensor, update: Tensor, gramian: Tensor) -> Tensor:
     """Per-task weight of an update that is not a plain combination: ``<u, g_k> / |g_k|^2``."""
-    return (jac @ update) / (jac * jac).sum(1).clamp_min(1e-30)
+    return (jac @ update).double().cpu() / gramian.diagonal().clamp_min(1e-30)
 
 
 def _as_float(g: Tensor) -> Tensor:

@@ -42,9 +42,10 @@ class GradDrop(Aggregator):
         generator = torch.Generator(device=jacobian.device).manual_seed(self.seed * 1_000_003 + self.draws)
         self.draws += 1
         u = torch.rand(jacobian.shape[1], generator=generator, device=jacobian.device, dtype=jacobian.dtype)
-        keep = ((purity > u) & (jacobian > 0)) | ((purity < u) & (jacobian < 0))
-        mask = keep.to(jacobian.dtype) * (1 - self.leak) + self.leak
-        return (mask * jacobian).sum(0)
+        keep = torch.where(jacobian > 0, purity > u, purity < u)  # sign chosen per coordinate (zeros add nothing)
+        if self.leak == 0:
+            return (jacobian * keep).sum(0)
+        return (jacobian * (keep * (1 - self.leak) + self.leak)).sum(0)
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"draws": self.draws}

@@ -103,7 +103,12 @@ class Aggregator(Method):
     kind: ClassVar[str] = "aggregator"
 
     def aggregate(self, jacobian: Tensor, losses: Tensor | None = None, rows: Sequence[int] | None = None) -> Tensor:
-        jac = _check_jacobian(self, jacobian)
+        return self.apply(_check_jacobian(self, jacobian), losses, rows)
+
+    def apply(self, jacobian: Tensor, losses: Tensor | None = None, rows: Sequence[int] | None = None) -> Tensor:
+        """:meth:`aggregate` without the K x P finiteness pass: for the engine, which already
+        checked the Gramian's diagonal (a non-finite row makes its entry non-finite)."""
+        jac = jacobian.detach()
         if jac.shape[0] == 0:
             return jac.new_zeros(jac.shape[1])
         with torch.no_grad():
