@@ -174,10 +174,16 @@ class GradientEngine:
                 "use space 'params' or a Gramian-based method"
             )
         tasks = list(losses)
+        if ctx.env.enabled:  # every rank weighs the same tasks: those with a loss on any rank (zero rows here)
+            tasks = [t for t in known if t in ctx.loss_values]
         model: nn.Module = ctx.model  # type: ignore[assignment]
         scale = self._amp_scale(ctx, z[0].device)
+        width = sum(x.numel() for x in z)
         rows = []
         for t in tasks:  # each head alone: cheap; the backbone graph is kept for the one backward below
+            if t not in losses:
+                rows.append(z[0].new_zeros(width))
+                continue
             grads = torch.autograd.grad(losses[t] * scale, z, retain_graph=True, allow_unused=True)
             rows.append(torch.cat([g.reshape(-1) for g in _filled(grads, z)]))
         jac = torch.stack(rows).float() / scale
@@ -197,7 +203,7 @@ class GradientEngine:
         if method.kind == "weighting":
             w = method.weights(gramian, values, index)  # type: ignore[attr-defined]
             shared = [p for p in model.shared_parameters() if p.requires_grad]  # type: ignore[operator]
-            weighted = sum(float(wk) * losses[t] for wk, t in zip(w.tolist(), tasks, strict=True))
+            weighted = sum(float(wk) * losses[t] for wk, t in zip(w.tolist(), tasks, strict=True) if t in losses)
             torch.autograd.backward(weighted * factor, inputs=shared)  # type: ignore[union-attr]
             return dict(zip(tasks, w.tolist(), strict=True))
         update = method.apply(jac, values, index)  # type: ignore[attr-defined]

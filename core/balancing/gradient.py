@@ -37,6 +37,7 @@ class GradientBalancer(Balancer):
     """
 
     kind: ClassVar[str] = "gradient"
+    space: ClassVar[str] = "gradient"  # alias of ``kind`` (see Balancer.space); the Jacobian space is ``grad_space``
 
     def __init__(self, method: Method, space: str = "params", engine: str = "auto") -> None:
         super().__init__()
@@ -88,6 +89,7 @@ class GradientMethod:
     """
 
     kind: ClassVar[str] = "gradient"
+    space: ClassVar[str] = "gradient"  # alias of ``kind`` for today's ``jointtrain list`` (see Balancer.space)
 
     def __init__(self, method: type[Method]) -> None:
         self.method = method
