@@ -76,6 +76,8 @@ METHODS: dict[str, type[Method]] = {
 }
 for _name, _method in METHODS.items():
     BALANCERS.register(_name)(GradientMethod(_method))
+# IMTL (Liu et al., ICLR 2021): IMTL-G on the gradients of IMTL-L's learned loss scales
+BALANCERS.register("imtl")(GradientMethod(IMTLG, loss_scales=True))
 
 
 def build(name: str, **kwargs: Any) -> Balancer:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
@@ -34,12 +36,17 @@ class GradientBalancer(Balancer):
             w.r.t. the shared parameters); see :mod:`.engine`.
         engine: how ``params`` computes the task gradients: ``auto`` (``gramian`` for weightings,
             ``loop`` for aggregators), ``gramian``, ``loop`` or ``batched`` (vmap; opt-in).
+        loss_scales: first scale each loss by a learned ``e^(s_k)`` (IMTL-L, Liu et al., ICLR 2021:
+            minimising ``e^(s_k) L_k - s_k`` drives every scaled loss to 1); the method then sees the
+            scaled losses' gradients, and the heads their plain gradients. ``s_k`` are parameters
+            trained by the trainer's optimizer; their gradient ``e^(s_k) l_k - 1`` comes from the
+            detached, rank-averaged loss values (exact under DDP, no autograd).
     """
 
     kind: ClassVar[str] = "gradient"
     space: ClassVar[str] = "gradient"  # alias of ``kind`` (see Balancer.space); the Jacobian space is ``grad_space``
 
-    def __init__(self, method: Method, space: str = "params", engine: str = "auto") -> None:
+    def __init__(self, method: Method, space: str = "params", engine: str = "auto", loss_scales: bool = False) -> None:
         super().__init__()
         name = type(method).__name__
         if space not in SPACES:
@@ -50,9 +57,14 @@ class GradientBalancer(Balancer):
         self.grad_space, self.requested_engine = space, engine
         self.engine = GradientEngine(space, choose_engine(engine, method))
         self.tasks: list[str] = []
+        self.loss_scales = bool(loss_scales)
+        self.log_scales = nn.ParameterDict()
 
     def setup(self, setup: BalancerSetup) -> None:
         super().setup(setup)
+        if self.loss_scales:
+            for t in setup.tasks:
+                self.log_scales[t] = nn.Parameter(torch.zeros(()))
 
     def weights(self, gramian: Tensor, losses: Tensor | None = None, rows: Sequence[int] | None = None) -> Tensor:
         if not isinstance(self.method, Weighting):
@@ -64,7 +76,18 @@ class GradientBalancer(Balancer):
 
     def backward(self, losses: dict[str, Tensor], ctx: StepContext) -> dict[str, float]:
         known = self.tasks or list(losses)
-        return self.engine.backward(self.method, losses, ctx, known)
+        if not self.loss_scales:
+            return self.engine.backward(self.method, losses, ctx, known)
+        # every task with a loss on any rank (ctx.loss_values), so all ranks scale and step alike
+        factors = {t: float(torch.exp(self.log_scales[t].detach())) for t in ctx.loss_values}  # host sync: K scalars
+        amp = ctx.scaler.get_scale() if ctx.scaler is not None and ctx.scaler.is_enabled() else 1.0
+        for t, f in factors.items():  # d/ds (e^s L - s), scaled like every other gradient for unscale_
+            s = self.log_scales[t]
+            grad = torch.full_like(s, (f * ctx.loss_values[t] - 1) * amp / ctx.grad_accum)
+            s.grad = grad if s.grad is None else s.grad + grad
+        scaled = {t: loss * factors[t] for t, loss in losses.items()}
+        values = {t: v * factors[t] for t, v in ctx.loss_values.items()}
+        return self.engine.backward(self.method, scaled, replace(ctx, loss_values=values), known)
 
     def synchronised_parameters(self) -> list[nn.Parameter]:
         return self.engine.synchronised
@@ -78,7 +101,8 @@ class GradientBalancer(Balancer):
         return {f"cos/{a}/{b}": cos[i][j] for i, a in enumerate(names) for j, b in enumerate(names) if i < j}
 
     def __repr__(self) -> str:
-        return f"GradientBalancer({self.method!r}, space={self.grad_space!r}, engine={self.requested_engine!r})"
+        scales = ", loss_scales=True" if self.loss_scales else ""
+        return f"GradientBalancer({self.method!r}, space={self.grad_space!r}, engine={self.requested_engine!r}{scales})"
 
 
 class GradientMethod:
@@ -91,24 +115,29 @@ class GradientMethod:
     kind: ClassVar[str] = "gradient"
     space: ClassVar[str] = "gradient"  # alias of ``kind`` for today's ``jointtrain list`` (see Balancer.space)
 
-    def __init__(self, method: type[Method]) -> None:
-        self.method = method
+    def __init__(self, method: type[Method], loss_scales: bool = False) -> None:
+        self.method, self.loss_scales = method, loss_scales
         params = inspect.signature(method.__init__).parameters
         own = [params[n] for n in hyperparameters(method)]
         head = [
             inspect.Parameter("space", inspect.Parameter.KEYWORD_ONLY, default="params", annotation=str),
             inspect.Parameter("engine", inspect.Parameter.KEYWORD_ONLY, default="auto", annotation=str),
+            inspect.Parameter("loss_scales", inspect.Parameter.KEYWORD_ONLY, default=loss_scales, annotation=bool),
         ]
         keyword = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
         self.__signature__ = inspect.Signature(head + keyword, return_annotation=GradientBalancer)
         self.__doc__ = method.__doc__
         self.cost, self.spaces, self.randomized = method.cost, method.spaces, method.randomized
 
-    def __call__(self, space: str = "params", engine: str = "auto", **hyperparameters: Any) -> GradientBalancer:
-        return GradientBalancer(self.method(**hyperparameters), space=space, engine=engine)
+    def __call__(
+        self, space: str = "params", engine: str = "auto", loss_scales: bool | None = None, **hyperparameters: Any
+    ) -> GradientBalancer:
+        scales = self.loss_scales if loss_scales is None else loss_scales
+        return GradientBalancer(self.method(**hyperparameters), space=space, engine=engine, loss_scales=scales)
 
     def describe(self) -> dict[str, Any]:
         return {**describe_method(self.method), "ddp": DDP, "engines": list(ENGINES)}
 
     def __repr__(self) -> str:
-        return f"GradientMethod({self.method.__name__})"
+        scales = ", loss_scales=True" if self.loss_scales else ""
+        return f"GradientMethod({self.method.__name__}{scales})"

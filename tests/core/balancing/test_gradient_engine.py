@@ -267,3 +267,23 @@ def test_trainer_params_in_the_one_dataset_per_task_regime(tmp_path: Any) -> Non
 def test_trainer_refuses_rep_with_several_sources(tmp_path: Any) -> None:
     with pytest.raises(ConfigError, match="use space 'params'"):
         _train_records(tmp_path, balancing={"name": "mgda", "space": "rep"}, **{"data.regime": "per_task"})
+
+
+def test_imtl_balances_the_gradients_of_learned_loss_scales() -> None:
+    """IMTL = IMTL-G on e^(s_k) L_k; s_k follow d/ds (e^s L - s) = e^s l - 1 from the loss values."""
+    model = Tiny()
+    method = setup(build("imtl"))
+    assert repr(method) == "GradientBalancer(IMTLG(), space='params', engine='auto', loss_scales=True)"
+    with torch.no_grad():
+        for i, t in enumerate(TASKS):
+            method.log_scales[t].fill_(0.5 * (i - 1))
+    factors = torch.exp(torch.tensor([-0.5, 0.0, 0.5]))
+    jac, head_grads = reference_jacobian(model)
+    expected = build("imtl_g").aggregate(jac * factors[:, None])
+    losses, z = forward(model)
+    values = {t: float(v.detach()) for t, v in losses.items()}
+    method.backward(losses, context(model, losses, z))
+    assert torch.allclose(flat_grad(model.shared_parameters()), expected, atol=1e-6)
+    for i, t in enumerate(TASKS):
+        assert torch.allclose(model.heads[t].weight.grad, head_grads[f"{t}.weight"] * factors[i], atol=1e-6)  # type: ignore[arg-type]
+        assert abs(float(method.log_scales[t].grad) - (float(factors[i]) * values[t] - 1)) < 1e-6  # type: ignore[arg-type]

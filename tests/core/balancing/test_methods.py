@@ -373,7 +373,7 @@ def test_gradvac_on_collinear_float32_gradients() -> None:
         ("graddrop", {"engine": "gramian"}, "needs the whole Jacobian"),
         ("upgrad", {"engine": "vmap"}, "valid: auto, gramian, loop, batched"),
         ("up_grad", {}, "upgrad"),
-        ("upgrad", {"c": 1.0}, "Valid arguments: space, engine, ridge"),
+        ("upgrad", {"c": 1.0}, "Valid arguments: space, engine, loss_scales, ridge"),
     ],
 )
 def test_bad_configuration_is_refused(name: str, kwargs: dict[str, object], match: str) -> None:
