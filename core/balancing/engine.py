@@ -272,6 +272,8 @@ class GradientEngine:
                 out = pieces[0][j].mul_(coef[0])
                 for k in range(1, len(tasks)):
                     out.add_(pieces[k][j], alpha=coef[k])
+                if out.untyped_storage().nbytes() != out.numel() * out.element_size():
+                    out = out.clone()  # a view into the batched engine's [K, ...] output: do not keep it alive
                 _accumulate(p, out)
             return dict(zip(tasks, w.tolist(), strict=True))
         jac = torch.empty(len(tasks), sum(p.numel() for p in shared), device=shared[0].device)

@@ -100,6 +100,9 @@ class GradientBalancer(Balancer):
         names = self.engine.last_tasks
         return {f"cos/{a}/{b}": cos[i][j] for i, a in enumerate(names) for j, b in enumerate(names) if i < j}
 
+    def describe(self) -> dict[str, Any]:  # type: ignore[override]  # an instance knows its method and space
+        return {**describe_method(type(self.method)), "space": self.grad_space, "ddp": DDP[self.grad_space]}
+
     def __repr__(self) -> str:
         scales = ", loss_scales=True" if self.loss_scales else ""
         return f"GradientBalancer({self.method!r}, space={self.grad_space!r}, engine={self.requested_engine!r}{scales})"

@@ -287,3 +287,13 @@ def test_imtl_balances_the_gradients_of_learned_loss_scales() -> None:
     for i, t in enumerate(TASKS):
         assert torch.allclose(model.heads[t].weight.grad, head_grads[f"{t}.weight"] * factors[i], atol=1e-6)  # type: ignore[arg-type]
         assert abs(float(method.log_scales[t].grad) - (float(factors[i]) * values[t] - 1)) < 1e-6  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("engine", ["gramian", "batched"])
+def test_gramian_engine_writes_gradients_that_own_their_memory(engine: str) -> None:
+    """The update is written in place into one task's piece; it must not pin the other K - 1."""
+    model = Tiny()
+    losses, z = forward(model)
+    setup(build("upgrad", engine=engine)).backward(losses, context(model, losses, z))
+    for p in model.shared_parameters():
+        assert p.grad.untyped_storage().nbytes() == p.grad.numel() * p.grad.element_size()  # type: ignore[union-attr]

@@ -131,6 +131,8 @@ def test_every_method_declares_itself(name: str) -> None:
         "mean_when_aligned",
     }
     assert set(info["ddp"]) == {"rep", "params"}
+    built = build(name, space=info["spaces"][0]).describe()
+    assert built["kind"] == info["kind"] and built["space"] == info["spaces"][0] and isinstance(built["ddp"], str)
     cls = METHODS[name]
     cited = sys.modules[cls.__module__].__doc__ or ""  # one method per file, paper cited
     assert cls.__doc__ and any(w in cited for w in ("arXiv", "ICML", "ICLR", "NeurIPS", "CVPR", "PMLR")), cited
