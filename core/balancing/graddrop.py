@@ -38,14 +38,17 @@ class GradDrop(Aggregator):
         self.draws = 0
 
     def _aggregate(self, jacobian: Tensor, losses: Tensor | None, rows: list[int]) -> Tensor:
-        purity = 0.5 * (1 + jacobian.sum(0) / jacobian.abs().sum(0).clamp_min(1e-30))
+        # With S = sum_k g_k and A = sum_k |g_k| per coordinate, the kept positive parts sum to
+        # (S + A) / 2 and the kept negative parts to (S - A) / 2: two reductions over the K x P
+        # Jacobian instead of a K x P mask.
+        total = jacobian.sum(0)
+        absolute = torch.linalg.vector_norm(jacobian, ord=1, dim=0)
+        purity = 0.5 * (1 + total / absolute.clamp_min(1e-30))
         generator = torch.Generator(device=jacobian.device).manual_seed(self.seed * 1_000_003 + self.draws)
         self.draws += 1
         u = torch.rand(jacobian.shape[1], generator=generator, device=jacobian.device, dtype=jacobian.dtype)
-        keep = torch.where(jacobian > 0, purity > u, purity < u)  # sign chosen per coordinate (zeros add nothing)
-        if self.leak == 0:
-            return (jacobian * keep).sum(0)
-        return (jacobian * (keep * (1 - self.leak) + self.leak)).sum(0)
+        kept = torch.where(purity > u, total + absolute, total - absolute) / 2
+        return kept if self.leak == 0 else kept + self.leak * (total - kept)
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"draws": self.draws}

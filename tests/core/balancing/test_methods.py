@@ -423,3 +423,15 @@ def test_graddrop_draws_on_the_jacobians_device() -> None:
     jac = matrices()["conflicting"].float().cuda()
     out = build("graddrop", seed=3).aggregate(jac)
     assert out.device.type == "cuda" and torch.equal(out, build("graddrop", seed=3).aggregate(jac))
+
+
+def test_graddrop_keeps_one_sign_per_coordinate() -> None:
+    """The paper's mask: per coordinate, the sum of the positive or of the negative parts; leak 1 = sum."""
+    jac = matrices()["conflicting"]
+    out = build("graddrop", seed=1).aggregate(jac)
+    positive, negative = jac.clamp_min(0).sum(0), jac.clamp_max(0).sum(0)
+    assert torch.all(torch.isclose(out, positive) | torch.isclose(out, negative))
+    assert torch.isclose(out, positive).any() and torch.isclose(out, negative).any()
+    assert torch.allclose(build("graddrop", leak=1.0).aggregate(jac), jac.sum(0))
+    half = build("graddrop", seed=1, leak=0.5).aggregate(jac)
+    assert torch.allclose(half, 0.5 * out + 0.5 * jac.sum(0))
