@@ -248,8 +248,8 @@ class GradientEngine:
         ]
         factor = scale / ctx.grad_accum
         for i, p in enumerate(heads):  # a head is reached by its own task(s) only: the plain sum
-            head = [per_task[t][len(shared) + i] for t in local]
-            _accumulate(p, sum(head) / ctx.grad_accum)  # type: ignore[arg-type]
+            if local:  # under DDP a rank may hold no labelled sample this step, yet joins the all-reduce
+                _accumulate(p, sum(per_task[t][len(shared) + i] for t in local) / ctx.grad_accum)  # type: ignore[arg-type]
         del grads, per_task  # only the shared pieces stay alive
         if ctx.env.enabled:
             for row in pieces:
