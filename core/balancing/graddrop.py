@@ -42,7 +42,7 @@ class GradDrop(Aggregator):
         # (S + A) / 2 and the kept negative parts to (S - A) / 2: two reductions over the K x P
         # Jacobian instead of a K x P mask.
         total = jacobian.sum(0)
-        absolute = torch.linalg.vector_norm(jacobian, ord=1, dim=0)
+        absolute = jacobian.abs().sum(0)  # (linalg.vector_norm(ord=1, dim=0) is ~25x slower on the CPU)
         purity = 0.5 * (1 + total / absolute.clamp_min(1e-30))
         generator = torch.Generator(device=jacobian.device).manual_seed(self.seed * 1_000_003 + self.draws)
         self.draws += 1
