@@ -34,6 +34,7 @@ Composition with the trainer, per micro-batch:
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -148,12 +149,13 @@ class GradientEngine:
     def _loss_vector(tasks: list[str], ctx: StepContext) -> Tensor:
         return torch.tensor([ctx.loss_values[t] for t in tasks], dtype=torch.float64)
 
-    def _nonfinite(self, finite: list[bool], tasks: list[str], ctx: StepContext, target: nn.Parameter) -> None:
+    def _nonfinite(self, gramian: Tensor, tasks: list[str], ctx: StepContext, target: nn.Parameter) -> None:
         """fp16: poison a gradient so the scaler skips the step and lowers its scale; else raise."""
         if ctx.scaler is not None and ctx.scaler.is_enabled():
             _accumulate(target, torch.full_like(target, float("inf")))
             return
-        raise NonFiniteGradients({t: float("nan") for t, ok in zip(tasks, finite, strict=True) if not ok})
+        norms = gramian.diagonal().tolist()  # squared gradient norms: inf or nan where a task overflowed
+        raise NonFiniteGradients({t: v for t, v in zip(tasks, norms, strict=True) if not math.isfinite(v)})
 
     def _remember(self, gramian: Tensor, tasks: list[str]) -> None:
         self.last_gramian, self.last_tasks = gramian.detach().cpu(), list(tasks)
@@ -191,9 +193,9 @@ class GradientEngine:
         if ctx.env.enabled:
             gramian = self._global_gramian(gramian, tasks, known, ctx)
         self._remember(gramian, tasks)
-        finite = torch.isfinite(gramian.diagonal()).tolist()
-        if not all(finite):
-            self._nonfinite(finite, tasks, ctx, next(iter(model.shared_parameters())))  # type: ignore[operator]
+        if not bool(torch.isfinite(gramian.diagonal()).all()):
+            self.last_gramian = None
+            self._nonfinite(gramian, tasks, ctx, next(iter(model.shared_parameters())))  # type: ignore[operator]
             return {}
         values, index = self._loss_vector(tasks, ctx), [known.index(t) for t in tasks]
         factor = scale / ctx.grad_accum
@@ -259,10 +261,9 @@ class GradientEngine:
             self.synchronised = shared
         gramian = _gramian(pieces)
         self._remember(gramian, tasks)
-        finite = torch.isfinite(gramian.diagonal()).tolist()  # a non-finite piece makes its diagonal entry so
-        if not all(finite):
+        if not bool(torch.isfinite(gramian.diagonal()).all()):  # a non-finite piece makes its diagonal entry so
             self.last_gramian = None
-            self._nonfinite(finite, tasks, ctx, shared[0])
+            self._nonfinite(gramian, tasks, ctx, shared[0])
             return {}
         values, index = self._loss_vector(tasks, ctx), [known.index(t) for t in tasks]
         if method.kind == "weighting":
