@@ -162,6 +162,10 @@ class GradientEngine:
 
     # -- rep ---------------------------------------------------------------------------------
     def _rep(self, method: Method, losses: dict[str, Tensor], ctx: StepContext, known: list[str]) -> dict[str, float]:
+        if not losses and ctx.env.enabled:  # no labelled sample here: join the other ranks' Gramian all-reduce
+            tasks = [t for t in known if t in ctx.loss_values]
+            self._global_gramian(torch.zeros(len(tasks), len(tasks), dtype=torch.float64), tasks, known, ctx)
+            return {}
         sources = [name for name in ctx.features if set(ctx.source_tasks.get(name, [])) & set(losses)]
         if len(sources) != 1:
             raise ConfigError(

@@ -17,8 +17,10 @@ from core.distributed import DistEnv, average_gradients
 from tests.core.balancing.test_gradient_engine import TASKS, Tiny
 
 CASES = [("mgda", "rep"), ("pcgrad", "params"), ("graddrop", "params")]
-# task "c" labelled only on the first half of the global batch: rank 1 holds no loss for it
+# "partial": task c labelled only on the first half of the global batch (rank 1 has no loss for it);
+# "empty": no task labelled on the second half (rank 1 has no loss at all, yet joins the collectives)
 PARTIAL = [("upgrad", "params"), ("mgda", "rep")]
+REGIMES = {"full": CASES, "partial": PARTIAL, "empty": PARTIAL}
 
 
 def _step(rank: int, world: int) -> dict[str, torch.Tensor]:
@@ -28,10 +30,11 @@ def _step(rank: int, world: int) -> dict[str, torch.Tensor]:
     share = slice(rank * 16 // world, (rank + 1) * 16 // world)
     env = DistEnv(rank=rank, world_size=world)
     out = {}
-    for partial, cases in ((False, CASES), (True, PARTIAL)):
-        labelled = {t: torch.ones(16, dtype=torch.bool) for t in TASKS}
-        if partial:
-            labelled["c"] = torch.arange(16) < 8
+    for regime, cases in REGIMES.items():
+        first_half = torch.arange(16) < 8
+        labelled = {t: first_half if regime == "empty" else torch.ones(16, dtype=torch.bool) for t in TASKS}
+        if regime == "partial":
+            labelled["c"] = first_half
         for name, space in cases:
             model = Tiny()
             method = build(name, space=space)
@@ -62,7 +65,7 @@ def _step(rank: int, world: int) -> dict[str, torch.Tensor]:
                 assert bool(synchronised) == (space == "params")
             average_gradients([p for p in model.parameters() if id(p) not in synchronised], env)
             torch.optim.SGD(model.parameters(), lr=0.5).step()
-            out[f"{name}/{space}/{partial}"] = nn.utils.parameters_to_vector(model.parameters()).detach()
+            out[f"{name}/{space}/{regime}"] = nn.utils.parameters_to_vector(model.parameters()).detach()
     return out
 
 
@@ -87,6 +90,6 @@ def test_two_process_gloo_matches_one_process(tmp_path: Path, world: int) -> Non
     single = _step(0, 1)
     for rank in range(world):
         ranked = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
-        assert ranked.keys() == single.keys() and len(single) == len(CASES) + len(PARTIAL)
+        assert ranked.keys() == single.keys() and len(single) == sum(map(len, REGIMES.values()))
         for key in single:
             assert torch.allclose(ranked[key], single[key], atol=1e-5), (key, rank)
