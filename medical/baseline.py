@@ -56,15 +56,15 @@ def gradient_boosting(
         # category codes are native categories unless there are more than HGB's 255 bins allow
         categorical = (np.arange(x.shape[1]) >= n_numeric) & (np.nan_to_num(x).max(0) < 255)
 
-        def fit(params: dict[str, Any]) -> Any:
-            model = HistGradientBoostingClassifier(categorical_features=categorical, random_state=seed, **params)
-            return model.fit(x, y.astype(int))
-
-        scored = [
-            (binary_scores(fit(p).predict_proba(x_val)[:, 1], y_val)["auprc"], i, p)
-            for i, p in enumerate(ParameterGrid(grid or GRID))
+        fits = [
+            HistGradientBoostingClassifier(categorical_features=categorical, random_state=seed, **p).fit(
+                x, y.astype(int)
+            )
+            for p in ParameterGrid(grid or GRID)
         ]
-        _, _, best = max(scored, key=lambda s: (s[0], -s[1]))
+        scores = [binary_scores(m.predict_proba(x_val)[:, 1], y_val)["auprc"] for m in fits]
+        best = fits[int(np.argmax(scores))]  # the first of equal scores: the grid's simpler settings
         x_test, y_test, _ = table(test, d)
-        report[d] = {**binary_scores(fit(best).predict_proba(x_test)[:, 1], y_test), "params": best}
+        params = {k: best.get_params()[k] for k in (grid or GRID)}
+        report[d] = {**binary_scores(best.predict_proba(x_test)[:, 1], y_test), "params": params}
     return report

@@ -70,6 +70,12 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.data, self.balancer, self.sampler = data, balancer, sampler
         check_sources(data, list(model.tasks))
+        if getattr(balancer, "grad_space", None) == "rep" and not model.architecture.shared_representation:
+            raise ConfigError(
+                f"space 'rep' needs one representation that every task reads; architecture "
+                f"'{model.architecture.spec()['name']}' has none (task layers read several shared tensors); "
+                "use space 'params'"
+            )
         if balancer.space != "loss" and not sampler.all_sources and len(data.train) > 1:
             raise ConfigError(
                 f"{type(balancer).__name__} balances task gradients and needs at least 2 tasks per step, but sampler "
@@ -202,7 +208,8 @@ class Trainer:
 
     def _optimizer_step(self) -> float | None:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        average_gradients(params, self.env)
+        synced = {id(p) for p in self.balancer.synchronised_parameters()}  # already global: not averaged again
+        average_gradients([p for p in params if id(p) not in synced], self.env)
         scaler = self.precision.scaler
         scaler.unscale_(self.optimizer)
         if self.config.l1:
