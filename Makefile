@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: install demo demo-core demo-vision demo-nlp demo-medical test lint clean
+.PHONY: install demo demo-core demo-vision demo-nlp demo-medical demo-table test lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # The main job: train and evaluate joint models on the bundled real data of every domain.
-demo: demo-core demo-vision demo-nlp demo-medical
+demo: demo-core demo-vision demo-nlp demo-medical demo-table
 
 demo-core: $(STAMP)
 	rm -rf runs/demo/core
@@ -33,6 +33,10 @@ demo-nlp: $(STAMP)
 demo-medical: $(STAMP)
 	rm -rf runs/demo/medical
 	$(PY) scripts/train_medical.py --output-dir runs/demo/medical
+
+demo-table: $(STAMP)
+	rm -rf runs/demo/table
+	$(VENV)/bin/jointtrain train scripts/configs/table_cardio.yaml --set output_dir=runs/demo/table
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,19 +1,68 @@
-"""Generic backbones. A backbone maps a batch's ``inputs`` to features and exposes ``out_dim``.
+"""Generic backbones and the backbone protocol.
 
+A backbone (:class:`Backbone`) maps a batch's ``inputs`` to features and exposes ``out_dim``; the
+optional members let it travel in a model folder (``export_spec``, ``save_extra`` / ``load_extra``).
 A backbone may also expose its computation as blocks (:class:`BlockBackbone`): the sharing
-architectures (``core.architectures``) then copy, truncate or interleave those blocks.
+architectures (``core.architectures``) then copy, truncate or interleave those blocks. What the
+data knows that a backbone needs (input width, a fitted schema, a tokenizer) arrives as
+``DataBundle.backbone_updates``, merged into the backbone's spec before it is built.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
+from .errors import ConfigError
 from .registry import Registry
 
 BACKBONES: Registry[nn.Module] = Registry("backbone", builtins=("core.tabular",))
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """What ``JointModel`` needs of a backbone: any ``nn.Module`` with these members.
+
+    - ``out_dim``: the width of pooled features, read by the pooled heads (required for them).
+    - ``export_spec() -> dict``: optional; the JSON that rebuilds this backbone offline (e.g. a
+      hub name replaced by the saved config). Without it the spec it was built from is saved.
+    - ``save_extra(folder)`` / ``load_extra(folder)``: optional; files beside the weights
+      (a tokenizer), written into and read from the model folder.
+    """
+
+    out_dim: int
+
+    def __call__(self, inputs: Any) -> Any: ...
+
+
+def export_spec(backbone: nn.Module, built_from: dict[str, Any]) -> dict[str, Any]:
+    export = getattr(backbone, "export_spec", None)  # the optional members, resolved here only
+    return export() if callable(export) else built_from
+
+
+def save_extra(backbone: nn.Module, folder: Path) -> None:
+    save = getattr(backbone, "save_extra", None)
+    if callable(save):
+        save(folder)
+
+
+def load_extra(backbone: nn.Module, folder: Path) -> None:
+    load = getattr(backbone, "load_extra", None)
+    if callable(load):
+        load(folder)
+
+
+def feature_width(backbone: nn.Module) -> int:
+    width = getattr(backbone, "out_dim", None)
+    if not isinstance(width, int):
+        raise ConfigError(
+            f"backbone {type(backbone).__name__} has no integer 'out_dim' (the width of its pooled features) "
+            "for a pooled head; set self.out_dim in its __init__"
+        )
+    return width
 
 
 @runtime_checkable

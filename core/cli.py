@@ -126,15 +126,24 @@ def cmd_list(args: argparse.Namespace) -> int:
     from .balancing import BALANCERS
     from .registry import REGISTRIES, load_plugins
 
-    for module in ("core.tasks", "core.sampling", "core.engine.optim", "core.predict", "core.digits"):
+    for module in (
+        "core.tasks",
+        "core.sampling",
+        "core.engine.optim",
+        "core.predict",
+        "core.digits",
+        "core.architectures",
+    ):
         importlib.import_module(module)
     load_plugins()
     for kind, registry in sorted(REGISTRIES.items()):
         if kind == "balancing method":
             print("balancing methods:")
             for name in registry.names():
-                cls = BALANCERS.get(name)
-                print(f"  {name:<12} space={cls.space:<8} cost={cls.cost}")
+                d = BALANCERS.get(name).describe()
+                ddp = d["ddp"] if isinstance(d["ddp"], str) else "; ".join(f"{k}: {v}" for k, v in d["ddp"].items())
+                print(f"  {name:<12} {d['kind']:<8} spaces={','.join(d['spaces']):<10} cost={d['cost']}")
+                print(f"  {'':<12} DDP: {ddp}")
         else:
             print(f"{kind}s: {', '.join(registry.names())}")
     return 0

@@ -240,7 +240,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid YAML: {e}") from e
     if not isinstance(raw, Mapping):
         raise ConfigError(
-            f"{path} must hold a mapping of sections (model:, tasks:, data:, ...), not {type(raw).__name__}"
+            f"{path} must hold a mapping of sections (model:, tasks:, data:, ...), not a {type(raw).__name__}"
         )
     return dict(raw)
 
@@ -254,6 +254,8 @@ def load_config(
             raise ConfigError("give a config path or a raw mapping")
         raw = read_yaml(path)
     raw = apply_overrides(dict(raw), overrides)
+    if path is not None:
+        raw = _resolve_data_path(raw, Path(path).parent)
     config: RunConfig = from_dict(RunConfig, raw)
     if not config.tasks:
         raise ConfigError("the config defines no tasks")
@@ -264,6 +266,20 @@ def load_config(
     if "name" not in config.data:
         raise ConfigError("data needs a 'name' (a registered dataset or 'package.module:factory')")
     return config
+
+
+def _resolve_data_path(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A relative ``data.path`` means the config file's folder (so ``jointtrain evaluate RUN`` works from
+    anywhere); it is recorded absolute. Package paths (``pkg:name/file``) are left alone."""
+    data = raw.get("data")
+    if not isinstance(data, Mapping) or not isinstance(data.get("path"), str) or ":" in data["path"]:
+        return raw
+    given = Path(data["path"]).expanduser()
+    if given.is_absolute():
+        return raw
+    beside = folder / given
+    resolved = beside if beside.exists() or not given.exists() else given  # the working folder, as before
+    return {**raw, "data": {**data, "path": str(resolved.absolute())}}
 
 
 def dump_config(config: RunConfig) -> str:

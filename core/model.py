@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .architectures import ARCHITECTURES
-from .backbones import BACKBONES
+from .backbones import BACKBONES, export_spec, load_extra, save_extra
 from .errors import CheckpointError
 from .io import atomic_write_dir
 from .registry import untrusted
@@ -116,10 +116,9 @@ class JointModel(nn.Module):
 
     # -- persistence -----------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
-        export = getattr(self.backbone, "export_spec", None)
         return {
             "format": FORMAT,
-            "backbone": export() if callable(export) else self.backbone_spec,
+            "backbone": export_spec(self.backbone, self.backbone_spec),
             "tasks": {name: task.spec for name, task in self.tasks.items()},
             "head_dropout": self.head_dropout.p,
             "extra": self.extra,
@@ -132,14 +131,10 @@ class JointModel(nn.Module):
         # Tied tensors share storage, which safetensors refuses; each gets its own copy.
         state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.state_dict().items()}
 
-        # A backbone may need files beside the weights (e.g. a tokenizer): optional save_extra/load_extra.
-        save_extra = getattr(self.backbone, "save_extra", None)
-
         def write(tmp: Path) -> None:
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
             save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
-            if callable(save_extra):
-                save_extra(tmp)
+            save_extra(self.backbone, tmp)  # files beside the weights (a tokenizer)
 
         atomic_write_dir(directory, write)
         return Path(directory)
@@ -180,11 +175,9 @@ class JointModel(nn.Module):
         model = type(self).from_config(self.config(), tasks)
         state = {k: v.detach().clone() for k, v in self.state_dict().items()}
         model.load_state_dict(model._state_for_tasks(state, list(self.tasks)), strict=True)
-        save_extra = getattr(self.backbone, "save_extra", None)
-        if callable(save_extra):  # what a backbone keeps beside its weights (a tokenizer) travels as when saved
-            with tempfile.TemporaryDirectory() as tmp:
-                save_extra(Path(tmp))
-                model.backbone.load_extra(Path(tmp))
+        with tempfile.TemporaryDirectory() as tmp:  # what a backbone keeps beside its weights travels as saved
+            save_extra(self.backbone, Path(tmp))
+            load_extra(model.backbone, Path(tmp))
         return model.to(next(self.parameters()).device)
 
     @classmethod
@@ -226,7 +219,5 @@ class JointModel(nn.Module):
             model.load_state_dict(state, strict=True)
         except RuntimeError as e:
             raise CheckpointError(f"weights in {weights_path} do not match its config: {e}") from e
-        load_extra = getattr(model.backbone, "load_extra", None)
-        if callable(load_extra):
-            load_extra(directory)
+        load_extra(model.backbone, directory)
         return model.to(map_location)

@@ -24,6 +24,7 @@ import numpy as np
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .backbones import feature_width
 from .errors import ConfigError, DataError
 from .heads import HEADS
 from .metrics import METRICS
@@ -80,10 +81,7 @@ def metric_factories(names: Sequence[str], kind: str, num_classes: int | None) -
 
 
 def _head(spec: str | dict[str, Any], backbone: nn.Module, out_dim: int) -> nn.Module:
-    in_dim = getattr(backbone, "out_dim", None)
-    if not isinstance(in_dim, int):
-        raise ConfigError(f"backbone {type(backbone).__name__} has no integer 'out_dim' for a pooled head")
-    return HEADS.build(spec, in_dim=in_dim, out_dim=out_dim)
+    return HEADS.build(spec, in_dim=feature_width(backbone), out_dim=out_dim)
 
 
 def check_label_names(label_names: Sequence[str] | None, count: int, task: str) -> list[str] | None:

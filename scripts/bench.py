@@ -1,21 +1,34 @@
-"""Time one training step of every gradient-space balancing method against equal weighting.
+"""Time one training step of gradient-space balancing methods against equal weighting.
 
 Workload (default): a timm resnet18 backbone (``num_classes=0``, pooled 512-d features, random
-init), 3 classification heads, batch 32 of 64x64 images, on the CPU. Every method runs in both
-spaces it supports, plus torchjd's own ``mtl_backward`` + ``jac_to_grad(UPGrad())`` on the same
-model and batch. A step is: zero_grad, forward, the method's backward, SGD step. Prints a table
-and, with ``--json PATH``, writes ``{"methods": {name: {...}}, "torchjd_upgrad_ratio_vs_ew": ...}``.
+init), K classification heads, batch 32 of 64x64 images, on the CPU, for each K in ``--tasks``.
+A step is: zero_grad, forward, the method's backward, SGD step. Runs are *interleaved*: every
+round times one step of every run in turn, so drift on a shared machine hits all runs alike; the
+median over rounds and its ratio to ``ew`` (same K) are reported. torchjd's two engines run on the
+same model and batch: ``torchjd_autojac`` (``mtl_backward`` + ``jac_to_grad(UPGrad())``) and
+````torchjd_autogram`` (``Engine.compute_gramian`` + ``UPGradWeighting`` + one weighted backward, on
+an identical copy of the model, since the engine's module hooks stay installed).
 
-    python scripts/bench.py --json bench.json            # ~3 min on 2 CPU cores
-    python scripts/bench.py --device cuda --repeats 20   # on a GPU
+Peak memory: on CUDA, ``max_memory_allocated`` around each run's steps; on the CPU, each run's
+peak RSS in a fresh process (``--memory``; a few seconds per run), since RSS is process-wide.
+
+    python scripts/bench.py --json bench.json                       # ~3 min on 2 CPU cores
+    python scripts/bench.py --tasks 3 8 --rounds 5 --memory --json bench.json
+    python scripts/bench.py --runs ew upgrad/params/loop mgda/rep   # name[/space[/engine]]
+    python scripts/bench.py --device cuda --rounds 20
+
+JSON: ``{"workload": ..., "results": {"K=3": {run: {median_step_s, ratio_vs_ew, spread,
+peak_mem_mib}}}, "noise": ...}``; ``spread`` is (max - min) / median over the rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
-import resource
 import statistics
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -24,12 +37,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from core.balancing import BALANCERS, Balancer, BalancerSetup, StepContext, build
+from core.balancing import BalancerSetup, StepContext, build
 from core.distributed import DistEnv
 
-METHODS = [
-    *("mgda", "pcgrad", "cagrad", "imtl_g", "nash_mtl", "aligned_mtl"),
-    *("upgrad", "graddrop", "gradvac", "gradnorm", "db_mtl"),
+RUNS = [
+    "ew",
+    "upgrad/rep",
+    "upgrad/params/gramian",
+    "upgrad/params/loop",
+    "mgda/params/gramian",
+    "graddrop/params/loop",
+    "torchjd_autojac",
+    "torchjd_autogram",
 ]
 
 
@@ -48,21 +67,22 @@ class Model(nn.Module):
 def make_model(args: argparse.Namespace, tasks: list[str]) -> Model:
     import timm
 
+    torch.manual_seed(0)
     backbone = timm.create_model(args.backbone, pretrained=False, num_classes=0)
     return Model(backbone, backbone.num_features, tasks, args.classes)
 
 
-def step_fn(model: Model, method: str, space: str | None, batch: dict[str, Tensor], env: DistEnv) -> Callable[[], None]:
+def step_fn(model: Model, run: str, batch: dict[str, Tensor], env: DistEnv) -> Callable[[], None]:
     tasks = list(model.heads)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
-    if method == "torchjd_upgrad":
+
+    if run == "torchjd_autojac":
         from torchjd.aggregation import UPGrad
         from torchjd.autojac import jac_to_grad, mtl_backward
 
-        aggregator = UPGrad()
-        shared = list(model.shared_parameters())
+        aggregator, shared = UPGrad(), list(model.shared_parameters())
 
-        def torchjd_step() -> None:
+        def autojac_step() -> None:
             optimizer.zero_grad(set_to_none=True)
             z = model.backbone(batch["x"])
             losses = [nn.functional.cross_entropy(model.heads[t](z), batch[t]) for t in tasks]
@@ -70,9 +90,28 @@ def step_fn(model: Model, method: str, space: str | None, batch: dict[str, Tenso
             jac_to_grad(shared, aggregator)
             optimizer.step()
 
-        return torchjd_step
+        return autojac_step
+    if run == "torchjd_autogram":
+        from torchjd.aggregation import UPGradWeighting
+        from torchjd.autogram import Engine
 
-    balancer: Balancer = build(method, **({"space": space} if space else {}))
+        # the engine hooks its modules for good: a copy keeps those hooks out of the other runs
+        own = copy.deepcopy(model)
+        optimizer = torch.optim.SGD(own.parameters(), lr=1e-4)
+        engine, weighting = Engine(own.backbone, batch_dim=None), UPGradWeighting()  # BatchNorm: no batch_dim
+
+        def autogram_step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            z = own.backbone(batch["x"])
+            losses = torch.stack([nn.functional.cross_entropy(own.heads[t](z), batch[t]) for t in tasks])
+            losses.backward(weighting(engine.compute_gramian(losses)))
+            optimizer.step()
+
+        return autogram_step
+
+    name, *rest = run.split("/")
+    kwargs = dict(zip(("space", "engine"), rest, strict=False))
+    balancer = build(name, **kwargs)
     balancer.setup(
         BalancerSetup(tasks=tasks, task_weights=dict.fromkeys(tasks, 1.0), dataset_sizes={}, steps_per_epoch=1)
     )
@@ -96,80 +135,113 @@ def step_fn(model: Model, method: str, space: str | None, batch: dict[str, Tenso
     return step
 
 
-def time_step(step: Callable[[], None], warmup: int, repeats: int, device: torch.device) -> tuple[float, float]:
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+def setup_workload(args: argparse.Namespace, k: int) -> tuple[Model, dict[str, Tensor], torch.device]:
+    device = torch.device(args.device)
+    tasks = [f"task{i}" for i in range(k)]
+    model = make_model(args, tasks).to(device)
+    g = torch.Generator().manual_seed(1)
+    batch = {"x": torch.randn(args.batch, 3, args.size, args.size, generator=g).to(device)}
+    batch.update({t: torch.randint(0, args.classes, (args.batch,), generator=g).to(device) for t in tasks})
+    return model, batch, device
 
-    for _ in range(warmup):
-        step()
+
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
+        torch.cuda.synchronize()
+
+
+def bench_k(args: argparse.Namespace, k: int) -> dict[str, dict[str, Any]]:
+    model, batch, device = setup_workload(args, k)
+    env = DistEnv(device=device)
+    steps = {run: step_fn(model, run, batch, env) for run in args.runs}
+    times: dict[str, list[float]] = {run: [] for run in args.runs}
+    peaks: dict[str, float] = {}
+    for run, step in steps.items():  # warm-up, and the CUDA peak of each run on its own
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        for _ in range(args.warmup):
+            step()
+        if device.type == "cuda":
+            sync(device)
+            peaks[run] = torch.cuda.max_memory_allocated() / 2**20
+    for _ in range(args.rounds):  # interleaved: one step of every run per round
+        for run, step in steps.items():
+            sync(device)
+            start = time.perf_counter()
+            step()
+            sync(device)
+            times[run].append(time.perf_counter() - start)
+    if device.type == "cpu" and args.memory:
+        peaks = {run: cpu_peak(args, k, run) for run in args.runs}
+    ew = statistics.median(times["ew"]) if "ew" in times else None
+    out = {}
+    for run, ts in times.items():
+        median = statistics.median(ts)
+        out[run] = {
+            "median_step_s": median,
+            "ratio_vs_ew": median / ew if ew else None,
+            "spread": (max(ts) - min(ts)) / median,
+            "peak_mem_mib": peaks.get(run),
+        }
+    return out
+
+
+def cpu_peak(args: argparse.Namespace, k: int, run: str) -> float:
+    """Peak RSS (MiB, Linux ``VmHWM``) of a fresh process that runs ``warmup + 1`` steps of ``run``."""
+    cmd = [sys.executable, __file__, "--probe", run, "--tasks", str(k), "--device", "cpu"]
+    cmd += ["--backbone", args.backbone, "--batch", str(args.batch), "--size", str(args.size)]
+    cmd += ["--classes", str(args.classes), "--threads", str(args.threads), "--warmup", str(args.warmup)]
+    result = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return float(json.loads(result.stdout.strip().splitlines()[-1])["peak_mem_mib"])
+
+
+def probe(args: argparse.Namespace) -> None:
+    model, batch, device = setup_workload(args, args.tasks[0])
+    step = step_fn(model, args.probe, batch, DistEnv(device=device))
+    for _ in range(args.warmup + 1):
         step()
-        sync()
-        times.append(time.perf_counter() - start)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:  # process-wide high-water mark (monotone over the run)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return statistics.median(times), peak
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the (large) parent process
+    with open("/proc/self/status") as f:
+        hwm_kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    print(json.dumps({"peak_mem_mib": hwm_kib / 1024}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--backbone", default="resnet18")
-    parser.add_argument("--tasks", type=int, default=3)
+    parser.add_argument("--tasks", type=int, nargs="+", default=[3, 8], help="numbers of tasks K")
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--methods", nargs="*", default=METHODS, help=f"subset of {METHODS}")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--runs", nargs="*", default=RUNS, help="name[/space[/engine]] or torchjd_autojac|autogram")
+    parser.add_argument("--memory", action="store_true", help="CPU: measure each run's peak RSS in a fresh process")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # internal: one run's CPU peak memory
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    tasks = [f"task{i}" for i in range(args.tasks)]
-    model = make_model(args, tasks).to(device)
-    batch = {"x": torch.randn(args.batch, 3, args.size, args.size, device=device)}
-    batch.update({t: torch.randint(0, args.classes, (args.batch,), device=device) for t in tasks})
-    env = DistEnv(device=device)
-
-    runs: list[tuple[str, str | None]] = [("ew", None)]
-    for method in args.methods:
-        spaces: tuple[str, ...] = BALANCERS.get(method).spaces  # type: ignore[attr-defined]
-        runs += [(method, space) for space in spaces]
-    runs.append(("torchjd_upgrad", None))
-
-    results: dict[str, dict[str, Any]] = {}
-    print(f"{'method':<22}{'space':<8}{'median step (s)':>16}{'x ew':>8}{'peak MiB':>10}")
-    for method, space in runs:
-        seconds, peak = time_step(step_fn(model, method, space, batch, env), args.warmup, args.repeats, device)
-        key = method if space is None else f"{method}/{space}"
-        ew = results["ew"]["median_step_s"] if results else seconds
-        results[key] = {
-            "space": space or ("loss" if method == "ew" else "torchjd"),
-            "median_step_s": seconds,
-            "ratio_vs_ew": seconds / ew,
-            "peak_mem_mib": peak,
-        }
-        print(f"{method:<22}{space or '-':<8}{seconds:>16.4f}{seconds / ew:>8.2f}{peak:>10.0f}")
-    torchjd = results.pop("torchjd_upgrad")
+    if args.probe:
+        probe(args)
+        return
+    if "ew" not in args.runs:
+        args.runs = ["ew", *args.runs]
+    results: dict[str, Any] = {}
+    print(f"{'K':>3}  {'run':<24}{'median step (s)':>16}{'x ew':>7}{'spread':>8}{'peak MiB':>10}")
+    for k in args.tasks:
+        results[f"K={k}"] = table = bench_k(args, k)
+        for run, r in table.items():
+            peak = f"{r['peak_mem_mib']:>10.0f}" if r["peak_mem_mib"] is not None else f"{'-':>10}"
+            print(f"{k:>3}  {run:<24}{r['median_step_s']:>16.4f}{r['ratio_vs_ew']:>7.2f}{r['spread']:>8.2f}{peak}")
     summary = {
         "workload": vars(args) | {"torch_threads": torch.get_num_threads()},
-        "methods": results,
-        "torchjd_upgrad_median_step_s": torchjd["median_step_s"],
-        "torchjd_upgrad_ratio_vs_ew": torchjd["ratio_vs_ew"],
-        "peak_mem_note": "CUDA: max allocated per method; CPU: process max RSS so far (monotone)",
+        "results": results,
+        "noise": "spread = (max - min) / median of a run's step times over the interleaved rounds",
+        "peak_mem_note": "CUDA: max allocated per run; CPU (--memory): peak RSS of a fresh process per run",
     }
     if args.json:
         with open(args.json, "w") as f:

@@ -141,9 +141,9 @@ def main() -> int:
     checks: dict[str, Any] = {}
     for name in DOMAINS:
         timed(checks, name, lambda name=name: domain_check(name, out, device, args.dry_run))
-    bench = ["--device", device, "--repeats", "1" if args.dry_run else "3"]
+    bench = ["--device", device, "--tasks", "3", "--rounds", "1" if args.dry_run else "5"]
     if args.dry_run:
-        bench += ["--methods", "upgrad", "--backbone", "resnet10t", "--batch", "4", "--size", "32"]
+        bench += ["--runs", "ew", "upgrad/rep", "--backbone", "resnet10t", "--batch", "4", "--size", "32"]
     timed(checks, "balancing_bench", lambda: script_check([str(SCRIPTS / "bench.py"), *bench], out / "bench.json", 300))
     step = ["--device", device, "--amp", "off" if args.dry_run else "bf16"]
     step += ["--steps", "2", "--repeats", "1", "--batch", "16", "--hidden", "32"] if args.dry_run else []

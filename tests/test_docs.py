@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -50,3 +51,34 @@ def test_readme_commands_match_ci():
     first = [line for line in README.splitlines()[:6] if line.startswith("make ")]
     assert [line.split()[1] for line in first] == ["demo", "test"]
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_own_csv_quickstart_trains_and_predicts(tmp_path, capsys):
+    from core.cli import main
+    from tests.core.tabular.test_docs import patients
+
+    raw = yaml.safe_load(_block("Your own CSV", "yaml"))
+    patients().to_csv(tmp_path / "patients.csv", index=False)
+    path = tmp_path / "patients.yaml"
+    raw["output_dir"] = str(tmp_path / "runs" / "patients")
+    raw["train"].update(max_steps=30, eval_every=15, progress=False)
+    raw["report"] = {"enabled": False}
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(path)]) == 0
+    patients(20).drop(columns=["grade", "smoker", "bmi"]).to_csv(tmp_path / "new_rows.csv", index=False)
+    out = tmp_path / "predictions.json"
+    assert main(["predict", raw["output_dir"], str(tmp_path / "new_rows.csv"), "--out", str(out)]) == 0
+    record = json.loads(out.read_text())["predictions"][0]
+    assert set(record["grade"]) == {"label", "index", "probabilities"} and "value" in record["bmi"]
+
+
+def test_extending_example_trains_from_yaml(tmp_path, monkeypatch):
+    body = README.split("## Extending", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", body, re.S).group(1)
+    raw = yaml.safe_load(re.search(r"```yaml\n(.*?)```", body, re.S).group(1))
+    (tmp_path / "mypkg.py").write_text(code)
+    monkeypatch.chdir(tmp_path)
+    raw["train"].update(max_steps=60, progress=False)
+    raw["report"] = {"enabled": False}
+    report = train(load_config(raw=raw))
+    assert report["tasks"]["cultivar"]["accuracy"] > 0.8 and "mae" in report["tasks"]["alcohol"]

@@ -26,5 +26,5 @@ def test_gpu_check_dry_run_writes_every_check(tmp_path):
     for domain in ("vision", "nlp", "medical"):
         assert checks[domain]["steps"] == 2 and checks[domain]["samples_per_s"] > 0
         assert checks[domain]["metrics"], domain  # the test split was scored
-    assert "upgrad/rep" in checks["balancing_bench"]["methods"]
+    assert "upgrad/rep" in checks["balancing_bench"]["results"]["K=3"]
     assert checks["bench_step"]["engine_syncs_per_step"]["counted"] > 0

@@ -1,56 +1,90 @@
 """Task balancing methods, one file each, in one registry.
 
-``build(name, **kwargs)`` makes a method; ``names()`` lists them. Gradient-space methods
-register here too (see ``base.Balancer`` for the contract).
+``build(name, **kwargs)`` makes a method; ``names()`` lists them; ``BALANCERS.get(name).describe()``
+says what it is (kind, spaces, cost, randomness, state, DDP behaviour) for ``jointtrain list``.
+Loss-space methods are :class:`LossBalancer` classes; gradient-space methods are pure
+:class:`Weighting` / :class:`Aggregator` classes registered through a :class:`GradientMethod`
+entry, which builds a :class:`GradientBalancer` (method + engine).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from ..registry import Registry
+from ..registry import Registry, split_spec
 from .aligned_mtl import AlignedMTL
 from .base import Balancer, BalancerSetup, LossBalancer, NonFiniteGradients, StepContext
 from .cagrad import CAGrad
+from .config import ConFIG
 from .db_mtl import DBMTL
+from .dualproj import DualProj
 from .dwa import DynamicWeightAverage
 from .ew import EqualWeighting
+from .excess_mtl import ExcessMTL
+from .fairgrad import FairGrad
 from .famo import FAMO
 from .gls import GeometricLossStrategy
 from .graddrop import GradDrop
-from .gradient import GradientBalancer, GramianBalancer
+from .gradient import GradientBalancer, GradientMethod
 from .gradnorm import GradNorm
 from .gradvac import GradVac
 from .imtl_g import IMTLG
+from .imtl_l import IMTLL
+from .method import Aggregator, Method, Weighting
 from .mgda import MGDA
+from .moco import MoCo
 from .nash_mtl import NashMTL
 from .pcgrad import PCGrad
 from .rlw import RandomLossWeighting
+from .sdmgrad import SDMGrad
+from .stch import STCH
 from .upgrad import UPGrad
 from .uw import UncertaintyWeighting
 
 BALANCERS: Registry[Balancer] = Registry("balancing method")
-BALANCERS.register("ew")(EqualWeighting)
-BALANCERS.register("uw")(UncertaintyWeighting)
-BALANCERS.register("dwa")(DynamicWeightAverage)
-BALANCERS.register("rlw")(RandomLossWeighting)
-BALANCERS.register("gls")(GeometricLossStrategy)
-BALANCERS.register("famo")(FAMO)
-BALANCERS.register("mgda")(MGDA)
-BALANCERS.register("pcgrad")(PCGrad)
-BALANCERS.register("cagrad")(CAGrad)
-BALANCERS.register("imtl_g")(IMTLG)
-BALANCERS.register("nash_mtl")(NashMTL)
-BALANCERS.register("aligned_mtl")(AlignedMTL)
-BALANCERS.register("upgrad")(UPGrad)
-BALANCERS.register("graddrop")(GradDrop)
-BALANCERS.register("gradvac")(GradVac)
-BALANCERS.register("gradnorm")(GradNorm)
-BALANCERS.register("db_mtl")(DBMTL)
+for _name, _loss in {
+    "ew": EqualWeighting,
+    "uw": UncertaintyWeighting,
+    "dwa": DynamicWeightAverage,
+    "rlw": RandomLossWeighting,
+    "gls": GeometricLossStrategy,
+    "famo": FAMO,
+    "imtl_l": IMTLL,
+    "stch": STCH,
+}.items():
+    BALANCERS.register(_name)(_loss)
+
+#: gradient-space methods by registry name
+METHODS: dict[str, type[Method]] = {
+    "mgda": MGDA,
+    "pcgrad": PCGrad,
+    "cagrad": CAGrad,
+    "imtl_g": IMTLG,
+    "nash_mtl": NashMTL,
+    "aligned_mtl": AlignedMTL,
+    "upgrad": UPGrad,
+    "dualproj": DualProj,
+    "graddrop": GradDrop,
+    "gradvac": GradVac,
+    "gradnorm": GradNorm,
+    "db_mtl": DBMTL,
+    "config": ConFIG,
+    "fairgrad": FairGrad,
+    "excess_mtl": ExcessMTL,
+    "moco": MoCo,
+    "sdmgrad": SDMGrad,
+}
+for _name, _method in METHODS.items():
+    BALANCERS.register(_name)(GradientMethod(_method))
+# IMTL (Liu et al., ICLR 2021): IMTL-G on the gradients of IMTL-L's learned loss scales
+BALANCERS.register("imtl")(GradientMethod(IMTLG, loss_scales=True))
 
 
-def build(name: str, **kwargs: Any) -> Balancer:
-    return BALANCERS.build({"name": name, **kwargs})
+def build(spec: str | Mapping[str, Any], **kwargs: Any) -> Balancer:
+    """``build("upgrad", space="rep")`` or ``build({"name": "upgrad", "space": "rep"})``, as in a config."""
+    name, given = split_spec(spec, BALANCERS.kind)
+    return BALANCERS.build({"name": name, **given, **kwargs})
 
 
 def names() -> list[str]:
@@ -59,13 +93,17 @@ def names() -> list[str]:
 
 __all__ = [
     "BALANCERS",
+    "METHODS",
+    "Aggregator",
     "Balancer",
     "BalancerSetup",
     "GradientBalancer",
-    "GramianBalancer",
+    "GradientMethod",
     "LossBalancer",
+    "Method",
     "NonFiniteGradients",
     "StepContext",
+    "Weighting",
     "build",
     "names",
 ]

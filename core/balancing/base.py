@@ -4,10 +4,13 @@ A balancer is an ``nn.Module`` so learned weights are parameters and everything 
 (loss history, RNG) is explicit state in ``state_dict`` (via ``get_extra_state``), which the
 trainer checkpoints. The trainer only talks to this interface; it never compares method names.
 
-Two spaces:
+Two kinds:
 - ``loss``: weights (or a function) of the task losses; one ordinary backward of their combination.
-- ``gradient``: acts on per-task gradients (w.r.t. the shared representation or parameters);
-  subclasses override :meth:`Balancer.backward` and use the context's features/parameters.
+  The losses arrive scaled for DDP (averaging gradients over ranks gives the global masked mean),
+  so a method uses them only linearly and takes any non-linear coefficient from the detached,
+  rank-averaged ``ctx.loss_values`` (exact under DDP, identical in one process).
+- ``gradient``: a pure method on the per-task gradients, run by :mod:`.engine`
+  (see :class:`.gradient.GradientBalancer`).
 """
 
 from __future__ import annotations
@@ -48,13 +51,34 @@ class StepContext:
 
 
 class Balancer(nn.Module):
-    """Base class; subclasses declare their space and cost and implement :meth:`backward`."""
+    """Base class; subclasses declare their kind and cost and implement :meth:`backward`.
 
+    The declarations (``kind``, ``cost``, ``randomized``, ``state``, ``ddp``) are what
+    ``jointtrain list`` prints, through :meth:`describe`.
+    """
+
+    #: ``loss`` (weights or a function of the task losses) or ``gradient`` (of the task gradients)
+    kind: ClassVar[str]
+    #: the same as ``kind``, read by today's ``jointtrain list``; goes once the CLI prints :meth:`describe`
     space: ClassVar[str]
-    #: extra backward passes / memory / randomness, for ``jointtrain list`` and the docs
+    #: extra backward passes / memory, for ``jointtrain list`` and the docs
     cost: ClassVar[str] = "none"
     randomized: ClassVar[bool] = False
-    ddp_safe: ClassVar[bool] = True
+    #: the explicit state kept between steps ("" = none)
+    state: ClassVar[str] = ""
+    #: how the method behaves under DDP
+    ddp: ClassVar[str] = "exact: the combined loss is linear in the DDP-scaled task losses"
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        return {
+            "kind": cls.kind,
+            "spaces": ["loss"],
+            "cost": cls.cost,
+            "randomized": cls.randomized,
+            "state": cls.state,
+            "ddp": cls.ddp,
+        }
 
     def setup(self, setup: BalancerSetup) -> None:
         """Called once by the trainer before the first step (and before loading a checkpoint)."""
@@ -63,6 +87,11 @@ class Balancer(nn.Module):
     def backward(self, losses: dict[str, Tensor], ctx: StepContext) -> dict[str, float]:
         """Backpropagate the combination of ``losses``; return the weight applied to each task."""
         raise NotImplementedError
+
+    def synchronised_parameters(self) -> list[nn.Parameter]:
+        """Parameters whose ``.grad`` the last :meth:`backward` already made global (identical on all
+        ranks); the trainer averages every other parameter's gradient, not these."""
+        return []
 
     def diagnostics(self) -> dict[str, float]:
         """Extra scalars for the step record (e.g. task-gradient cosines); read after ``backward``."""
@@ -89,6 +118,7 @@ class NonFiniteGradients(ArithmeticError):
 class LossBalancer(Balancer):
     """Loss-space methods: ``total = sum_k w_k * L_k`` unless :meth:`combine` says otherwise."""
 
+    kind: ClassVar[str] = "loss"
     space: ClassVar[str] = "loss"
 
     def weights(self, losses: dict[str, Tensor], ctx: StepContext) -> dict[str, Tensor | float]:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from .gradient import GradientBalancer, grow, need_losses, rows_or_all
+from .method import Aggregator, grow, in_range, non_negative, positive
 
 
-class DBMTL(GradientBalancer):
+class DBMTL(Aggregator):
     """Loss-scale balancing by a log transform, then gradient-magnitude balancing.
 
     The gradient of ``log(L_k + eps)`` is ``g_k / (L_k + eps)``; its EMA
@@ -22,27 +21,27 @@ class DBMTL(GradientBalancer):
     is defined on ``params`` only, and keeps a K x P state (checkpointed).
 
     Args:
-        space: ``params`` only.
-        engine: how ``params`` computes task gradients.
         beta: EMA factor (paper: 0.9).
         beta_sigma: decay exponent of the EMA factor (paper: 0.5).
         eps: inside the log.
     """
 
     spaces: ClassVar[tuple[str, ...]] = ("params",)
-    cost: ClassVar[str] = "K x P Jacobian + K x P EMA state; no extra backward"
+    cost: ClassVar[str] = "K x P EMA state"
+    needs_losses: ClassVar[bool] = True
+    state: ClassVar[str] = "K x P EMA of log-loss gradients, step count"
 
-    def __init__(
-        self, space: str = "params", engine: str = "auto", beta: float = 0.9, beta_sigma: float = 0.5, eps: float = 1e-8
-    ) -> None:
-        super().__init__(space, engine)
-        self.beta, self.beta_sigma, self.eps = beta, beta_sigma, eps
+    def __init__(self, beta: float = 0.9, beta_sigma: float = 0.5, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.beta = in_range("DBMTL", "beta", beta, 0.0, 1.0)
+        self.beta_sigma = non_negative("DBMTL", "beta_sigma", beta_sigma)
+        self.eps = positive("DBMTL", "eps", eps)
         self.steps = 0
         self.buffer = torch.zeros(0, 0)
 
-    def aggregate(self, jacobian: Tensor, losses: Tensor | None = None, rows: Sequence[int] | None = None) -> Tensor:
-        values = need_losses("DB-MTL", losses).to(jacobian.device, jacobian.dtype)
-        index = rows_or_all(rows, jacobian.shape[0])
+    def _aggregate(self, jacobian: Tensor, losses: Tensor | None, rows: list[int]) -> Tensor:
+        assert losses is not None  # needs_losses: checked by Method
+        values, index = losses.to(jacobian.device, jacobian.dtype), rows
         if self.buffer.shape[1:] != jacobian.shape[1:]:
             self.buffer = torch.zeros(0, jacobian.shape[1], dtype=jacobian.dtype, device=jacobian.device)
         self.buffer = grow(self.buffer.to(jacobian.device), max(index) + 1, 0.0)
@@ -60,6 +59,3 @@ class DBMTL(GradientBalancer):
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.steps, self.buffer = int(state["steps"]), state["buffer"].clone()
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, beta={self.beta}, beta_sigma={self.beta_sigma}, eps={self.eps}"

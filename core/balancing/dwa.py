@@ -22,6 +22,8 @@ class DynamicWeightAverage(LossBalancer):
         period: steps per averaging period; 0 uses the epoch length.
     """
 
+    state = "per-period loss sums and the last two period means"
+
     def __init__(self, temperature: float = 2.0, period: int = 0) -> None:
         super().__init__()
         self.temperature = temperature

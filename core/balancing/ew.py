@@ -27,6 +27,8 @@ class EqualWeighting(LossBalancer):
         scale_steps: steps over which ``loss_scale`` measures each task's loss scale.
     """
 
+    state = "weights fixed at a task's first step (inverse_initial_loss), loss-scale sums"
+
     def __init__(
         self, weights: dict[str, float] | None = None, heuristic: str = "config", scale_steps: int = 20
     ) -> None:

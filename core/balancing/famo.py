@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -9,13 +10,17 @@ import torch
 from torch import Tensor
 
 from .base import BalancerSetup, LossBalancer, StepContext
+from .method import non_negative, positive
 
 
 class FAMO(LossBalancer):
     """Balances the tasks' *rates* of loss decrease with O(1) extra cost per step.
 
     Loss: ``sum_k z_k log(L_k - m_k + eps) / c`` with ``z = softmax(xi)``,
-    ``c = sum_k z_k / (L_k - m_k + eps)`` (detached), ``m_k`` a lower bound of L_k (0).
+    ``c = sum_k z_k / (L_k - m_k + eps)`` (detached), ``m_k`` a lower bound of L_k (0). It is
+    backpropagated through its linearisation ``sum_k z_k / (c (l_k + eps)) L_k`` (``d log L = dL / L``)
+    with ``l_k`` the detached, rank-averaged loss values: the same gradient in one process, and
+    exact under DDP where each rank's ``L_k`` is only its share of the global loss.
     After the optimizer step the logits ``xi`` follow the gradient of
     ``softmax(xi) . (log L(t) - log L(t+1))`` with Adam (lr ``w_lr``, weight decay ``gamma``),
     as in the authors' code; this needs the step's losses re-evaluated after the update
@@ -28,10 +33,13 @@ class FAMO(LossBalancer):
     """
 
     cost = "one extra forward pass per step (losses after the update), no extra backward"
+    state = "K logits + their Adam moments"
 
     def __init__(self, gamma: float = 0.01, w_lr: float = 0.025, eps: float = 1e-8) -> None:
         super().__init__()
-        self.gamma, self.w_lr, self.eps = gamma, w_lr, eps
+        self.gamma = non_negative("FAMO", "gamma", gamma)
+        self.w_lr = positive("FAMO", "w_lr", w_lr)
+        self.eps = positive("FAMO", "eps", eps)
         self.register_buffer("logits", torch.zeros(0))
         self.register_buffer("adam_m", torch.zeros(0))
         self.register_buffer("adam_v", torch.zeros(0))
@@ -42,21 +50,21 @@ class FAMO(LossBalancer):
     def setup(self, setup: BalancerSetup) -> None:
         super().setup(setup)
         self.index = {t: i for i, t in enumerate(setup.tasks)}
-        k = len(setup.tasks)
-        self.logits, self.adam_m, self.adam_v = torch.zeros(k), torch.zeros(k), torch.zeros(k)
+        k, device = len(setup.tasks), self.logits.device
+        self.logits, self.adam_m, self.adam_v = (torch.zeros(k, device=device) for _ in range(3))
 
-    def _z(self, tasks: list[str]) -> Tensor:
-        return torch.softmax(self.logits[[self.index[t] for t in tasks]], 0)
+    def _index(self, tasks: list[str]) -> Tensor:
+        return torch.tensor([self.index[t] for t in tasks], device=self.logits.device)
 
     def combine(self, losses: dict[str, Tensor], ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
         tasks = list(losses)
-        z = self._z(tasks).to(next(iter(losses.values())).device)
-        stacked = torch.stack([losses[t] for t in tasks]) + self.eps
-        c = (z / stacked).sum().detach()
-        total = (torch.log(stacked) * z / c).sum()
+        z = torch.softmax(self.logits[self._index(tasks)], 0).tolist()
+        values = [ctx.loss_values[t] + self.eps for t in tasks]
+        c = sum(zk / v for zk, v in zip(z, values, strict=True))
+        weights = [zk / (c * v) for zk, v in zip(z, values, strict=True)]  # d total / d L_k
+        total = sum(w * losses[t] for w, t in zip(weights, tasks, strict=True))
         self.before = {t: ctx.loss_values[t] for t in tasks}
-        weights = (z / (c * stacked)).detach()  # d total / d L_k
-        return total, {t: float(weights[i]) for i, t in enumerate(tasks)}
+        return total, dict(zip(tasks, weights, strict=True))  # type: ignore[return-value]
 
     def after_step(self, recompute_losses: Callable[[], dict[str, float]]) -> None:
         if not self.before:
@@ -64,12 +72,10 @@ class FAMO(LossBalancer):
         after = recompute_losses()
         tasks = [t for t in self.before if t in after]
         delta = torch.tensor(
-            [
-                torch.log(torch.tensor(self.before[t] + self.eps)) - torch.log(torch.tensor(after[t] + self.eps))
-                for t in tasks
-            ]
+            [math.log(self.before[t] + self.eps) - math.log(after[t] + self.eps) for t in tasks],
+            device=self.logits.device,
         )
-        idx = torch.tensor([self.index[t] for t in tasks])
+        idx = self._index(tasks)
         with torch.enable_grad():
             xi = self.logits[idx].clone().requires_grad_(True)
             (grad,) = torch.autograd.grad(torch.softmax(xi, 0), xi, grad_outputs=delta)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from .gradient import GradientBalancer
+from .method import Aggregator, in_range
 
 
-class GradDrop(GradientBalancer):
+class GradDrop(Aggregator):
     """Per coordinate, keeps only the gradients of one sign, chosen at random by sign purity.
 
     ``P = (1 + sum_k g_k / sum_k |g_k|) / 2``; with ``U ~ Uniform(0, 1)`` per coordinate, task k's
@@ -21,33 +20,38 @@ class GradDrop(GradientBalancer):
     sample x feature) is treated on its own. Not a function of the Gramian: the K x P Jacobian is
     materialised. The reported weight of task k is ``<update, g_k> / |g_k|^2``.
 
+    The uniforms are drawn on the Jacobian's device from a generator seeded by ``(seed, draw
+    count)``: no host-to-device copy, and the state is one integer (identical on all ranks).
+
     Args:
-        space: ``rep`` or ``params``.
-        engine: how ``params`` computes task gradients.
         leak: fraction of each dropped gradient still passed (paper: 0; 1 = plain sum).
-        seed: seed of the private generator (checkpointed).
+        seed: seed of the draws (checkpointed).
     """
 
-    cost: ClassVar[str] = "K x P Jacobian + one uniform draw per coordinate; no extra backward"
+    cost: ClassVar[str] = "one uniform draw per coordinate (on the device)"
     randomized: ClassVar[bool] = True
+    state: ClassVar[str] = "draw count"
 
-    def __init__(self, space: str = "params", engine: str = "auto", leak: float = 0.0, seed: int = 0) -> None:
-        super().__init__(space, engine)
-        self.leak, self.seed = leak, seed
-        self.generator = torch.Generator().manual_seed(seed)
+    def __init__(self, leak: float = 0.0, seed: int = 0) -> None:
+        super().__init__()
+        self.leak, self.seed = in_range("GradDrop", "leak", leak, 0.0, 1.0), int(seed)
+        self.draws = 0
 
-    def aggregate(self, jacobian: Tensor, losses: Tensor | None = None, rows: Sequence[int] | None = None) -> Tensor:
-        purity = 0.5 * (1 + jacobian.sum(0) / jacobian.abs().sum(0).clamp_min(1e-30))
-        u = torch.rand(jacobian.shape[1], generator=self.generator).to(jacobian.device, jacobian.dtype)
-        keep = ((purity > u) & (jacobian > 0)) | ((purity < u) & (jacobian < 0))
-        mask = keep.to(jacobian.dtype) * (1 - self.leak) + self.leak
-        return (mask * jacobian).sum(0)
+    def _aggregate(self, jacobian: Tensor, losses: Tensor | None, rows: list[int]) -> Tensor:
+        # With S = sum_k g_k and A = sum_k |g_k| per coordinate, the kept positive parts sum to
+        # (S + A) / 2 and the kept negative parts to (S - A) / 2: two reductions over the K x P
+        # Jacobian instead of a K x P mask.
+        total = jacobian.sum(0)
+        absolute = jacobian.abs().sum(0)  # (linalg.vector_norm(ord=1, dim=0) is ~25x slower on the CPU)
+        purity = 0.5 * (1 + total / absolute.clamp_min(1e-30))
+        generator = torch.Generator(device=jacobian.device).manual_seed(self.seed * 1_000_003 + self.draws)
+        self.draws += 1
+        u = torch.rand(jacobian.shape[1], generator=generator, device=jacobian.device, dtype=jacobian.dtype)
+        kept = torch.where(purity > u, total + absolute, total - absolute) / 2
+        return kept if self.leak == 0 else kept + self.leak * (total - kept)
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
+        return {"draws": self.draws}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, leak={self.leak}, seed={self.seed}"
+        self.draws = int(state["draws"])

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from .gradient import GramianBalancer, grow, need_losses, rows_or_all
+from .method import Weighting, grow, non_negative, positive
 
 
-class GradNorm(GramianBalancer):
+class GradNorm(Weighting):
     """Learned task weights that equalise the tasks' weighted gradient norms, tempered by their
     relative training rates.
 
@@ -24,23 +23,24 @@ class GradNorm(GramianBalancer):
     method a function of the Jacobian, the losses and its (checkpointed) state.
 
     Args:
-        space: ``rep`` or ``params``.
-        engine: how ``params`` computes task gradients.
         alpha: restoring-force strength (paper: 1.5 on NYUv2, 0.12 on synthetic tasks).
         lr: learning rate of the weights.
     """
 
-    cost: ClassVar[str] = "K x K Gramian + the loss values; no extra backward (the paper needs one per task)"
+    cost: ClassVar[str] = "O(K) with the loss values (the paper needs an extra backward per task)"
+    needs_losses: ClassVar[bool] = True
+    state: ClassVar[str] = "K weights, initial losses"
 
-    def __init__(self, space: str = "params", engine: str = "auto", alpha: float = 1.5, lr: float = 0.025) -> None:
-        super().__init__(space, engine)
-        self.alpha, self.lr = alpha, lr
+    def __init__(self, alpha: float = 1.5, lr: float = 0.025) -> None:
+        super().__init__()
+        self.alpha = non_negative("GradNorm", "alpha", alpha)
+        self.lr = positive("GradNorm", "lr", lr)
         self.task_weights = torch.zeros(0, dtype=torch.float64)
         self.initial_losses = torch.zeros(0, dtype=torch.float64)
 
-    def weights(self, gramian: Tensor, losses: Tensor | None = None, rows: Sequence[int] | None = None) -> Tensor:
-        values = need_losses("GradNorm", losses)
-        index = rows_or_all(rows, gramian.shape[0])
+    def _weights(self, gramian: Tensor, losses: Tensor | None, rows: list[int]) -> Tensor:
+        values, index = losses, rows
+        assert values is not None  # needs_losses: checked by Method
         self.task_weights = grow(self.task_weights, max(index) + 1, 1.0)
         self.initial_losses = grow(self.initial_losses, max(index) + 1, float("nan"))
         first = torch.isnan(self.initial_losses[index])
@@ -60,6 +60,3 @@ class GradNorm(GramianBalancer):
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.task_weights = state["task_weights"].double().clone()
         self.initial_losses = state["initial_losses"].double().clone()
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, alpha={self.alpha}, lr={self.lr}"

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from .gradient import GramianBalancer, rows_or_all
+from .method import Weighting, grow_square, in_range
 
 
-class GradVac(GramianBalancer):
+class GradVac(Weighting):
     """PCGrad generalised to a target similarity: each task pair (i, j) keeps an EMA ``phi_ij`` of
     its cosine; when the (projected) ``g_i`` has ``cos(g_i, g_j) < phi_ij``, ``g_i`` gains the
     multiple of ``g_j`` that brings the cosine to ``phi_ij`` (the paper's Eq. 3):
@@ -19,26 +18,27 @@ class GradVac(GramianBalancer):
     Then ``phi_ij <- (1 - beta) phi_ij + beta c``. Pairs are visited in a random order of j for
     each i, and the update is the sum of the modified gradients. The targets start at 0 (PCGrad).
 
+    Cosines and targets are clamped to [-1, 1]: a float32 Gramian of collinear gradients can give
+    ``|cos|`` slightly above 1, where ``sqrt(1 - cos^2)`` is not real.
+
     Args:
-        space: ``rep`` or ``params``.
-        engine: how ``params`` computes task gradients.
         beta: EMA rate of the target similarities (paper: 1e-2).
         seed: seed of the private generator drawing the orders (checkpointed).
     """
 
-    cost: ClassVar[str] = "K x K Gramian, O(K^3) scalar work, K x K state; no extra backward"
+    cost: ClassVar[str] = "O(K^3) scalar work"
     randomized: ClassVar[bool] = True
+    state: ClassVar[str] = "K x K target cosines, RNG"
 
-    def __init__(self, space: str = "params", engine: str = "auto", beta: float = 0.01, seed: int = 0) -> None:
-        super().__init__(space, engine)
-        self.beta, self.seed = beta, seed
+    def __init__(self, beta: float = 0.01, seed: int = 0) -> None:
+        super().__init__()
+        self.beta, self.seed = in_range("GradVac", "beta", beta, 0.0, 1.0), int(seed)
         self.generator = torch.Generator().manual_seed(seed)
         self.targets = torch.zeros(0, 0, dtype=torch.float64)
 
-    def weights(self, gramian: Tensor, losses: Tensor | None = None, rows: Sequence[int] | None = None) -> Tensor:
-        k = gramian.shape[0]
-        index = rows_or_all(rows, k)
-        self.targets = _grow_square(self.targets, max(index) + 1)
+    def _weights(self, gramian: Tensor, losses: Tensor | None, rows: list[int]) -> Tensor:
+        k, index = gramian.shape[0], rows
+        self.targets = grow_square(self.targets, max(index) + 1)
         coef = torch.eye(k, dtype=gramian.dtype)  # row i: g_i (modified) as a combination of the rows of J
         for i in range(k):
             for j in torch.randperm(k, generator=self.generator).tolist():
@@ -48,8 +48,8 @@ class GradVac(GramianBalancer):
                 norm_j = float(gramian[j, j].clamp_min(0).sqrt())
                 if norm_i == 0 or norm_j == 0:
                     continue
-                cos = float(coef[i] @ gramian[:, j]) / (norm_i * norm_j)
-                target = float(self.targets[index[i], index[j]])
+                cos = min(max(float(coef[i] @ gramian[:, j]) / (norm_i * norm_j), -1.0), 1.0)
+                target = min(max(float(self.targets[index[i], index[j]]), -1.0), 1.0)
                 if cos < target:
                     coef[i, j] += (
                         norm_i
@@ -65,14 +65,3 @@ class GradVac(GramianBalancer):
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
         self.targets = state["targets"].double().clone()
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, beta={self.beta}, seed={self.seed}"
-
-
-def _grow_square(state: Tensor, size: int) -> Tensor:
-    if state.shape[0] >= size:
-        return state
-    out = torch.zeros(size, size, dtype=state.dtype)
-    out[: state.shape[0], : state.shape[1]] = state
-    return out

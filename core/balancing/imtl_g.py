@@ -2,33 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from .gradient import GramianBalancer
+from .method import Weighting
 
 
-class IMTLG(GramianBalancer):
+class IMTLG(Weighting):
     """The combination ``g = J^T w`` (``sum w = 1``) whose projections on every task's unit
     gradient ``u_k`` are equal: ``g . u_k = const``. Since ``g . u_k = (G w)_k / |g_k|``, the
     weights solve ``G w = c d`` with ``d_k = |g_k|``: ``w = G^+ d / sum(G^+ d)`` (the paper's
     closed form ``alpha = g_1 U^T (D U^T)^-1`` written with the Gramian; the pseudo-inverse covers
     rank-deficient Jacobians). Zero weights when ``sum(G^+ d)`` vanishes.
-
-    Args:
-        space: ``rep`` or ``params``.
-        engine: how ``params`` computes task gradients.
     """
 
-    cost: ClassVar[str] = "K x K Gramian + a K x K pseudo-inverse; no extra backward"
+    cost: ClassVar[str] = "a K x K pseudo-inverse"
+    properties = frozenset({"permutation_invariant", "scale_invariant_weights"})
 
-    def __init__(self, space: str = "params", engine: str = "auto") -> None:
-        super().__init__(space, engine)
-
-    def weights(self, gramian: Tensor, losses: Tensor | None = None, rows: Sequence[int] | None = None) -> Tensor:
+    def _weights(self, gramian: Tensor, losses: Tensor | None, rows: list[int]) -> Tensor:
         d = gramian.diagonal().clamp_min(0).sqrt()
         v = torch.linalg.pinv(gramian, hermitian=True) @ d
         total = v.sum()

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from .gradient import GramianBalancer
+from .method import Weighting, non_negative, positive_int
 
 
-class NashMTL(GramianBalancer):
+class NashMTL(Weighting):
     """The Nash bargaining solution: ``alpha > 0`` with ``G alpha = 1 / alpha`` (element-wise).
 
     As in the authors' code, ``G`` is first divided by its Frobenius norm, the weights ``alpha``
@@ -22,28 +21,24 @@ class NashMTL(GramianBalancer):
     combination of gradients vanishes (exactly opposed tasks), where no solution exists.
 
     Args:
-        space: ``rep`` or ``params``.
-        engine: how ``params`` computes task gradients.
         max_norm: clip ``|J^T alpha|`` to this value; 0 disables (authors: 1.0).
         update_weights_every: re-solve every this many steps, reuse the weights in between.
         ridge: diagonal regulariser of the normalised Gramian.
         max_iter: Newton iterations.
     """
 
-    cost: ClassVar[str] = "K x K Gramian + a K-variable Newton solve; no extra backward"
+    cost: ClassVar[str] = "a K-variable Newton solve"
+    state: ClassVar[str] = "the last weights (reused between solves)"
+    properties = frozenset({"permutation_invariant"})
 
     def __init__(
-        self,
-        space: str = "params",
-        engine: str = "auto",
-        max_norm: float = 1.0,
-        update_weights_every: int = 1,
-        ridge: float = 1e-8,
-        max_iter: int = 100,
+        self, max_norm: float = 1.0, update_weights_every: int = 1, ridge: float = 1e-8, max_iter: int = 100
     ) -> None:
-        super().__init__(space, engine)
-        self.max_norm, self.update_weights_every = max_norm, update_weights_every
-        self.ridge, self.max_iter = ridge, max_iter
+        super().__init__()
+        self.max_norm = non_negative("NashMTL", "max_norm", max_norm)
+        self.update_weights_every = positive_int("NashMTL", "update_weights_every", update_weights_every)
+        self.ridge = non_negative("NashMTL", "ridge", ridge)
+        self.max_iter = positive_int("NashMTL", "max_iter", max_iter)
         self.calls = 0
         self.alpha = torch.zeros(0, dtype=torch.float64)
 
@@ -70,7 +65,7 @@ class NashMTL(GramianBalancer):
             alpha = alpha - t * step
         return alpha
 
-    def weights(self, gramian: Tensor, losses: Tensor | None = None, rows: Sequence[int] | None = None) -> Tensor:
+    def _weights(self, gramian: Tensor, losses: Tensor | None, rows: list[int]) -> Tensor:
         k = gramian.shape[0]
         if self.calls % self.update_weights_every == 0 or self.alpha.shape[0] != k:
             norm = gramian.norm()
@@ -88,9 +83,3 @@ class NashMTL(GramianBalancer):
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.calls, self.alpha = int(state["calls"]), state["alpha"].double().clone()
-
-    def extra_repr(self) -> str:
-        return (
-            f"{super().extra_repr()}, max_norm={self.max_norm}, update_weights_every={self.update_weights_every}, "
-            f"ridge={self.ridge}, max_iter={self.max_iter}"
-        )

@@ -2,36 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from .gradient import GramianBalancer
+from .method import Weighting
 
 
-class PCGrad(GramianBalancer):
+class PCGrad(Weighting):
     """For each task i, in a random order of the others j: if ``g_i . g_j < 0``, remove from the
     (already projected) ``g_i`` its component along ``g_j``; the update is the sum of the projected
     gradients (the paper's Algorithm 1). Every projection keeps the vector a combination of the
     rows, so the method is a function of the Gramian. K = 2 is deterministic.
 
     Args:
-        space: ``rep`` or ``params``.
-        engine: how ``params`` computes task gradients.
         seed: seed of the private generator drawing the orders (checkpointed; same on all ranks).
     """
 
-    cost: ClassVar[str] = "K x K Gramian, O(K^3) scalar work; no extra backward"
+    cost: ClassVar[str] = "O(K^3) scalar work"
     randomized: ClassVar[bool] = True
+    state: ClassVar[str] = "RNG"
+    properties = frozenset({"linear_under_scaling", "mean_when_aligned"})
 
-    def __init__(self, space: str = "params", engine: str = "auto", seed: int = 0) -> None:
-        super().__init__(space, engine)
-        self.seed = seed
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.seed = int(seed)
         self.generator = torch.Generator().manual_seed(seed)
 
-    def weights(self, gramian: Tensor, losses: Tensor | None = None, rows: Sequence[int] | None = None) -> Tensor:
+    def _weights(self, gramian: Tensor, losses: Tensor | None, rows: list[int]) -> Tensor:
         k = gramian.shape[0]
         total = torch.zeros(k, dtype=gramian.dtype)
         for i in range(k):
@@ -49,6 +48,3 @@ class PCGrad(GramianBalancer):
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, seed={self.seed}"

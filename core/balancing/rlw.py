@@ -22,6 +22,7 @@ class RandomLossWeighting(LossBalancer):
 
     randomized = True
     cost = "none (one K-dim normal draw per step)"
+    state = "RNG"
 
     def __init__(self, seed: int = 0) -> None:
         super().__init__()

@@ -41,10 +41,10 @@ def jacobi(gramian: Tensor) -> tuple[np.ndarray, np.ndarray]:
     return g / d[:, None] / d[None, :], d
 
 
-def factor(g: np.ndarray) -> np.ndarray:
-    """A K x K matrix ``A`` with ``A^T A = G`` (PSD part of G; G may be rank-deficient)."""
+def factor(g: np.ndarray, ridge: float = 0.0) -> np.ndarray:
+    """A K x K matrix ``A`` with ``A^T A = G + ridge I`` (PSD part of G; G may be rank-deficient)."""
     eigvals, eigvecs = np.linalg.eigh(g)
-    return np.sqrt(np.clip(eigvals, 0.0, None))[:, None] * eigvecs.T
+    return np.sqrt(np.clip(eigvals, 0.0, None) + ridge)[:, None] * eigvecs.T
 
 
 def min_norm_simplex(gramian: Tensor) -> Tensor:
@@ -71,13 +71,14 @@ def min_norm_simplex(gramian: Tensor) -> Tensor:
     return torch.from_numpy(w / w.sum())
 
 
-def project_dual_cone(gramian: Tensor, u: Tensor) -> Tensor:
+def project_dual_cone(gramian: Tensor, u: Tensor, ridge: float = 0.0) -> Tensor:
     """``argmin_{v >= u} v^T G v`` for each row ``u`` of ``U``: weights of ``J^T u`` projected onto
     the dual cone of J's rows (Jacobian descent, Prop. 1). In Jacobi-scaled variables
-    ``y = D v = D u + x`` with ``x >= 0`` it is the NNLS ``min |A x + A D u|``, ``A^T A = C``.
+    ``y = D v = D u + x`` with ``x >= 0`` it is the NNLS ``min |A x + A D u|``, ``A^T A = C + ridge I``
+    (the ridge makes the minimiser unique when G is rank-deficient).
     """
     cos, d = jacobi(gramian)
-    a = factor(cos)
+    a = factor(cos, ridge)
     nnls = scipy_optimize().nnls
     out = []
     for row in u.detach().double().cpu().numpy().reshape(-1, cos.shape[0]):

@@ -18,6 +18,8 @@ class UncertaintyWeighting(LossBalancer):
         init: initial value of every ``s_k`` (0 -> weight 0.5).
     """
 
+    state = "K log-variances (parameters)"
+
     def __init__(self, init: float = 0.0) -> None:
         super().__init__()
         self.init = init

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from ..architectures.groups import branched_from_groups
 from ..errors import CheckpointError, ConfigError
 from ..evaluation import Results, primary_metric
 from ..io import atomic_write_text
@@ -343,6 +344,9 @@ def affinity_section(run: Mapping[str, Any], plots: Path) -> list[str]:
             "best checkpoint. Positive = i helps j.",
             "",
             f"Suggested groups (mutual look-ahead > 0): {format_groups(suggest_groups(look['matrix']))}",
+            "",
+            "As a sharing structure to try (`model.architecture`, e.g. in a `compare.architectures` sweep): "
+            f"`{json.dumps(branched_from_groups(suggest_groups(look['matrix']), 1, 2))}`",
             "",
             "![look-ahead affinity](plots/affinity_lookahead.png)",
             "",

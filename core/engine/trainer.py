@@ -84,6 +84,12 @@ class Trainer:
         self.compiled = compile_model(self.model, config.compile, self.env.device)
         self.data, self.balancer, self.sampler = data, balancer, sampler
         check_sources(data, list(model.tasks))
+        if getattr(balancer, "grad_space", None) == "rep" and not model.architecture.shared_representation:
+            raise ConfigError(
+                f"space 'rep' needs one representation that every task reads; architecture "
+                f"'{model.architecture.spec()['name']}' has none (task layers read several shared tensors); "
+                "use space 'params'"
+            )
         if balancer.space != "loss" and not sampler.all_sources and len(data.train) > 1:
             raise ConfigError(
                 f"{type(balancer).__name__} balances task gradients and needs at least 2 tasks per step, but sampler "
@@ -245,8 +251,10 @@ class Trainer:
 
     def _optimizer_step(self) -> float | None:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        # DDP has averaged the model's gradients during backward; the balancer's learned weights are not in it
-        average_gradients([p for p in self.balancer.parameters()] if self.ddp else params, self.env)
+        synced = {id(p) for p in self.balancer.synchronised_parameters()}  # already global: not averaged again
+        if self.ddp:  # DDP averaged the model's gradients during backward
+            synced |= {id(p) for p in self.model.parameters()}
+        average_gradients([p for p in params if id(p) not in synced], self.env)
         scaler = self.precision.scaler
         scaler.unscale_(self.optimizer)
         if self.config.l1:
@@ -358,7 +366,7 @@ class Trainer:
                         log({"split": "train", "step": self.step, "time": time.perf_counter() - start, **record})
                     if (c.eval_every and self.step % c.eval_every == 0) or self.step == c.max_steps:
                         self._validate(log)
-                        if self.evals_without_improvement >= c.early_stopping_patience > 0:
+                        if self.step < c.max_steps and self.evals_without_improvement >= c.early_stopping_patience > 0:
                             status = RunStatus.EARLY_STOPPED
                             break
                     if self._stop_agreed():

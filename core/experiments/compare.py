@@ -51,6 +51,9 @@ class CompareSpec:
     single_task: bool = True  # train each task alone (the Δm reference)
     #: name -> overrides ("key=value") of extra joint runs with the first method, e.g. regularisation
     variants: dict[str, list[str]] = field(default_factory=dict)
+    #: sharing structures (model.architecture specs): one extra joint row each, with the first method;
+    #: a branch-depth sweep is a list of branched specs
+    architectures: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -119,6 +122,7 @@ def validate(base: RunConfig, spec: CompareSpec, path: str | Path = "config") ->
         except ConfigError as e:
             raise ConfigError(f"{path}: compare.methods entry {method_label(method)!r}: {e}") from e
     labels = [method_label(m) for m in spec.methods] + list(spec.variants)
+    labels += [f"arch={method_label(a)}" for a in spec.architectures]
     if len(set(labels)) != len(labels) or SINGLE in labels:
         raise ConfigError(f"{path}: compare rows need unique names other than '{SINGLE}', got {labels}")
 
@@ -145,6 +149,12 @@ def plan(base: RunConfig, spec: CompareSpec) -> list[Run]:
         for name, overrides in spec.variants.items():
             joint = experiment.with_overrides({"balancing": as_spec(spec.methods[0])})
             runs.append(Run("joint", name, seed, seeded(joint, root / "joint" / dir_name(name), seed, overrides)))
+        for architecture in spec.architectures:
+            label = f"arch={method_label(architecture)}"
+            joint = experiment.with_overrides(
+                {"balancing": as_spec(spec.methods[0]), "model.architecture": as_spec(architecture)}
+            )
+            runs.append(Run("joint", label, seed, seeded(joint, root / "joint" / dir_name(label), seed)))
     return runs
 
 
@@ -314,7 +324,12 @@ def compare(base: RunConfig, spec: CompareSpec, log: Any = print) -> dict[str, A
         {"row": run.label, "seed": run.seed, "task": run.task, "dir": str(run.dir), "cost": res["cost"]}
         for run, res in zip(runs, results, strict=True)
     ]
-    summary["spec"] = {"methods": spec.methods, "seeds": spec.seeds, "variants": spec.variants}
+    summary["spec"] = {
+        "methods": spec.methods,
+        "seeds": spec.seeds,
+        "variants": spec.variants,
+        "architectures": spec.architectures,
+    }
     atomic_write_json(root / "compare.json", summary)
     if base.report.enabled:
         try:

@@ -29,8 +29,9 @@ def test_method_trains_and_round_trips_its_state(tmp_path, method):
     assert any(not torch.equal(before[k], after[k]) for k in before), "no parameter moved"
     assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
 
-    cls = BALANCERS.get(method)
-    assert cls.space in ("loss", "gradient") and isinstance(cls.cost, str)
+    info = BALANCERS.get(method).describe()  # what `jointtrain list` prints
+    assert info["kind"] in ("loss", "weighting", "aggregator") and isinstance(info["cost"], str)
+    assert isinstance(info["state"], str) and info["ddp"]
     resumed = build_trainer(
         toy_config(tmp_path, **{"balancing.name": method, "train.max_steps": 4, "train.eval_every": 4})
     )
@@ -67,7 +68,7 @@ def test_method_handles_a_step_where_a_task_is_missing(tmp_path, method):
         with pytest.raises(ConfigError, match=r"needs at least 2 tasks per step.*use sampler 'all'"):
             build_trainer(toy_config(tmp_path, **overrides, **per_task), out_dir=None)
         overrides.update({"data.label_fraction": 0.04, "train.max_steps": 8, "train.eval_every": 8})
-        if "params" in getattr(cls, "spaces", ()):
+        if "params" in cls.describe()["spaces"]:
             overrides["balancing.space"] = "params"
     trainer = build_trainer(toy_config(tmp_path, **overrides))
     assert trainer.fit()["status"] == "completed"

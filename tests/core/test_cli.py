@@ -55,7 +55,9 @@ def test_train_evaluate_predict_list(tmp_path, capsys):
 
     assert main(["list"]) == 0
     listing = capsys.readouterr().out
-    assert "uw" in listing and "round_robin" in listing and "space=loss" in listing
+    assert "uw" in listing and "round_robin" in listing and "spaces=loss" in listing
+    assert "upgrad       weighting spaces=rep,params" in listing and "DDP: rep: all-reduces" in listing
+    assert "architectures: branched, cgc, cross_stitch" in listing
 
 
 def test_bad_input_prints_a_message_not_a_traceback(tmp_path, capsys):

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from core.architectures import ARCHITECTURES
-from core.balancing.gradient import GramianBalancer
+from core.balancing.gradient import GradientBalancer
+from core.balancing.method import Weighting
 from core.model import JointModel
 
 from .toy import TASKS, spec_of, toy_model, toy_trainer
@@ -48,10 +49,10 @@ def test_shared_and_task_parameters_partition_the_model_by_reach(name):
             assert tasks_reached <= {task}, f"{name}: a parameter of '{task}' reaches {tasks_reached}"
 
 
-class _Equal(GramianBalancer):
+class _Equal(Weighting):
     """Unit weights in gradient space: the update must equal the plain sum of the task gradients."""
 
-    def weights(self, gramian, losses=None, rows=None):
+    def _weights(self, gramian, losses, rows):
         return torch.ones(gramian.shape[0], dtype=gramian.dtype)
 
 
@@ -76,7 +77,7 @@ def test_gradient_spaces_are_exact(name):
         sum(ref.values()).backward()
         expected = [p.grad.clone() for p in model.parameters()]
         model.zero_grad(set_to_none=True)
-        balancer = _Equal(space=space, engine="loop")
+        balancer = GradientBalancer(_Equal(), space=space, engine="loop")
         values, features = losses()
         ctx = StepContext(
             step=0,

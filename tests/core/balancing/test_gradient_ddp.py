@@ -16,7 +16,11 @@ from core.balancing import BalancerSetup, StepContext, build
 from core.distributed import DistEnv, average_gradients
 from tests.core.balancing.test_gradient_engine import TASKS, Tiny
 
-CASES = [("mgda", "rep"), ("pcgrad", "params")]
+CASES = [("mgda", "rep"), ("pcgrad", "params"), ("graddrop", "params")]
+# "partial": task c labelled only on the first half of the global batch (rank 1 has no loss for it);
+# "empty": no task labelled on the second half (rank 1 has no loss at all, yet joins the collectives)
+PARTIAL = [("upgrad", "params"), ("mgda", "rep")]
+REGIMES = {"full": CASES, "partial": PARTIAL, "empty": PARTIAL}
 
 
 def _step(rank: int, world: int) -> dict[str, torch.Tensor]:
@@ -26,25 +30,42 @@ def _step(rank: int, world: int) -> dict[str, torch.Tensor]:
     share = slice(rank * 16 // world, (rank + 1) * 16 // world)
     env = DistEnv(rank=rank, world_size=world)
     out = {}
-    for name, space in CASES:
-        model = Tiny()
-        method = build(name, space=space)
-        method.setup(BalancerSetup(tasks=TASKS, task_weights={}, dataset_sizes={}, steps_per_epoch=1))
-        z = model.backbone(x[share])
-        losses = {t: ((model.heads[t](z).squeeze(1) - y[share, i]) ** 2).mean() for i, t in enumerate(TASKS)}
-        ctx = StepContext(
-            step=0,
-            backward=lambda total: total.backward(),
-            loss_values={t: float(v.detach()) for t, v in losses.items()},
-            model=model,
-            features={"src": z},
-            source_tasks={"src": TASKS},
-            env=env,
-        )
-        method.backward(losses, ctx)
-        average_gradients(model.parameters(), env)
-        torch.optim.SGD(model.parameters(), lr=0.5).step()
-        out[name] = nn.utils.parameters_to_vector(model.parameters()).detach()
+    for regime, cases in REGIMES.items():
+        first_half = torch.arange(16) < 8
+        labelled = {t: first_half if regime == "empty" else torch.ones(16, dtype=torch.bool) for t in TASKS}
+        if regime == "partial":
+            labelled["c"] = first_half
+        for name, space in cases:
+            model = Tiny()
+            method = build(name, space=space)
+            method.setup(BalancerSetup(tasks=TASKS, task_weights={}, dataset_sizes={}, steps_per_epoch=1))
+            z = model.backbone(x[share])
+            losses, values = {}, {}
+            for i, t in enumerate(TASKS):
+                with torch.no_grad():  # the global masked mean, as the trainer all-reduces it
+                    values[t] = float(
+                        ((model.heads[t](model.backbone(x)).squeeze(1) - y[:, i]) ** 2)[labelled[t]].mean()
+                    )
+                mask = labelled[t][share]
+                if mask.any():  # the trainer's scaling: averaging over ranks gives the global masked mean
+                    err = ((model.heads[t](z).squeeze(1) - y[share, i]) ** 2)[mask]
+                    losses[t] = err.sum() / int(labelled[t].sum()) * world
+            ctx = StepContext(
+                step=0,
+                backward=lambda total: total.backward(),
+                loss_values=values,
+                model=model,
+                features={"src": z},
+                source_tasks={"src": TASKS},
+                env=env,
+            )
+            method.backward(losses, ctx)
+            synchronised = {id(p) for p in method.synchronised_parameters()}
+            if env.enabled:  # params: the shared gradients are already global; averaging them again is waste
+                assert bool(synchronised) == (space == "params")
+            average_gradients([p for p in model.parameters() if id(p) not in synchronised], env)
+            torch.optim.SGD(model.parameters(), lr=0.5).step()
+            out[f"{name}/{space}/{regime}"] = nn.utils.parameters_to_vector(model.parameters()).detach()
     return out
 
 
@@ -69,5 +90,6 @@ def test_two_process_gloo_matches_one_process(tmp_path: Path, world: int) -> Non
     single = _step(0, 1)
     for rank in range(world):
         ranked = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
-        for name, _ in CASES:
-            assert torch.allclose(ranked[name], single[name], atol=1e-5), (name, rank)
+        assert ranked.keys() == single.keys() and len(single) == sum(map(len, REGIMES.values()))
+        for key in single:
+            assert torch.allclose(ranked[key], single[key], atol=1e-5), (key, rank)

@@ -70,29 +70,54 @@ def flat_grad(params: Iterator[nn.Parameter]) -> Tensor:
     return torch.cat([p.grad.reshape(-1) for p in params])  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("engine", ["batched", "loop"])
+@pytest.mark.parametrize("engine", ["batched", "loop", "gramian"])
 def test_params_task_gradients_equal_separate_autograd_calls(engine: str) -> None:
     model = Tiny()
     expected, _ = reference_jacobian(model)
     losses, _ = forward(model)
     method = build("mgda", engine=engine)
-    grads = method.task_gradients(list(losses.values()), list(model.shared_parameters()))
-    jac = torch.cat([g.reshape(3, -1) for g in grads], 1)
+    grads = method.engine.task_gradients(list(losses.values()), list(model.shared_parameters()))
+    jac = torch.stack([torch.cat([g.reshape(-1) for g in row]) for row in grads])
     assert torch.allclose(jac, expected, atol=1e-5)
-    assert not method._batched_failed
+    assert not method.engine.batched_failed
 
 
-@pytest.mark.parametrize("name", ["mgda", "graddrop"])
-def test_params_update_is_the_aggregate_and_heads_get_their_plain_gradient(name: str) -> None:
+def test_auto_never_picks_the_vmap_engine() -> None:
+    """Legacy vmap loops per op on conv/norm/GELU backwards: opt-in only, on every device."""
+    assert build("upgrad").engine.engine == "gramian"
+    assert build("graddrop").engine.engine == "loop"
+    assert build("upgrad", engine="batched").engine.engine == "batched"
+
+
+def test_batched_engine_does_not_swallow_out_of_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = Tiny()
+    losses, _ = forward(model)
+    real = torch.autograd.grad
+
+    def oom(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("is_grads_batched"):
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", oom)
+    method = build("mgda", engine="batched")
+    with pytest.raises(torch.OutOfMemoryError):
+        method.engine.task_gradients(list(losses.values()), list(model.shared_parameters()))
+    assert not method.engine.batched_failed
+
+
+@pytest.mark.parametrize(("name", "engine"), [("mgda", "gramian"), ("mgda", "loop"), ("graddrop", "loop")])
+def test_params_update_is_the_aggregate_and_heads_get_their_plain_gradient(name: str, engine: str) -> None:
     model = Tiny()
     jac, head_grads = reference_jacobian(model)
-    expected = setup(build(name, seed=0) if name == "graddrop" else build(name)).aggregate(jac)
-    method = setup(build(name, space="params", seed=0) if name == "graddrop" else build(name, space="params"))
+    expected = build(name).aggregate(jac)
+    method = setup(build(name, space="params", engine=engine))
     losses, z = forward(model)
     method.backward(losses, context(model, losses, z, grad_accum=2))
     assert torch.allclose(flat_grad(model.shared_parameters()), expected / 2, atol=1e-6)
     for n, p in model.heads.named_parameters():
         assert torch.allclose(p.grad, head_grads[n] / 2, atol=1e-6)  # type: ignore[arg-type]
+    assert method.synchronised_parameters() == []  # one process: nothing to skip
 
 
 def test_rep_update_backpropagates_the_weighted_representation_gradient() -> None:
@@ -114,6 +139,52 @@ def test_rep_update_backpropagates_the_weighted_representation_gradient() -> Non
     assert abs(cos["cos/a/b"] - float(normed[0] @ normed[1])) < 1e-5
 
 
+class Nested(Tiny):
+    """Token states and a pooled output computed from them (a transformers encoder's pooler)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pooler = nn.Linear(6, 6)
+
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        yield from self.backbone.parameters()
+        yield from self.pooler.parameters()
+
+
+def nested_forward(model: Nested) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16, 5, generator=g), torch.randn(16, 3, generator=g)
+    tokens = model.backbone(x)
+    pooled = torch.tanh(model.pooler(tokens))
+    heads_in = {"a": tokens, "b": pooled, "c": pooled}
+    losses = {t: ((model.heads[t](heads_in[t]).squeeze(1) - y[:, i]) ** 2).mean() for i, t in enumerate(TASKS)}
+    return losses, tokens, pooled
+
+
+@pytest.mark.parametrize("name", ["mgda", "upgrad"])
+def test_rep_with_nested_features_is_not_double_counted(name: str) -> None:
+    """Gradients w.r.t. both the token states and the pooled output counted the pooled path twice."""
+    model = Nested()
+    losses, tokens, pooled = nested_forward(model)
+    ctx = context(model, losses, tokens)
+    ctx.features = {"src": {"tokens": tokens, "pooled": pooled}}
+    weights = setup(build(name, space="rep")).backward(losses, ctx)
+    losses, _, _ = nested_forward(model)
+    shared = list(model.shared_parameters())
+    expected = torch.autograd.grad(sum(weights[t] * losses[t] for t in TASKS), shared)  # the applied combination
+    assert torch.allclose(flat_grad(iter(shared)), torch.cat([e.reshape(-1) for e in expected]), atol=1e-6)
+
+
+def test_rep_aggregator_refuses_nested_features() -> None:
+    model = Nested()
+    losses, tokens = forward(model)
+    pooled = model.pooler(tokens)
+    ctx = context(model, losses, tokens)
+    ctx.features = {"src": [tokens, pooled]}
+    with pytest.raises(ConfigError, match="nested features"):
+        setup(build("graddrop", space="rep")).backward(losses, ctx)
+
+
 def test_missing_tasks_and_amp_scaling() -> None:
     """K varies (task 'b' absent); a GradScaler's scale is undone before aggregation."""
     model = Tiny()
@@ -126,13 +197,48 @@ def test_missing_tasks_and_amp_scaling() -> None:
     assert torch.allclose(flat_grad(model.shared_parameters()) / 1024.0, expected, atol=1e-6)
 
 
+def test_huge_finite_task_gradients_are_balanced_not_summed() -> None:
+    """|g|^2 overflows float32 but g does not: the Gramian is still exact (float64 retry), so the
+    step is the method's, not the plain sum that the fp16 scaler would then happily apply."""
+    model = Tiny()
+    scale = torch.tensor([1.0, 1e20, 1.0])
+    jac, _ = reference_jacobian(model)
+    expected = build("mgda").aggregate(jac.double() * scale.double()[:, None]).float()
+    scaler = torch.amp.GradScaler("cpu", init_scale=1.0)
+    for space in ("params", "rep"):
+        for p in model.parameters():
+            p.grad = None
+        losses, z = forward(model)
+        losses = {t: v * scale[i] for i, (t, v) in enumerate(losses.items())}
+        setup(build("mgda", space=space)).backward(losses, context(model, losses, z, scaler=scaler))
+        if space == "params":
+            assert torch.allclose(flat_grad(model.shared_parameters()), expected, rtol=1e-4, atol=1e-6)
+        assert torch.isfinite(flat_grad(model.shared_parameters())).all()
+
+
+def test_fp16_overflow_makes_the_scaler_skip_and_back_off() -> None:
+    model = Tiny()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    losses, z = forward(model)
+    losses["b"] = losses["b"] * torch.tensor(float("inf"))
+    before = [p.detach().clone() for p in model.parameters()]
+    assert setup(build("upgrad")).backward(losses, context(model, losses, z, scaler=scaler)) == {}
+    scaler.unscale_(optimizer)
+    scaler.step(optimizer)
+    scaler.update()
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+    assert scaler.get_scale() < 1024.0
+
+
 def test_nonfinite_gradients_are_refused() -> None:
     model = Tiny()
     losses, z = forward(model)
     losses["b"] = losses["b"] * torch.tensor(float("nan"))
-    with pytest.raises(NonFiniteGradients) as e:
-        setup(build("pcgrad", space="rep")).backward(losses, context(model, losses, z))
-    assert "b" in e.value.values
+    for space in ("rep", "params"):
+        with pytest.raises(NonFiniteGradients) as e:
+            setup(build("pcgrad", space=space)).backward(losses, context(model, losses, z))
+        assert set(e.value.values) == {"b"}
 
 
 def _train_records(tmp_path: Any, **overrides: Any) -> list[dict[str, Any]]:
@@ -161,3 +267,33 @@ def test_trainer_params_in_the_one_dataset_per_task_regime(tmp_path: Any) -> Non
 def test_trainer_refuses_rep_with_several_sources(tmp_path: Any) -> None:
     with pytest.raises(ConfigError, match="use space 'params'"):
         _train_records(tmp_path, balancing={"name": "mgda", "space": "rep"}, **{"data.regime": "per_task"})
+
+
+def test_imtl_balances_the_gradients_of_learned_loss_scales() -> None:
+    """IMTL = IMTL-G on e^(s_k) L_k; s_k follow d/ds (e^s L - s) = e^s l - 1 from the loss values."""
+    model = Tiny()
+    method = setup(build("imtl"))
+    assert repr(method) == "GradientBalancer(IMTLG(), space='params', engine='auto', loss_scales=True)"
+    with torch.no_grad():
+        for i, t in enumerate(TASKS):
+            method.log_scales[t].fill_(0.5 * (i - 1))
+    factors = torch.exp(torch.tensor([-0.5, 0.0, 0.5]))
+    jac, head_grads = reference_jacobian(model)
+    expected = build("imtl_g").aggregate(jac * factors[:, None])
+    losses, z = forward(model)
+    values = {t: float(v.detach()) for t, v in losses.items()}
+    method.backward(losses, context(model, losses, z))
+    assert torch.allclose(flat_grad(model.shared_parameters()), expected, atol=1e-6)
+    for i, t in enumerate(TASKS):
+        assert torch.allclose(model.heads[t].weight.grad, head_grads[f"{t}.weight"] * factors[i], atol=1e-6)  # type: ignore[arg-type]
+        assert abs(float(method.log_scales[t].grad) - (float(factors[i]) * values[t] - 1)) < 1e-6  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("engine", ["gramian", "batched"])
+def test_gramian_engine_writes_gradients_that_own_their_memory(engine: str) -> None:
+    """The update is written in place into one task's piece; it must not pin the other K - 1."""
+    model = Tiny()
+    losses, z = forward(model)
+    setup(build("upgrad", engine=engine)).backward(losses, context(model, losses, z))
+    for p in model.shared_parameters():
+        assert p.grad.untyped_storage().nbytes() == p.grad.numel() * p.grad.element_size()  # type: ignore[union-attr]

@@ -174,3 +174,19 @@ def test_run_directory_of_another_config_is_refused_before_training(tmp_path):
     with pytest.raises(ConfigError, match=r"made by a config with different .*train.*delete that directory"):
         compare(base, spec)
     assert not (Path(plan(base, spec)[0].dir) / "config.yaml").exists()  # nothing was trained
+
+
+def test_compare_has_an_architecture_axis(tmp_path):
+    from core.experiments.compare import plan
+
+    path = write_config(
+        tmp_path,
+        {"methods": ["ew"], "seeds": 1, "architectures": ["hard", {"name": "branched", "branch_point": 0}]},
+    )
+    base, spec = read_compare_config(path)
+    rows = {run.label: run.config.model.architecture for run in plan(base, spec) if run.kind == "joint"}
+    assert rows == {
+        "ew": {"name": "hard"},
+        "arch=hard": {"name": "hard"},
+        "arch=branched(branch_point=0)": {"name": "branched", "branch_point": 0},
+    }
