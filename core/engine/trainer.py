@@ -81,6 +81,8 @@ class Trainer:
         self.model = model.to(self.env.device)
         if config.channels_last and self.env.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
+        if self.env.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # a source's batches share one shape: autotune its convolutions once
         self.compiled = compile_model(self.model, config.compile, self.env.device)
         self.data, self.balancer, self.sampler = data, balancer, sampler
         check_sources(data, list(model.tasks))
