@@ -156,7 +156,9 @@ class Trainer:
         return any_rank(self.stop_requested, self.env)
 
     # -- one step --------------------------------------------------------------------------
-    def _forward(self, batches: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, Any]]:
+    def _forward(
+        self, batches: dict[str, Any]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, Any], dict[str, dict[str, Any]]]:
         """Backbone once per source, the heads of its tasks, and each task's masked loss.
 
         Returns (losses to backpropagate, their global values, features, task outputs per source).
