@@ -62,6 +62,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:1 ...
     channels_last: bool = False  # memory format for conv backbones on CUDA
+    compile: bool | str = False  # torch.compile backbone and heads: true (inductor) or a backend name (aot_eager...)
     max_nonfinite_steps: int = 0  # consecutive NaN/Inf-loss steps skipped before stopping
     progress: bool = True  # tqdm bar on rank 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -91,6 +92,42 @@ def average_gradients(params: Iterable[nn.Parameter], env: DistEnv) -> None:
         n = p.numel()
         p.grad = flat[offset : offset + n].view_as(p).to(p.dtype) if seen else None
         offset += n
+
+
+def any_rank(flag: bool, env: DistEnv) -> bool:
+    """True on every rank when ``flag`` is true on at least one (one 1-element all-reduce)."""
+    if not env.enabled:
+        return flag
+    t = torch.tensor([float(flag)], device=env.device)
+    dist.all_reduce(t)
+    return bool(t.item() > 0)  # host sync: callers do this only every few steps
+
+
+def gather_objects(obj: Any, env: DistEnv) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+    if not env.enabled:
+        return [obj]
+    out: list[Any] = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def connected_zero(output: Any) -> Tensor:
+    """A scalar 0 whose graph reaches every floating tensor of ``output`` (a head output tree).
+
+    A rank whose micro-batch holds no labelled sample of a task backpropagates this instead of
+    skipping the task, so every rank runs the same backward passes and collectives (gradient
+    balancers' all-reduces, DDP's bucket hooks) and the gradients it adds are exactly zero.
+    ``nan_to_num`` keeps an Inf/NaN output from turning the zero into NaN.
+    """
+    if isinstance(output, Tensor):
+        if output.is_floating_point() and output.requires_grad:
+            return torch.nan_to_num(output.float(), 0.0, 0.0, 0.0).sum() * 0.0
+        return torch.zeros((), device=output.device)
+    parts = [connected_zero(v) for v in (output.values() if isinstance(output, dict) else output)]
+    if not parts:
+        raise TypeError(f"cannot build a zero loss from a head output of type {type(output).__name__}")
+    return torch.stack(parts).sum()
 
 
 def barrier(env: DistEnv) -> None:

@@ -27,6 +27,10 @@ def move(batch: Any, device: torch.device) -> Any:
     return tree_map(lambda t: t.to(device, non_blocking=True), batch)
 
 
+def _float(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.is_floating_point() else t
+
+
 def primary_metric(metrics: Mapping[str, float]) -> str:
     """A task's primary metric: its first one (``loss`` when it has no other)."""
     return next((m for m in metrics if m != "loss"), "loss")
@@ -44,7 +48,9 @@ def evaluate(
     """Metrics of every task on every source that labels it, plus each task's mean ``loss``.
 
     Metrics are gathered across ranks by torchmetrics; a task labelled by several sources is
-    scored over all of them together.
+    scored over all of them together. Under ``autocast`` only the shared encoder runs in reduced
+    precision: the task layers, metrics and loss see float32 (bf16 keeps 8 bits of mantissa, so
+    close logits would collapse into ties and distort ranking metrics such as AUROC or mAP).
     """
     wanted = list(tasks) if tasks is not None else list(model.tasks)
     metrics = {t: {k: m.to(env.device) for k, m in model.tasks[t].new_metrics().items()} for t in wanted}
@@ -59,7 +65,8 @@ def evaluate(
             for batch in eval_loader(source, loading, env.rank, env.world_size):
                 batch = move(batch, env.device)
                 with autocast():
-                    outputs = model(batch[source.input_key], present)
+                    features = model.encode(batch[source.input_key])
+                outputs = model.decode(tree_map(_float, features), present)
                 for t in present:
                     task = model.tasks[t]
                     target = batch[task.label_key]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import time
 import warnings
@@ -18,24 +19,36 @@ from typing import Any
 
 import torch
 import yaml
+from torch.nn.parallel import DistributedDataParallel
 
 from ..balancing import Balancer, BalancerSetup, NonFiniteGradients, StepContext
 from ..config import ReportConfig, TrainConfig
 from ..data import DataBundle, Loading, SourceStream, check_sources, labelled_sizes
-from ..distributed import DistEnv, all_reduce_sum, average_gradients, barrier, resolve_device
+from ..distributed import (
+    DistEnv,
+    all_reduce_sum,
+    any_rank,
+    average_gradients,
+    barrier,
+    connected_zero,
+    gather_objects,
+    resolve_device,
+)
 from ..errors import CheckpointError, ConfigError, NonFiniteLossError
 from ..evaluation import Results, evaluate, higher_is_better, monitored_value, move
 from ..io import load_state
 from ..model import JointModel
 from ..sampling import TaskSampler
 from .checkpoints import CheckpointManager
+from .compiled import compile_model
 from .conclude import conclude
+from .ddp import accumulating, step_forward, unused_zero
 from .interrupt import graceful_interrupt
 from .metrics_log import RunLog
 from .optim import build_optimizer, build_scheduler
 from .precision import Precision
 from .progress import progress_bar
-from .rng import rng_state, seed_everything, set_rng_state
+from .rng import restore_rank_rng, rng_state, seed_everything
 from .rundir import RunDir, RunStatus
 
 FORMAT = "jointtrain.trainer/2"
@@ -68,6 +81,9 @@ class Trainer:
         self.model = model.to(self.env.device)
         if config.channels_last and self.env.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
+        if self.env.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # a source's batches share one shape: autotune its convolutions once
+        self.compiled = compile_model(self.model, config.compile, self.env.device)
         self.data, self.balancer, self.sampler = data, balancer, sampler
         check_sources(data, list(model.tasks))
         if getattr(balancer, "grad_space", None) == "rep" and not model.architecture.shared_representation:
@@ -104,6 +120,8 @@ class Trainer:
             )
         )
         self.balancer.to(self.env.device)
+        self.forward_step = step_forward(self.model, self.env, balancer.space)
+        self.ddp = isinstance(self.forward_step, DistributedDataParallel)
         self.optimizer = build_optimizer(self.model, self.balancer, config)
         self.scheduler = build_scheduler(self.optimizer, config)
         self.precision = Precision(config.amp, self.env.device)
@@ -127,39 +145,58 @@ class Trainer:
         already, self.stop_requested = self.stop_requested, True
         return already
 
+    def _stop_agreed(self) -> bool:
+        """Whether every rank stops now. A signal reaches ranks at different steps, so under DDP the
+        flag is all-reduced at log steps only (one tiny collective every ``log_every`` steps) and
+        all ranks stop at the same step boundary."""
+        if not self.env.enabled:
+            return self.stop_requested
+        if self.step % self.config.log_every:
+            return False
+        return any_rank(self.stop_requested, self.env)
+
     # -- one step --------------------------------------------------------------------------
-    def _forward(self, batches: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, Any]]:
+    def _forward(
+        self, batches: dict[str, Any]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, Any], dict[str, dict[str, Any]]]:
         """Backbone once per source, the heads of its tasks, and each task's masked loss.
 
-        Returns (losses to backpropagate, their global values, features). A task's value is the
-        mean over every labelled sample of every source and rank; its loss is scaled so that the
-        ranks' averaged gradient is exactly the gradient of that global mean.
+        Returns (losses to backpropagate, their global values, features, task outputs per source).
+        A task's value is the mean over every labelled sample of every source and rank; its loss is
+        scaled so that the ranks' averaged gradient is exactly the gradient of that global mean.
         """
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}
-        features: dict[str, Any] = {}
+        inputs = {name: batch[self.source_by_name[name].input_key] for name, batch in batches.items()}
         with self.precision.autocast():
+            features, outputs = self.forward_step(inputs, {name: self.source_by_name[name].tasks for name in batches})
             for name, batch in batches.items():
-                source = self.source_by_name[name]
-                features[name] = self.model.encode(batch[source.input_key])
-                outputs = self.model.decode(features[name], source.tasks)
-                for t in source.tasks:
-                    task, target = self.model.tasks[t], batch[self.model.tasks[t].label_key]
-                    loss = task.loss(outputs[t], target)
-                    if loss is not None:
-                        n = task.labelled(outputs[t], target)[2]
-                        sums[t] = sums.get(t, 0.0) + loss.float() * n
-                        counts[t] = counts.get(t, 0) + n
+                for t in self.source_by_name[name].tasks:
+                    task, target, output = self.model.tasks[t], batch[self.model.tasks[t].label_key], outputs[name][t]
+                    loss = task.loss(output, target)
+                    n = task.labelled(output, target)[2] if loss is not None else 0
+                    # no labelled sample here: a zero on the graph, so this rank still joins t's collectives
+                    part = loss.float() * n if loss is not None else connected_zero(output)
+                    sums[t] = sums.get(t, 0.0) + part
+                    counts[t] = counts.get(t, 0) + n
         tasks = list(self.model.tasks)
         totals = torch.zeros(len(tasks), 2, device=self.env.device, dtype=torch.float64)  # (sum, count)
         for t, s in sums.items():
             totals[tasks.index(t), 0], totals[tasks.index(t), 1] = s.detach().double(), counts[t]
         all_reduce_sum(totals, self.env)
-        values = {t: float(totals[i, 0] / totals[i, 1]) for i, t in enumerate(tasks) if totals[i, 1] > 0}
-        losses = {t: s * (self.env.world_size / float(totals[tasks.index(t), 1])) for t, s in sums.items()}
-        return losses, values, features
+        # host sync, the trainer's only one per micro-batch: global counts pick the tasks that train,
+        # and the global means are the logged values and the non-finite check
+        global_totals = totals.tolist()
+        values = {t: total / count for t, (total, count) in zip(tasks, global_totals, strict=True) if count > 0}
+        # the same task set on every rank (labelled on some rank), so balancers run the same collectives
+        losses = {
+            t: s * (self.env.world_size / global_totals[tasks.index(t)][1]) for t, s in sums.items() if t in values
+        }
+        return losses, values, features, outputs
 
-    def _backward(self, total: torch.Tensor) -> None:
+    def _backward(self, total: torch.Tensor, unused: torch.Tensor | None = None) -> None:
+        if unused is not None:
+            total = total + unused
         self.precision.scaler.scale(total / self.config.grad_accum).backward()
 
     def train_step(self) -> dict[str, Any]:
@@ -169,31 +206,41 @@ class Trainer:
         logged: dict[str, list[float]] = {}
         weights: dict[str, float] = {}
         batches: dict[str, Any] = {}
-        for _ in range(self.config.grad_accum):
-            batches = {name: move(next(self.streams[name]), self.env.device) for name in chosen}
-            losses, values, features = self._forward(batches)
-            bad = {t: v for t, v in values.items() if not math.isfinite(v)}
-            if bad:
-                return self._skip_nonfinite(bad)
-            if not losses:
-                continue  # no labelled sample of any task on this rank
-            ctx = StepContext(
-                step=self.step,
-                backward=self._backward,
-                loss_values=values,
-                model=self.model,
-                features=features,
-                source_tasks={name: self.source_by_name[name].tasks for name in batches},
-                env=self.env,
-                scaler=self.precision.scaler,
-                grad_accum=self.config.grad_accum,
-            )
-            try:
-                weights = self.balancer.backward(losses, ctx)
-            except NonFiniteGradients as e:  # gradient-space methods check the task gradients
-                return self._skip_nonfinite(e.values, what="gradient squared norm")
+        trained: set[str] = set()
+        for i in range(self.config.grad_accum):
+            with accumulating(self.forward_step, last=i == self.config.grad_accum - 1):
+                batches = {name: move(next(self.streams[name]), self.env.device) for name in chosen}
+                losses, values, features, outputs = self._forward(batches)
+                bad = {t: v for t, v in values.items() if not math.isfinite(v)}
+                if self.ddp and (bad or not losses):
+                    self._backward(connected_zero(outputs))  # DDP's reducer must see every forward's backward
+                if bad:
+                    return self._skip_nonfinite(bad)
+                if not losses:
+                    continue  # no labelled sample of any task on any rank: every rank skips alike
+                ctx = StepContext(
+                    step=self.step,
+                    backward=functools.partial(
+                        self._backward, unused=unused_zero(outputs, losses) if self.ddp else None
+                    ),
+                    loss_values=values,
+                    model=self.model,
+                    features=features,
+                    source_tasks={name: self.source_by_name[name].tasks for name in batches},
+                    env=self.env,
+                    scaler=self.precision.scaler,
+                    grad_accum=self.config.grad_accum,
+                )
+                try:
+                    weights = self.balancer.backward(losses, ctx)
+                except NonFiniteGradients as e:  # gradient-space methods check the task gradients
+                    return self._skip_nonfinite(e.values, what="gradient squared norm")
+            trained.update(losses)
             for t, v in values.items():
                 logged.setdefault(t, []).append(v)
+        for t in set(self.model.tasks) - trained:  # no labelled sample all step: no gradient, as without DDP
+            for p in self.model.task_parameters(t):
+                p.grad = None
         self.nonfinite_in_a_row = 0
         grad_norm = self._optimizer_step()
         self.balancer.after_step(lambda: self._recompute(batches))
@@ -209,6 +256,8 @@ class Trainer:
     def _optimizer_step(self) -> float | None:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         synced = {id(p) for p in self.balancer.synchronised_parameters()}  # already global: not averaged again
+        if self.ddp:  # DDP averaged the model's gradients during backward
+            synced |= {id(p) for p in self.model.parameters()}
         average_gradients([p for p in params if id(p) not in synced], self.env)
         scaler = self.precision.scaler
         scaler.unscale_(self.optimizer)
@@ -254,7 +303,8 @@ class Trainer:
         return monitored_value(results, self.config.monitor, self.reference, self.directions)
 
     # -- state -------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, rank_rngs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The resumable state; ``rank_rngs``: every rank's RNG state (default: this process's only)."""
         return {
             "format": FORMAT,
             "step": self.step,
@@ -266,7 +316,7 @@ class Trainer:
             "scaler": self.precision.scaler.state_dict(),
             "balancer": self.balancer.state_dict(),
             "streams": {name: s.state_dict() for name, s in self.streams.items()},
-            "rng": rng_state(),
+            "rng": rank_rngs or [rng_state(self.env.device)],
             "checkpoints": self.checkpoints.state_dict(),
             "reference": self.reference,
             "best_val": self.best_val,
@@ -292,7 +342,8 @@ class Trainer:
         self.precision.scaler.load_state_dict(state["scaler"])
         for name, s in state["streams"].items():
             self.streams[name].load_state_dict(s)
-        set_rng_state(state["rng"])
+        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # older checkpoints: rank 0 only
+        restore_rank_rng(rngs, self.env.rank, self.env.device, self.config.seed, int(state["step"]))
         self.checkpoints.load_state_dict(state["checkpoints"])
         self.step, self.reference, self.best_val = int(state["step"]), state["reference"], state["best_val"]
         self.evals_without_improvement = int(state["evals_without_improvement"])
@@ -322,7 +373,7 @@ class Trainer:
                         if self.step < c.max_steps and self.evals_without_improvement >= c.early_stopping_patience > 0:
                             status = RunStatus.EARLY_STOPPED
                             break
-                    if self.stop_requested:
+                    if self._stop_agreed():
                         self._save(None)
                         status = RunStatus.INTERRUPTED
                         break
@@ -392,7 +443,8 @@ class Trainer:
 
     def _save(self, score: float | None) -> bool:
         """Checkpoint (rank 0 writes); True when ``score`` is the best so far."""
-        improved = self.checkpoints.save(self.step, self.state_dict, self.model, score)
+        rngs = gather_objects(rng_state(self.env.device), self.env)  # every rank joins; rank 0 writes them
+        improved = self.checkpoints.save(self.step, lambda: self.state_dict(rngs), self.model, score)
         barrier(self.env)
         return improved
 

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import socket
+import time
+from collections.abc import Callable
 from typing import Any
+
+import pytest
+import torch.multiprocessing as mp
 
 from core.config import RunConfig, load_config
 
@@ -30,3 +36,21 @@ def build_trainer(config: RunConfig, out_dir: Any = "config") -> Any:
     from core.experiments.builder import Experiment
 
     return Experiment(config).trainer(out_dir=out_dir)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(fn: Callable[..., None], *args: Any, nprocs: int = 2, timeout_s: float = 120) -> None:
+    """``mp.spawn`` of ``fn(rank, nprocs, port, *args)`` with a deadline: a rank blocked in a
+    collective fails the test instead of hanging the suite."""
+    context = mp.start_processes(fn, args=(nprocs, free_port(), *args), nprocs=nprocs, join=False)
+    deadline = time.monotonic() + timeout_s
+    while not context.join(timeout=1):  # returns when one process ends: loop until all have
+        if time.monotonic() > deadline:
+            for p in context.processes:
+                p.kill()
+            pytest.fail(f"{nprocs} ranks did not finish within {timeout_s} s (a collective hangs)")

@@ -1,8 +1,15 @@
 from __future__ import annotations
 
 import pytest
+import torch
+from torch import nn
+from torchmetrics.classification import BinaryAUROC
 
-from core.evaluation import delta_m, selection_score
+from core.data import DictDataset, Loading, Source
+from core.engine.precision import Precision
+from core.evaluation import delta_m, evaluate, selection_score
+from core.model import JointModel
+from core.task import Task
 
 DIRECTIONS = {"seg": {"miou": True, "acc": True}, "depth": {"abs_err": False}}
 
@@ -36,3 +43,18 @@ def test_raw_score_would_let_large_units_dominate():
     good_seg = {"seg": {"miou": 0.9}, "depth": {"abs_err": 390.0}}  # +80%, +2.5%
     good_depth = {"seg": {"miou": 0.1}, "depth": {"abs_err": 380.0}}  # -80%, +5%
     assert selection_score(good_seg, reference, DIRECTIONS) > selection_score(good_depth, reference, DIRECTIONS)
+
+
+def test_bf16_evaluation_scores_float32_head_outputs():
+    """1,000 distinct logits in [2, 2.1]: bf16 rounds them onto ~7 values, ties that cost AUROC."""
+    head = nn.Linear(1, 1)
+    nn.init.ones_(head.weight), nn.init.zeros_(head.bias)
+    task = Task("b", head, nn.functional.binary_cross_entropy_with_logits, {"auroc": BinaryAUROC}, "b")
+    model = JointModel(nn.Identity(), [task])
+    x = torch.linspace(2.0, 2.1, 1000)
+    source = Source("s", DictDataset({"inputs": x[:, None], "b": (x > 2.05).float()[:, None]}), ["b"])
+    autocast = Precision("bf16", torch.device("cpu")).autocast
+    with autocast():
+        assert len(head(x[:, None]).unique()) < 10  # what the metric would have seen
+    results = evaluate(model, [source], Loading(batch_size=250), autocast=autocast)
+    assert results["b"]["auroc"] == 1.0  # every positive above every negative: no ties

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torchvision.ops import sigmoid_focal_loss
 
 from core.errors import DataError
 from core.tasks import build_task
@@ -9,7 +10,7 @@ from tests.core.helpers import build_trainer
 from tests.vision.helpers import TINY_BACKBONE, vision_config
 from vision.backbone import TimmBackbone
 from vision.heads import decode
-from vision.heads.fcos_loss import assign, level_ranges
+from vision.heads.fcos_loss import assign, fcos_loss, level_ranges
 
 
 def test_assignment_picks_the_smallest_box_and_respects_the_center_region():
@@ -91,3 +92,16 @@ def test_overfits_a_handful_of_scenes(tmp_path, scenes_root):
     results = trainer.evaluate("train")["detection"]
     assert results["loss"] < 0.5 * first
     assert results["map_50"] > 0.9
+
+
+def test_images_without_boxes_cost_only_the_classification_term():
+    """No positive location: the box and centerness terms are empty sums (0), with no host branch."""
+    backbone, task = _detection_task()
+    out = task.head(backbone(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)))
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
+    loss = fcos_loss(out, [empty, empty])
+    logits = out["cls_logits"].float()
+    expected = sigmoid_focal_loss(logits, torch.zeros_like(logits), reduction="sum")
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in task.head.parameters() if p.grad is not None)

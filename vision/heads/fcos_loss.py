@@ -90,13 +90,12 @@ def fcos_loss(
     points, strides = output["points"].float(), output["strides"].float()
     labels, gt_boxes = assign(points, strides, *pad_targets(targets, points.device), center_radius)  # (B, N), (B, N, 4)
     positive = labels >= 0
-    num_pos = max(int(positive.sum()), 1)
+    num_pos = positive.sum().clamp(min=1)  # stays on the device: no host sync
     logits = output["cls_logits"].float()
     cls_target = torch.zeros_like(logits)
     cls_target[positive, labels[positive]] = 1.0
     cls_loss = sigmoid_focal_loss(logits, cls_target, focal_alpha, focal_gamma, reduction="sum") / num_pos
-    if not bool(positive.any()):
-        return cls_loss
+    # without positives the selections below are empty and their sums 0: no branch on the host
     pos_points = points[None].expand_as(gt_boxes[..., :2])[positive]
     pred_boxes = ltrb_to_boxes(pos_points, output["box_ltrb"].float()[positive])
     ctr_target = centerness_target(pos_points, gt_boxes[positive])
