@@ -99,7 +99,7 @@ def generation_metric(name: str) -> Callable[[], Metric]:
     from torchmetrics.text import CHRFScore, SacreBLEUScore
 
     factories: dict[str, Callable[[], Metric]] = {
-        "chrf": CHRFScore,
+        "chrf": lambda: CHRFScore(n_word_order=0),  # chrF (torchmetrics defaults to chrF++)
         "bleu": lambda: SacreBLEUScore(tokenize="13a"),
         "exact_match": ExactMatch,
     }
