@@ -109,3 +109,19 @@ def test_push_payload_holds_config_weights_card(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("name", "ok"), [("org/name", True), ("a/b.c-d_e", True), ("../x", False), ("a/b/c", False)])
 def test_repo_id_shape(name: str, ok: bool) -> None:
     assert hub.is_repo_id(name) is ok
+
+
+def test_cli_predict_takes_a_hub_id(tmp_path: Path, offline: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from core.cli import main
+
+    _model().save_pretrained(tmp_path / "m")
+    _publish(tmp_path / "m", tmp_path / "cache", "acme/pets")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "cache"))
+    np.save(tmp_path / "x.npy", np.zeros((2, 4), dtype=np.float32))
+    out = tmp_path / "p.json"
+    assert main(["predict", "acme/pets", str(tmp_path / "x.npy"), "--out", str(out), "--revision", REVISION]) == 0
+    predictions = json.loads(out.read_text())["predictions"]
+    assert len(predictions) == 2 and predictions[0]["kind"]["label"] in ("cat", "dog")
