@@ -137,6 +137,21 @@ def run_results(model_dir: Path) -> tuple[dict[str, Any], str | None]:
     return results, config
 
 
+def write_card(model_dir: str | Path) -> Path:
+    """(Re)write a saved model's card from its config and its run's current results (e.g. once the
+    test split has been scored, after the folder was saved)."""
+    from .io import atomic_write_text
+
+    model_dir = Path(model_dir)
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{model_dir} holds no readable config.json: {e}") from e
+    results, training_config = run_results(model_dir)
+    atomic_write_text(model_dir / CARD_NAME, model_card(config, results, training_config))
+    return model_dir / CARD_NAME
+
+
 def push_payload(model_dir: str | Path) -> list[Path]:
     """The files of a saved model folder that a push uploads (relative paths); refuses a folder that
     is not a complete model (no config, weights or card)."""

@@ -25,6 +25,7 @@ from core.config import RunConfig
 from core.errors import JointTrainError
 from core.experiments.builder import Experiment
 from core.experiments.run import train
+from core.hub import write_card
 from core.io import atomic_write_json
 from core.model import JointModel
 
@@ -54,6 +55,7 @@ def run(config: RunConfig) -> dict[str, Any]:
     start = time.perf_counter()
     report = train(config)
     report["wall_time_s"] = time.perf_counter() - start
+    write_card(Path(config.output_dir) / "best")  # now with the test metrics the run just wrote
     return report
 
 

@@ -90,6 +90,10 @@ def test_model_card_lists_tasks_labels_metrics_and_the_run_config(tmp_path: Path
     assert "| test | kind | accuracy | 0.8750 |" in card and "| test | size | mae | 1.2500 |" in card
     assert "loss" not in card.split("## Metrics")[1].split("##")[0]
     assert "max_steps: 7" in card and f"jointtrain {hub.library_version()}" in card
+    results["models"]["best"]["val"] = {"kind": {"accuracy": 0.5}}
+    (run / "results.json").write_text(json.dumps(results))
+    hub.write_card(run / "best")
+    assert "| val | kind | accuracy | 0.5000 |" in (run / "best" / "README.md").read_text()
     bare = (tmp_path / "bare").joinpath("m")
     _model().save_pretrained(bare)
     assert "## Metrics" not in (bare / "README.md").read_text()
