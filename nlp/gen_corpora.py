@@ -27,7 +27,17 @@ from core.errors import DataError
 from core.io import atomic_write, atomic_write_dir
 
 from .conll import parse_conll
-from .corpora import FRACTIONS, NER_SHA256, SEED, _verified, cache_dir, ner_file, sha256, split_names
+from .corpora import (
+    FRACTIONS,
+    NER_SHA256,
+    SEED,
+    _verified,
+    cache_dir,
+    ner_file,
+    sha256,
+    split_names,
+    write_jsonl_corpora,
+)
 from .metrics import bio_spans
 
 VERSION = "generation-v1"
@@ -96,15 +106,7 @@ def prepare(cache: str | Path | None = None) -> Path:
     corpora = {"extract": build_extraction(parse_conll(raw.decode("utf-8"), str(path))), **build_numbers()}
 
     def write(tmp: Path) -> None:
-        files, sizes = {}, {}
-        for task, splits in corpora.items():
-            (tmp / task).mkdir()
-            sizes[task] = {}
-            for split, examples in splits.items():
-                data = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples).encode("utf-8")
-                (tmp / task / f"{split}.jsonl").write_bytes(data)
-                files[f"{task}/{split}.jsonl"] = sha256(data)
-                sizes[task][split] = len(examples)
+        files, sizes = write_jsonl_corpora(tmp, corpora)
         manifest = {"version": VERSION, "num2words": num2words_version(), "files": files, "sizes": sizes}
         atomic_write(tmp / "manifest.json", lambda p: p.write_text(json.dumps(manifest, indent=2) + "\n"))
 
