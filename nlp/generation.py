@@ -3,8 +3,9 @@
 Each generation task owns a small ``BertGenerationDecoder`` (causal self-attention plus
 cross-attention over the encoder's token states ``features["tokens"]`` under their padding mask
 ``features["mask"]``). The decoder shares the encoder's tokenizer, so its vocabulary is the
-encoder's and its word embeddings start as a copy of the encoder's (a fresh decoder then only
-learns to read and order, not to spell; the copy is independent, so tasks do not overwrite it).
+encoder's; its word embeddings (tied to the output layer) start random: a copy of a trained
+encoder's embeddings, whose norms are large, saturates the tied softmax (initial loss ~20 on
+MiniLM) and left the decoders stuck at unigram level in the demo.
 
 The head's forward only passes the encoder memory on: decoding needs the target (teacher
 forcing) or a loop (``generate``), both of which the task runs in ``loss`` / ``update_metrics``
@@ -204,11 +205,6 @@ def generation(
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,
     )
-    embeddings = getattr(getattr(backbone, "encoder", None), "get_input_embeddings", lambda: None)()
-    decoder_embeddings = module.decoder.get_input_embeddings()
-    if embeddings is not None and embeddings.weight.shape == decoder_embeddings.weight.shape:
-        with torch.no_grad():
-            decoder_embeddings.weight.copy_(embeddings.weight)
     spec = {
         "type": "generation",
         "vocab_size": vocab_size,
