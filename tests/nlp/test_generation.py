@@ -59,6 +59,7 @@ def test_greedy_generate_matches_argmax_of_the_teacher_forced_logits(tiny_encode
     torch.manual_seed(0)
     encoder = HFEncoder(tiny_encoder).eval()
     task = _task(encoder, max_new_tokens=6)
+    task.head.eval()  # no dropout: both passes see the same network
     output = task.head(_features(encoder, ["alice went to paris", "bob"]))
     ids = task.head.generate(output["memory"], output["mask"], 6, num_beams=1)
     assert ids.shape[0] == 2 and (ids[:, 0] == task.spec["bos_token_id"]).all()
