@@ -67,10 +67,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .distributed import init_distributed
     from .engine.rundir import RunDir, refuse_artifact_path
     from .evaluation import evaluate
+    from .hub import resolve
     from .io import atomic_write_json
     from .model import JointModel
 
-    path = Path(args.path)
+    path = resolve(args.path, args.revision)  # a hub id becomes its cached snapshot folder
     model_dir, (data_spec, loading, imports) = _model_dir_and_data(path, args.model)
     if args.out:
         refuse_artifact_path(args.out)
@@ -110,7 +111,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         model_dir = model_dir / "best"
     tasks = args.tasks.split(",") if args.tasks else None
     model = JointModel.from_pretrained(
-        model_dir, tasks=tasks, map_location=resolve_device(args.device), trust_remote_code=args.trust_remote_code
+        model_dir,
+        tasks=tasks,
+        map_location=resolve_device(args.device),
+        trust_remote_code=args.trust_remote_code,
+        revision=args.revision,
     )
     predictor = PREDICTORS.get(model.extra.get("predictor", "tensor"))
     out = Path(args.out)
@@ -208,7 +213,8 @@ def parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="per-task metrics of a run's best model (or a model directory)")
-    e.add_argument("path", help="run directory or model directory")
+    e.add_argument("path", help="run directory, model directory or hub id (org/name)")
+    e.add_argument("--revision", help="hub ids: branch, tag or commit (default main)")
     e.add_argument("--split", default="test", choices=["train", "val", "test"])
     e.add_argument("--model", default="best", help="which model of a run directory: best (default) or final")
     e.add_argument("--out", help="write the JSON here (default: merged into the run's results.json)")
@@ -217,7 +223,8 @@ def parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("predict", help="run a saved model on an input file")
-    r.add_argument("model", help="model directory (or a run directory: its best/ model)")
+    r.add_argument("model", help="model directory, run directory (its best/ model) or hub id (org/name)")
+    r.add_argument("--revision", help="hub ids: branch, tag or commit (default main)")
     r.add_argument("input", help="input file (format depends on the model: .npy/.csv, image, text, records)")
     r.add_argument("--out", default="predictions.json")
     r.add_argument("--tasks", help="comma-separated subset of tasks")

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from . import hub
 from .architectures import ARCHITECTURES
 from .backbones import BACKBONES, export_spec, load_extra, save_extra
 from .errors import CheckpointError
@@ -67,8 +68,8 @@ class JointModel(nn.Module):
         per_task = self.architecture.decode(features, names)
         dropped: dict[int, Any] = {}  # features read by several heads get one dropout draw, as before
         for feats in per_task.values():
-            if id(feats) not in dropped:
-                dropped[id(feats)] = tree_map(self.head_dropout, feats)
+            if id(feats) not in dropped:  # masks and ids beside the states stay as they are
+                dropped[id(feats)] = tree_map(lambda t: self.head_dropout(t) if t.is_floating_point() else t, feats)
         return {name: self.heads[name](dropped[id(per_task[name])]) for name in names}
 
     def forward(self, inputs: Any, tasks: Iterable[str] | None = None) -> dict[str, Any]:
@@ -125,15 +126,26 @@ class JointModel(nn.Module):
             "architecture": self.architecture.spec(),
         }
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` atomically; returns the directory."""
+    def save_pretrained(
+        self, directory: str | Path, results: dict[str, Any] | None = None, training_config: str | None = None
+    ) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` + a ``README.md`` model card atomically.
+
+        The card lists ``results`` (``{split: {task: {metric: value}}}``) and ``training_config``;
+        by default those of the run the folder sits in (``run/best``: ``run/results.json``,
+        ``run/config.yaml``) when they exist.
+        """
         config = self.config()
+        if results is None and training_config is None:
+            results, training_config = hub.run_results(Path(directory))
+        card = hub.model_card(config, results, training_config)
         # Tied tensors share storage, which safetensors refuses; each gets its own copy.
         state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.state_dict().items()}
 
         def write(tmp: Path) -> None:
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
             save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
+            (tmp / hub.CARD_NAME).write_text(card)
             save_extra(self.backbone, tmp)  # files beside the weights (a tokenizer)
 
         atomic_write_dir(directory, write)
@@ -180,6 +192,14 @@ class JointModel(nn.Module):
             load_extra(model.backbone, Path(tmp))
         return model.to(next(self.parameters()).device)
 
+    def push_to_hub(
+        self, repo_id: str, private: bool = False, commit_message: str = "Upload joint model", token: str | None = None
+    ) -> str:
+        """Save into a temporary folder (config, weights, card, tokenizer) and upload it to ``repo_id``."""
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = self.save_pretrained(Path(tmp) / "model")
+            return hub.push_folder(folder, repo_id, private=private, commit_message=commit_message, token=token)
+
     @classmethod
     def from_pretrained(
         cls,
@@ -187,13 +207,17 @@ class JointModel(nn.Module):
         tasks: Sequence[str] | None = None,
         map_location: str | torch.device = "cpu",
         trust_remote_code: bool = False,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
     ) -> JointModel:
-        """Rebuild a saved model with no pickle and no network; ``tasks`` loads a subset of heads.
+        """Rebuild a saved model with no pickle; ``tasks`` loads a subset of heads.
 
-        Components resolve by registered name only: an import path in ``config.json`` would run code
-        from the file, so it is refused unless ``trust_remote_code=True``.
+        ``directory`` is a folder or a hub id ``org/name`` (at ``revision``, cached in ``cache_dir``;
+        ``HF_HUB_OFFLINE=1`` reads the cache only). Components resolve by registered name only: an
+        import path in ``config.json`` would run code from the file, so it is refused unless
+        ``trust_remote_code=True``, for folders and hub ids alike.
         """
-        directory = Path(directory)
+        directory = hub.resolve(directory, revision, cache_dir)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         if not config_path.is_file() or not weights_path.is_file():
             raise CheckpointError(

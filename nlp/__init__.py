@@ -5,7 +5,7 @@ and ``token`` heads, the text task types, the ``text`` and ``nlp_demo`` datasets
 ``text`` predictor.
 """
 
-from . import data, demo, encoder, heads, predict, tasks
+from . import data, demo, encoder, generation, heads, predict, tasks
 from .encoder import HFEncoder, load_tokenizer
 from .metrics import EntityScore, bio_spans
 
@@ -16,6 +16,7 @@ __all__ = [
     "data",
     "demo",
     "encoder",
+    "generation",
     "heads",
     "load_tokenizer",
     "predict",

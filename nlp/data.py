@@ -3,7 +3,8 @@
 A config's ``data.sources`` maps a source name to one dataset and the task labels it carries:
 one source per task (combined by the samplers) or one source labelling several tasks (the
 multi-labelled regime). Label kinds: ``class`` (one name per text), ``multilabel`` (a list of
-names), ``regression`` (a number), ``token`` (one tag per word of a ``tokens`` column).
+names), ``regression`` (a number), ``token`` (one tag per word of a ``tokens`` column),
+``generation`` (a target text, tokenised with the same tokenizer, for a decoder).
 Missing labels (null / empty) are normal and masked.
 """
 
@@ -29,7 +30,7 @@ from .encoder import MINILM, load_tokenizer
 log = logging.getLogger(__name__)
 
 IGNORE = -100  # the position carries no label (padding, special and continuation sub-tokens)
-KINDS = ("class", "multilabel", "regression", "token")
+KINDS = ("class", "multilabel", "regression", "token", "generation")
 SPLITS = ("train", "validation", "test")
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -37,7 +38,7 @@ INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 @dataclass
 class LabelSpec:
     column: str
-    kind: str = "class"  # class | multilabel | regression | token
+    kind: str = "class"  # class | multilabel | regression | token | generation
     names: list[str] | None = None  # label (or tag) names; default: sorted values of the train split
 
 
@@ -100,6 +101,7 @@ def encode_batch(
     columns: dict[str, Any],
     labels: dict[str, dict[str, Any]],
     where: str,
+    max_target_length: int = 64,
 ) -> dict[str, list[Any]]:
     """Tokenise texts (or word lists) and encode labels; word tags go on first sub-tokens."""
     ids = batch[columns["id"]] if columns["id"] else indices
@@ -127,9 +129,17 @@ def encode_batch(
     out: dict[str, list[Any]] = {k: enc[k] for k in INPUT_KEYS if k in enc}
     out["truncated"] = [bool(e.overflowing) for e in enc.encodings]
     for task, spec in labels.items():
-        index = {n: j for j, n in enumerate(spec["names"])}
         values = batch[spec["column"]]
         encoded: list[Any] = []
+        if spec["kind"] == "generation":  # [CLS] target [SEP]; an empty target is missing ([])
+            present = [i for i, v in enumerate(values) if not _missing(v) and str(v).strip()]
+            ids = tokenizer([str(values[i]) for i in present], truncation=True, max_length=max_target_length)
+            encoded = [[] for _ in values]
+            for i, row in zip(present, ids["input_ids"], strict=True):
+                encoded[i] = row
+            out[task] = encoded
+            continue
+        index = {n: j for j, n in enumerate(spec["names"])}
         for i, value in enumerate(values):
             if spec["kind"] == "token":
                 encoded.append(_align(enc.word_ids(i), value, index, columns, fail, i, len(texts[i])))
@@ -183,6 +193,21 @@ def _align(
     return out
 
 
+def generation_updates(tokenizer: Any) -> dict[str, Any]:
+    """What a generation task takes from the tokenizer: its vocabulary and start / end / pad ids."""
+    bos = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    eos = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    if bos is None or eos is None or tokenizer.pad_token_id is None:
+        raise ConfigError("generation tasks need a tokenizer with start ([CLS]/<s>), end ([SEP]/</s>) and pad tokens")
+    return {
+        "type": "generation",
+        "vocab_size": len(tokenizer),
+        "bos_token_id": int(bos),
+        "eos_token_id": int(eos),
+        "pad_token_id": int(tokenizer.pad_token_id),
+    }
+
+
 class TextDataset(Dataset):
     """Tokenised examples of one source and split; labels are stored under the task names."""
 
@@ -201,6 +226,8 @@ class TextDataset(Dataset):
             column = self.data[task]
             if kind == "token":
                 counts[task] = sum(any(t >= 0 for t in row) for row in column)
+            elif kind == "generation":
+                counts[task] = sum(bool(row) for row in column)
             elif kind == "class":
                 counts[task] = sum(v >= 0 for v in column)
             elif kind == "multilabel":
@@ -227,6 +254,9 @@ class Collator:
         for task, kind in self.kinds.items():
             if kind == "token":
                 batch[task] = pad(task, IGNORE)
+            elif kind == "generation":  # its own length; a sample without a target is a row of -100
+                width = max(1, *(len(r[task]) for r in rows))
+                batch[task] = torch.tensor([r[task] + [IGNORE] * (width - len(r[task])) for r in rows])
             elif kind == "class":
                 batch[task] = torch.tensor([r[task] for r in rows], dtype=torch.long)
             else:
@@ -266,12 +296,14 @@ def text_data(
     test_fraction: float = 0.1,
     seed: int = 0,
     max_train_samples: int = 0,
+    max_target_length: int = 64,
 ) -> DataBundle:
     """Your own text data: ``sources: {name: {path, data_files, text, labels: {task: column}}}``.
 
     ``tokenizer`` must be the encoder's (name or directory); ``max_length`` truncates (counted in
-    the log); ``max_train_samples`` caps each training split (0 = all) for quick runs. Label
-    names found in the data go to the tasks through ``task_updates``.
+    the log), ``max_target_length`` truncates generation targets; ``max_train_samples`` caps each
+    training split (0 = all) for quick runs. Label names found in the data, and for generation
+    tasks the tokenizer's vocabulary size and special ids, go to the tasks through ``task_updates``.
     """
     if not sources:
         raise ConfigError("data.sources is empty: give at least one dataset and the task labels it carries")
@@ -293,6 +325,10 @@ def text_data(
             feature = parts["train"].features.get(lab.column)
             if feature is None:
                 raise DataError(f"data source '{source_name}' has no column '{lab.column}' (task '{task}')")
+            if lab.kind == "generation":
+                label_info[task] = {"column": lab.column, "kind": lab.kind}
+                task_updates[task] = generation_updates(tok)
+                continue
             class_label = isinstance(feature, datasets.ClassLabel)
             names = lab.names or (feature.names if class_label else infer_names(parts["train"][lab.column], lab.kind))
             label_info[task] = {"column": lab.column, "kind": lab.kind, "names": names, "class_label": class_label}
@@ -314,6 +350,7 @@ def text_data(
                     "columns": columns,
                     "labels": label_info,
                     "where": where,
+                    "max_target_length": max_target_length,
                 },
                 desc=f"tokenising {source_name}/{split}",
             )

@@ -1,7 +1,8 @@
 """The shared text encoder: any ``transformers.AutoModel`` with cls/mean pooling.
 
-Features are ``{"pooled": (B, H), "tokens": (B, L, H)}``: sequence heads read the pooled vector,
-token heads the per-token states. The tokenizer travels with the saved model (``save_extra``),
+Features are ``{"pooled": (B, H), "tokens": (B, L, H), "mask": (B, L)}``: sequence heads read the
+pooled vector, token heads the per-token states, decoders cross-attend to the states under the
+padding mask. The tokenizer travels with the saved model (``save_extra``),
 and ``export_spec`` stores the HF config, so a saved model rebuilds with no download.
 """
 
@@ -161,7 +162,7 @@ class HFEncoder(nn.Module):
         else:
             weights = mask.unsqueeze(-1).to(tokens.dtype)
             pooled = (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-        return {"pooled": pooled, "tokens": tokens}
+        return {"pooled": pooled, "tokens": tokens, "mask": mask}
 
     def forward(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         tokens = self.encoder(**self._encoder_kwargs(inputs)).last_hidden_state

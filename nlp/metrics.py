@@ -7,7 +7,7 @@ tag of another type. A predicted entity counts only when type and both boundarie
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -73,3 +73,34 @@ class EntityScore(Metric):
         if self.score == "recall":
             return recall
         return 2 * precision * recall / (precision + recall) if precision + recall > 0 else tp.new_tensor(0.0)
+
+
+class ExactMatch(Metric):
+    """Share of generated strings equal to their reference (after stripping outer spaces)."""
+
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("correct", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: Sequence[str], target: Sequence[Sequence[str]]) -> None:
+        self.correct += sum(p.strip() in {r.strip() for r in refs} for p, refs in zip(preds, target, strict=True))
+        self.total += len(preds)
+
+    def compute(self) -> Tensor:
+        return self.correct.double() / self.total if self.total > 0 else self.correct.new_tensor(0.0).double()
+
+
+def generation_metric(name: str) -> Callable[[], Metric]:
+    """chrF and BLEU as sacreBLEU computes them (torchmetrics ports, states summed across ranks)."""
+    from torchmetrics.text import CHRFScore, SacreBLEUScore
+
+    factories: dict[str, Callable[[], Metric]] = {
+        "chrf": lambda: CHRFScore(n_word_order=0),  # chrF (torchmetrics defaults to chrF++)
+        "bleu": lambda: SacreBLEUScore(tokenize="13a"),
+        "exact_match": ExactMatch,
+    }
+    return factories[name]

@@ -6,6 +6,7 @@ cache on first use) and the offline all-MiniLM-L6-v2 encoder, sized for a small 
     python scripts/train_nlp.py                          # joint run + TF-IDF / lexicon baselines
     python scripts/train_nlp.py --single-task            # also each task alone, same step budget
     python scripts/train_nlp.py --tasks sentiment        # one task alone
+    python scripts/train_nlp.py --generation --single-task  # text-to-text tasks, each with its decoder
     python scripts/train_nlp.py --device cuda --set train.max_steps=2000
     jointtrain predict runs/nlp_demo texts.txt --out predictions.json
 """
@@ -24,10 +25,12 @@ from core.config import RunConfig
 from core.errors import JointTrainError
 from core.experiments.builder import Experiment
 from core.experiments.run import train
+from core.hub import write_card
 from core.io import atomic_write_json
 from core.model import JointModel
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "nlp_demo.yaml"
+GENERATION_CONFIG = Path(__file__).parent / "configs" / "nlp_generation.yaml"
 EXAMPLES = [
     "A warm, funny and beautifully acted film that never outstays its welcome.",
     "The plot drags and the jokes fall flat.",
@@ -35,51 +38,74 @@ EXAMPLES = [
 ]
 
 
+def examples(config: RunConfig) -> list[str]:
+    """Texts to show predictions on: fixed ones, or the first test input of each generation task."""
+    from nlp.demo import GENERATION_TASKS
+
+    generation = [t for t in config.tasks if t in GENERATION_TASKS]
+    if config.data.get("name") != "nlp_demo" or not generation:
+        return EXAMPLES
+    from nlp import gen_corpora
+
+    root = gen_corpora.prepare(config.data.get("cache"))
+    return [gen_corpora.read_split(root, task, "test")[0]["text"] for task in generation]
+
+
 def run(config: RunConfig) -> dict[str, Any]:
     start = time.perf_counter()
     report = train(config)
     report["wall_time_s"] = time.perf_counter() - start
+    write_card(Path(config.output_dir) / "best")  # now with the test metrics the run just wrote
     return report
 
 
-def baselines(config: RunConfig) -> dict[str, dict[str, float]]:
-    """TF-IDF + logistic regression (sequence tasks) and a word-tag lexicon (NER), same splits."""
+def baselines(config: RunConfig) -> dict[str, dict[str, dict[str, float]]]:
+    """``{baseline: {task: metrics}}`` on the same test splits: TF-IDF + logistic regression (sequence
+    tasks), a word-tag lexicon (NER), copying the input and the majority target (generation tasks)."""
     if config.data.get("name") != "nlp_demo":
         return {}
-    from nlp.baselines import ner_lexicon, tfidf_logreg
-    from nlp.corpora import prepare
+    from nlp import corpora, gen_corpora
+    from nlp.baselines import copy_and_majority, ner_lexicon, tfidf_logreg
+    from nlp.demo import GENERATION_TASKS
+    from nlp.encoder import load_tokenizer
 
-    root = prepare(config.data.get("cache"))
-    out = {}
+    out: dict[str, dict[str, dict[str, float]]] = {}
     for task in config.tasks:
-        out[task] = ner_lexicon(root) if task == "ner" else tfidf_logreg(root, task)
+        if task in GENERATION_TASKS:
+            root, tokenizer = gen_corpora.prepare(config.data.get("cache")), load_tokenizer(config.data["tokenizer"])
+            for name, metrics in copy_and_majority(root, task, tokenizer).items():
+                out.setdefault(name, {})[task] = metrics
+        else:
+            root = corpora.prepare(config.data.get("cache"))
+            metrics = ner_lexicon(root) if task == "ner" else tfidf_logreg(root, task)
+            out.setdefault("baseline", {})[task] = metrics
     return out
 
 
-def table(joint: dict[str, Any], single: dict[str, Any], base: dict[str, Any]) -> str:
-    lines = [f"{'task':<14}{'metric':<18}{'joint':>8}{'single':>8}{'baseline':>10}"]
+def table(joint: dict[str, Any], single: dict[str, Any], base: dict[str, dict[str, Any]]) -> str:
+    columns = {"joint": joint, "single": single, **base}
+    lines = [f"{'task':<14}{'metric':<18}" + "".join(f"{name:>10}" for name in columns)]
     for task, metrics in joint.items():
-        for metric, value in metrics.items():
+        for metric in metrics:
             if metric == "loss":
                 continue
-            s = single.get(task, {}).get(metric)
-            b = base.get(task, {}).get(metric)
-            cells = [format(v, ">8.4f") if v is not None else format("-", ">8") for v in (value, s)]
-            cells.append(format(b, ">10.4f") if b is not None else format("-", ">10"))
+            values = [column.get(task, {}).get(metric) for column in columns.values()]
+            cells = [format(v, ">10.4f") if v is not None else format("-", ">10") for v in values]
             lines.append(f"{task:<14}{metric:<18}{''.join(cells)}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(DEFAULT_CONFIG))
+    p.add_argument("--config", help=f"default: {DEFAULT_CONFIG.name} ({GENERATION_CONFIG.name} with --generation)")
+    p.add_argument("--generation", action="store_true", help="the text-to-text demo (decoders on the encoder)")
     p.add_argument("--tasks", help="comma-separated subset of the config's tasks")
     p.add_argument("--encoder", help="AutoModel name or directory (also used as the tokenizer)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:1 ...")
     p.add_argument("--max-steps", type=int)
     p.add_argument("--output-dir")
     p.add_argument("--single-task", action="store_true", help="also train each task alone with the same steps")
-    p.add_argument("--no-baselines", action="store_true", help="skip the TF-IDF / lexicon baselines")
+    p.add_argument("--no-baselines", action="store_true", help="skip the baselines (TF-IDF, lexicon, copy, majority)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     args = p.parse_args(argv)
 
@@ -95,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides += [f"model.backbone.model={args.encoder}", f"data.tokenizer={args.encoder}"]
     try:
         start = time.perf_counter()
-        experiment = Experiment.from_file(args.config, overrides)
+        default = GENERATION_CONFIG if args.generation else DEFAULT_CONFIG
+        experiment = Experiment.from_file(args.config or str(default), overrides)
         if args.tasks:
             tasks = args.tasks.split(",")
             if len(tasks) != 1:
@@ -115,14 +142,15 @@ def main(argv: list[str] | None = None) -> int:
         model = JointModel.from_pretrained(Path(config.output_dir) / "best")
         from nlp.predict import predict_records
 
-        summary["examples"] = predict_records(model, [{"text": t} for t in EXAMPLES])
+        summary["examples"] = predict_records(model, [{"text": t} for t in examples(config)])
         summary["total_time_s"] = time.perf_counter() - start
     except JointTrainError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(table(summary["joint"], summary.get("single", {}), summary["baselines"]))
     for example in summary["examples"]:
-        print(json.dumps({k: v["label"] if isinstance(v, dict) and "label" in v else v for k, v in example.items()}))
+        shown = {k: v.get("label", v.get("text", v)) if isinstance(v, dict) else v for k, v in example.items()}
+        print(json.dumps(shown, ensure_ascii=False))
     print(f"total time {summary['total_time_s']:.0f} s; model: {config.output_dir}/best")
     atomic_write_json(Path(config.output_dir) / "summary.json", summary)
     return 0

@@ -16,6 +16,7 @@ import torch
 
 from ..data import Source
 from ..evaluation import delta_m, evaluate, higher_is_better
+from ..hub import write_card
 from ..model import JointModel
 from .rundir import RunDir
 
@@ -62,6 +63,7 @@ def conclude(trainer: Trainer, summary: dict[str, Any]) -> dict[str, Any]:
             run.update_results("models", "best", name, value=results)
         for key, value in extra.items():
             run.update_results(key, value=value)
+        write_card(run.model("best"))  # the model card now lists the scores just measured
         if report.enabled:
             write_report_safely(run)
     return {**summary, **run.summary()} if env.is_main else summary

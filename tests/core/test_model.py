@@ -26,7 +26,7 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     model = _model(head_dropout=0.3).eval()
     x = torch.randn(5, 8)
     model.save_pretrained(tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["README.md", "config.json", "model.safetensors"]
     loaded = JointModel.from_pretrained(tmp_path / "m").eval()
     before, after = model(x), loaded(x)
     assert all(torch.equal(before[t], after[t]) for t in before)

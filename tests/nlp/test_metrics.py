@@ -47,3 +47,30 @@ def test_entity_score_without_entities_is_zero() -> None:
     metric = EntityScore(["O", "B-X"], "f1")
     metric.update(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long))
     assert metric.compute().item() == 0.0
+
+
+def test_entity_score_agrees_with_seqeval_on_real_predictions() -> None:
+    """The lexicon tagger's tags on the real Twitter NER test split (ill-formed sequences included):
+    our scorer equals seqeval's default (conlleval) mode exactly; seqeval's strict IOB2 mode drops
+    entities that open with I-, so it may only score lower."""
+    from seqeval.metrics import f1_score, precision_score, recall_score
+    from seqeval.scheme import IOB2
+
+    from nlp.baselines import lexicon_tags, read_jsonl
+    from nlp.corpora import prepare
+
+    root = prepare()
+    train, test = read_jsonl(root / "ner" / "train.jsonl"), read_jsonl(root / "ner" / "test.jsonl")
+    predicted, gold = lexicon_tags(train, test), [e["tags"] for e in test]
+    assert any(p[i].startswith("I-") and (i == 0 or p[i - 1] == "O") for p in predicted for i in range(len(p)))
+    names = sorted({t for row in predicted + gold for t in row})
+    ours = {s: EntityScore(names, s) for s in ("precision", "recall", "f1")}
+    for p_row, g_row in zip(predicted, gold, strict=True):
+        for metric in ours.values():
+            metric.update(
+                torch.tensor([[names.index(t) for t in p_row]]), torch.tensor([[names.index(t) for t in g_row]])
+            )
+    assert float(ours["f1"].compute()) == pytest.approx(f1_score(gold, predicted), abs=1e-12)
+    assert float(ours["precision"].compute()) == pytest.approx(precision_score(gold, predicted), abs=1e-12)
+    assert float(ours["recall"].compute()) == pytest.approx(recall_score(gold, predicted), abs=1e-12)
+    assert f1_score(gold, predicted, mode="strict", scheme=IOB2) <= f1_score(gold, predicted) + 1e-12

@@ -1,0 +1,163 @@
+"""The generation task type: masked teacher-forced loss, decoding through generate, joint training."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from core.cli import main as cli
+from core.config import load_config
+from core.experiments.run import train
+from core.model import JointModel
+from core.tasks import build_task
+from nlp.data import generation_updates
+from nlp.encoder import HFEncoder
+from nlp.predict import predict_records
+
+from .conftest import write_jsonl
+from .test_train import TAG_NAMES
+
+NAMES, PLACES = ["alice", "bob"], ["paris", "london"]
+
+
+def _task(encoder: HFEncoder, **kwargs: Any) -> Any:
+    spec = {"type": "generation", **generation_updates(encoder.tokenizer), **kwargs}
+    return build_task("gen", spec, encoder)
+
+
+def _features(encoder: HFEncoder, texts: list[str]) -> dict[str, torch.Tensor]:
+    return encoder(dict(encoder.tokenizer(texts, padding=True, return_tensors="pt")))
+
+
+def _targets(encoder: HFEncoder, texts: list[str | None], pad: int = 0) -> torch.Tensor:
+    rows = [encoder.tokenizer(t)["input_ids"] if t else [] for t in texts]
+    width = max(len(r) for r in rows) + pad
+    return torch.tensor([r + [-100] * (width - len(r)) for r in rows])
+
+
+def test_loss_ignores_padding_and_rows_without_target(tiny_encoder: str) -> None:
+    encoder = HFEncoder(tiny_encoder).eval()
+    task = _task(encoder, head={"dropout": 0.0})
+    output = task.head(_features(encoder, ["alice went to paris", "bob loves london !"]))
+    target = _targets(encoder, ["alice paris", "bob"])
+    loss = task.loss(output, target)
+    torch.testing.assert_close(task.loss(output, _targets(encoder, ["alice paris", "bob"], pad=3)), loss)
+    partial = task.loss(output, _targets(encoder, ["alice paris", None]))
+    alone = task.loss({k: v[:1] for k, v in output.items()}, _targets(encoder, ["alice paris"]))
+    torch.testing.assert_close(partial, alone)
+    assert task.labelled(output, _targets(encoder, [None, "bob"]))[2] == 1
+    assert task.loss(output, _targets(encoder, [None, None])) is None
+    assert loss.requires_grad and float(loss) > 0
+
+
+def test_greedy_generate_matches_argmax_of_the_teacher_forced_logits(tiny_encoder: str) -> None:
+    torch.manual_seed(0)
+    encoder = HFEncoder(tiny_encoder).eval()
+    task = _task(encoder, max_new_tokens=6)
+    task.head.eval()  # no dropout: both passes see the same network
+    output = task.head(_features(encoder, ["alice went to paris", "bob"]))
+    ids = task.head.generate(output["memory"], output["mask"], 6, num_beams=1)
+    assert ids.shape[0] == 2 and (ids[:, 0] == task.spec["bos_token_id"]).all()
+    for row in range(2):  # each generated token is the argmax given the tokens before it
+        prefix = ids[row : row + 1]
+        one = {k: v[row : row + 1] for k, v in output.items()}
+        logits, _ = task.head.logits(one["memory"], one["mask"], torch.cat([prefix, prefix[:, -1:]], 1))
+        steps = prefix.shape[1] - 1
+        eos = task.spec["eos_token_id"]
+        stop = next((i for i in range(1, steps + 1) if prefix[0, i] == eos), steps)
+        assert torch.equal(logits[0, :stop].argmax(-1), prefix[0, 1 : stop + 1])
+    beams = task.head.generate(output["memory"], output["mask"], 6, num_beams=3)
+    assert beams.shape[0] == 2
+    assert all(isinstance(r["text"], str) for r in task.postprocess(output))
+
+
+def make_sources(root: Path, n: int = 32, shared: bool = False) -> dict[str, Any]:
+    """Sentiment, NER and two generation tasks (the person named; the place, upper-cased) on short texts."""
+    rng = random.Random(0)
+    rows = []
+    for i in range(n):
+        person, place = rng.choice(NAMES), rng.choice(PLACES)
+        good = i % 2 == 0
+        rows.append(
+            {
+                "id": f"x{i}",
+                "tokens": [person, "went", "to", place, "!"],
+                "text": f"{person} went to {place} !",
+                "tags": ["B-person", "O", "O", "B-geo-loc", "O"],
+                "label": "pos" if good else "neg",
+                "who": person if i % 4 else None,  # some samples carry no target
+                "where": f"{place} {place}",
+            }
+        )
+
+    def source(name: str, labels: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        files = {s: write_jsonl(root / name / f"{s}.jsonl", rows) for s in ("train", "validation", "test")}
+        return {"path": "json", "data_files": files, "id": "id", "labels": labels, **extra}
+
+    gen = {"who": {"column": "who", "kind": "generation"}, "where": {"column": "where", "kind": "generation"}}
+    ner = {"ner": {"column": "tags", "kind": "token", "names": TAG_NAMES}}
+    if shared:
+        return {"all": source("all", {**ner, **gen}, tokens="tokens")}
+    return {
+        "tweets": source("tweets", ner, tokens="tokens"),
+        "reviews": source("reviews", {"sentiment": "label"}),
+        **{t: source(t, {t: spec}) for t, spec in gen.items()},
+    }
+
+
+def _config(encoder: str, sources: dict[str, Any], out: Path, **over: Any) -> Any:
+    tasks = {t: {} for s in sources.values() for t in s["labels"]}
+    raw: dict[str, Any] = {
+        "output_dir": str(out),
+        "model": {"backbone": {"name": "hf_encoder", "model": encoder}},
+        "tasks": {t: ({"type": "generation", "max_new_tokens": 6} if t in ("who", "where") else {}) for t in tasks},
+        "data": {"name": "text", "sources": sources, "tokenizer": encoder, "max_length": 16},
+        "loading": {"batch_size": 8},
+        "train": {"max_steps": 4, "lr": 1e-3, "eval_every": 0, "progress": False},
+        "report": {"enabled": False},
+        **over,
+    }
+    for task in ("sentiment",):
+        if task in raw["tasks"]:
+            raw["tasks"][task] = {"type": "sequence_classification"}
+    if "ner" in raw["tasks"]:
+        raw["tasks"]["ner"] = {"type": "token_classification"}
+    return load_config(raw=raw)
+
+
+@pytest.mark.parametrize(
+    ("shared", "balancing"),
+    [(False, {"name": "uw"}), (True, {"name": "upgrad", "space": "rep"}), (True, {"name": "mgda", "space": "params"})],
+)
+def test_joint_training_with_classification_and_token_tasks(
+    tiny_encoder: str, tmp_path: Path, shared: bool, balancing: dict[str, Any]
+) -> None:
+    sources = make_sources(tmp_path / "data", shared=shared)
+    report = train(_config(tiny_encoder, sources, tmp_path / "run", balancing=balancing))
+    for task in ("who", "where"):
+        assert set(report["tasks"][task]) >= {"chrf", "bleu", "exact_match"}
+        assert all(0.0 <= v <= 1.0 for k, v in report["tasks"][task].items() if k != "loss")
+    assert "entity_f1" in report["tasks"]["ner"]
+
+
+def test_generation_learns_saves_and_predicts(tiny_encoder: str, tmp_path: Path) -> None:
+    """Enough steps for the tiny model to name the person; the saved model generates the same text."""
+    sources = make_sources(tmp_path / "data", n=48)
+    sources = {"who": sources["who"]}
+    config = _config(tiny_encoder, sources, tmp_path / "run")
+    config.train.max_steps, config.train.lr = 120, 3e-3
+    report = train(config)
+    assert report["tasks"]["who"]["exact_match"] > 0.9
+    model = JointModel.from_pretrained(tmp_path / "run" / "best")
+    records = [{"text": "bob went to london !"}, {"text": "alice went to paris !"}]
+    assert [r["who"]["text"] for r in predict_records(model, records)] == ["bob", "alice"]
+    (tmp_path / "in.txt").write_text("bob went to london !\n")
+    assert cli(["predict", str(tmp_path / "run"), str(tmp_path / "in.txt"), "--out", str(tmp_path / "p.json")]) == 0
+    assert json.loads((tmp_path / "p.json").read_text())["predictions"][0]["who"] == {"text": "bob"}
+    card = (tmp_path / "run" / "best" / "README.md").read_text()
+    assert "| who | generation | - |" in card
