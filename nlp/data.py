@@ -283,7 +283,7 @@ def load_splits(
         out["train"], out["test"] = parts["train"], parts["test"]
     if "validation" not in out and val_fraction > 0:
         parts = out["train"].train_test_split(test_size=val_fraction, seed=seed + 1)
-        out["train"], out["validation"] = parts["train"], parts["validation"]
+        out["train"], out["validation"] = parts["train"], parts["test"]  # train_test_split names it "test"
     return out
 
 

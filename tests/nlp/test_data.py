@@ -111,3 +111,12 @@ def test_missing_labels_dynamic_padding_and_pairs(tiny_encoder: str, tmp_path: P
     assert batch["score"][1].isnan() and batch["topics"][1].isnan().all()
     assert batch["topics"][0].tolist() == [0.0, 1.0]
     assert bundle.task_updates["topics"] == {"num_classes": 2, "label_names": ["acting", "plot"], "multi_label": True}
+
+
+def test_one_file_source_gets_validation_and_test_carved_from_it(tiny_encoder: str, tmp_path: Path) -> None:
+    """The docs' own ``data_files: t.jsonl`` (one file, no split names) used to fail with KeyError 'validation'."""
+    rows = [{"id": f"r{i}", "text": f"film {i} was good", "label": "pos" if i % 2 else "neg"} for i in range(40)]
+    source = {"path": "json", "data_files": write_jsonl(tmp_path / "t.jsonl", rows), "id": "id"}
+    data = text_data({"reviews": {**source, "labels": {"sentiment": "label"}}}, tokenizer=tiny_encoder)
+    sizes = [len(data.train[0]), len(data.val[0]), len(data.test[0])]
+    assert sum(sizes) == 40 and all(n > 0 for n in sizes), sizes
