@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..balancing import Balancer, BalancerSetup, NonFiniteGradients, StepContext
 from ..config import ReportConfig, TrainConfig
-from ..data import DataBundle, Loading, SourceStream, check_sources, labelled_sizes
+from ..data import DataBundle, Loading, SourceStream, labelled_sizes
 from ..distributed import (
     DistEnv,
     all_reduce_sum,
@@ -40,6 +40,7 @@ from ..io import load_state
 from ..model import JointModel
 from ..sampling import TaskSampler
 from .checkpoints import CheckpointManager
+from .compatibility import check_combination
 from .compiled import compile_model
 from .conclude import conclude
 from .ddp import accumulating, step_forward, unused_zero
@@ -85,18 +86,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # a source's batches share one shape: autotune its convolutions once
         self.compiled = compile_model(self.model, config.compile, self.env.device)
         self.data, self.balancer, self.sampler = data, balancer, sampler
-        check_sources(data, list(model.tasks))
-        if getattr(balancer, "grad_space", None) == "rep" and not model.architecture.shared_representation:
-            raise ConfigError(
-                f"space 'rep' needs one representation that every task reads; architecture "
-                f"'{model.architecture.spec()['name']}' has none (task layers read several shared tensors); "
-                "use space 'params'"
-            )
-        if balancer.space != "loss" and not sampler.all_sources and len(data.train) > 1:
-            raise ConfigError(
-                f"{type(balancer).__name__} balances task gradients and needs at least 2 tasks per step, but sampler "
-                f"{type(sampler).__name__} picks one of the {len(data.train)} sources per step; use sampler 'all'"
-            )
+        check_combination(model, data, balancer, sampler)
         self.run = RunDir(out_dir) if out_dir is not None else None
         self.run_config = run_config or {
             "train": dataclasses.asdict(config),
