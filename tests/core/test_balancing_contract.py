@@ -12,9 +12,8 @@ import torch
 
 from core.balancing import BALANCERS, names
 from core.errors import ConfigError
-from tests.core.helpers import build_trainer
 
-from .helpers import toy_config
+from .helpers import build_trainer, toy_config
 
 
 @pytest.mark.parametrize("method", names())

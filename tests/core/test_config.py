@@ -5,9 +5,8 @@ import pytest
 from core.config import load_config
 from core.errors import ConfigError
 from core.experiments.run import train
-from tests.core.helpers import build_trainer
 
-from .helpers import toy_config
+from .helpers import build_trainer, toy_config
 
 
 def test_typo_in_a_section_key_names_the_key(tmp_path):

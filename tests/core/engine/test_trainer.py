@@ -12,9 +12,8 @@ from core.engine.rundir import RunDir
 from core.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
 from core.experiments.run import train
 from core.model import JointModel
-from tests.core.helpers import build_trainer
 
-from ..helpers import toy_config
+from ..helpers import build_trainer, toy_config
 
 
 def test_joint_training_of_related_tasks_learns(tmp_path):
