@@ -12,11 +12,15 @@ answer into ``.grad``. Two spaces:
 - ``params``: exact gradients w.r.t. the shared parameters, one backward per task on the retained
   graph (``engine: loop`` / ``gramian``) or one vmapped backward (``batched``, opt-in: torch's
   legacy vmap falls back to a per-op loop for conv/norm/GELU/softmax backwards and was measured
-  slower on the CPU). ``gramian`` (the ``auto`` choice for weightings) keeps the task gradients as
-  per-parameter pieces, accumulates the K x K Gramian piece by piece in float32 with a float64
-  retry on overflow, and writes ``sum_k w_k g_k`` in place: the K x P Jacobian is never
-  concatenated, and no weighted backward is needed. ``loop`` (the ``auto`` choice for aggregators)
-  concatenates the K x P Jacobian. Heads always get the plain gradient of their own loss.
+  slower on the CPU). ``gramian`` (the ``auto`` choice for weightings) takes each shared layer's
+  share of the K x K Gramian from its inputs and output gradients where that is cheaper
+  (:mod:`.layers`: a CNN's last stages, MLPs on small batches; the task backwards then stop at
+  those layers' outputs and their K weight gradients are never formed, one product gives the
+  update), and keeps the other task gradients as per-parameter pieces, accumulating the Gramian
+  piece by piece in float32 with a float64 retry on overflow and writing ``sum_k w_k g_k`` in
+  place: the K x P Jacobian is never concatenated, and no weighted backward is needed. ``loop``
+  (the ``auto`` choice for aggregators) concatenates the K x P Jacobian. Heads always get the
+  plain gradient of their own loss.
 
 Composition with the trainer, per micro-batch:
 - AMP: task gradients are taken of the *scaled* losses, unscaled before the method sees them, and
@@ -46,6 +50,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..tree import tree_leaves
 from .base import NonFiniteGradients, StepContext
+from .layers import Layer, Recorder, layer_gramian, plan, prepare, weighted_gradients
 from .method import Method
 
 SPACES = ("rep", "params")
@@ -116,6 +121,8 @@ class GradientEngine:
         self.last_gramian: Tensor | None = None
         self.last_tasks: list[str] = []
         self.synchronised: list[nn.Parameter] = []
+        self.recorder: Recorder | None = None
+        self.last_activation_params = 0  # shared parameters whose Gramian share came from activations
 
     # -- entry point -------------------------------------------------------------------------
     def backward(
@@ -238,19 +245,28 @@ class GradientEngine:
         amp = ctx.scaler is not None and ctx.scaler.is_enabled()
         scale = self._amp_scale(ctx, shared[0].device)
         local = [t for t in tasks if t in losses]
-        grads = self.task_gradients([losses[t] * scale if amp else losses[t] for t in local], shared + heads)
+        layers = self._activation_layers(model, shared, [losses[t] for t in local], ctx)
+        taken = {id(p) for layer in layers for p in layer.params}
+        direct = [p for p in shared if id(p) not in taken]
+        outputs = [y for layer in layers for y in layer.outputs]
+        grads = self.task_gradients([losses[t] * scale if amp else losses[t] for t in local], direct + heads + outputs)
         per_task = dict(zip(local, grads, strict=True))
+        prepared, start = [], len(direct) + len(heads)
+        for layer in layers:  # the K task gradients of these layers are never formed
+            calls = slice(start, start + len(layer.outputs))
+            prepared.append(prepare(layer, [per_task[t][calls] for t in tasks], scale if amp else 1.0))
+            start = calls.stop
         # unscaled in place: autograd's outputs are ours, so no second copy of the K x P pieces
         pieces = [
-            [_as_float(g).div_(scale) if amp else _as_float(g) for g in per_task[t][: len(shared)]]
+            [_as_float(g).div_(scale) if amp else _as_float(g) for g in per_task[t][: len(direct)]]
             if t in per_task
-            else [torch.zeros_like(p, dtype=torch.float32) for p in shared]
+            else [torch.zeros_like(p, dtype=torch.float32) for p in direct]
             for t in tasks
         ]
         factor = scale / ctx.grad_accum
         for i, p in enumerate(heads):  # a head is reached by its own task(s) only: the plain sum
             if local:  # under DDP a rank may hold no labelled sample this step, yet joins the all-reduce
-                _accumulate(p, sum(per_task[t][len(shared) + i] for t in local) / ctx.grad_accum)  # type: ignore[arg-type]
+                _accumulate(p, sum(per_task[t][len(direct) + i] for t in local) / ctx.grad_accum)  # type: ignore[arg-type]
         del grads, per_task  # only the shared pieces stay alive
         if ctx.env.enabled:
             for row in pieces:
@@ -258,7 +274,7 @@ class GradientEngine:
                     dist.all_reduce(g)
                     g /= ctx.env.world_size
             self.synchronised = shared
-        gramian = _gramian(pieces)
+        gramian = _gramian(pieces) + sum((layer_gramian(p).cpu() for p in prepared), torch.zeros(()))
         self._remember(gramian, tasks)
         if not bool(torch.isfinite(gramian.diagonal()).all()):  # a non-finite piece makes its diagonal entry so
             self.last_gramian = None
@@ -268,7 +284,10 @@ class GradientEngine:
         if method.kind == "weighting":
             w = method.weights(gramian, values, index)  # type: ignore[attr-defined]
             coef = (w * float(factor)).tolist()
-            for j, p in enumerate(shared):  # sum_k w_k g_k written in place into the first task's piece
+            for layer in prepared:
+                for p, g in zip(layer.layer.params, weighted_gradients(layer, coef), strict=True):
+                    _accumulate(p, g)
+            for j, p in enumerate(direct):  # sum_k w_k g_k written in place into the first task's piece
                 out = pieces[0][j].mul_(coef[0])
                 for k in range(1, len(tasks)):
                     out.add_(pieces[k][j], alpha=coef[k])
@@ -286,6 +305,25 @@ class GradientEngine:
             _accumulate(p, update[offset : offset + p.numel()].view_as(p) * factor)
             offset += p.numel()
         return dict(zip(tasks, _applied(jac, update, gramian).tolist(), strict=True))
+
+    def _activation_layers(
+        self, model: nn.Module, shared: list[nn.Parameter], losses: list[Tensor], ctx: StepContext
+    ) -> list[Layer]:
+        """The ``gramian`` engine's layers whose Gramian share comes from activations this step.
+
+        Hooks go on at the first step, so that step (and any step of a new model) is all direct.
+        Not under DDP (the global Gramian needs cross-rank products of activations), nor on a
+        compiled model (hooks added after ``torch.compile`` would break its graphs).
+        """
+        if self.engine != "gramian" or ctx.env.enabled or _compiled(model):
+            return []
+        if self.recorder is None or self.recorder.model is not model:
+            if self.recorder is not None:
+                self.recorder.remove()
+            self.recorder = Recorder(model, shared)
+        layers = plan(self.recorder.take(losses), len(losses))
+        self.last_activation_params = sum(p.numel() for layer in layers for p in layer.params)
+        return layers
 
     def task_gradients(self, losses: list[Tensor], inputs: Sequence[Tensor]) -> list[list[Tensor]]:
         """Per loss, its gradient w.r.t. each input (zeros where unused)."""
@@ -313,11 +351,15 @@ class GradientEngine:
         return out
 
 
+def _compiled(model: nn.Module) -> bool:
+    return any(getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
+
+
 def _gramian(pieces: list[list[Tensor]]) -> Tensor:
     """``J J^T`` in float64 from per-task lists of gradient pieces, one piece at a time."""
     k = len(pieces)
     gramian = torch.zeros(k, k, dtype=torch.float64)
-    if k == 0:
+    if k == 0 or not pieces[0]:
         return gramian
     acc = torch.zeros(k, k, dtype=torch.float64, device=pieces[0][0].device)
     for j in range(len(pieces[0])):

@@ -1,0 +1,215 @@
+"""Layer-wise Gramians: a shared layer's share of ``J J^T`` from its inputs and output gradients.
+
+For a linear map ``y = W a`` applied at N positions (samples, tokens, conv output pixels), task k's
+weight gradient is ``G_k = D_k^T P`` with ``P`` (N x I) the inputs (conv: unfolded patches) and
+``D_k`` (N x O) the gradients w.r.t. the outputs. Its Gramian entries need no ``G_k``:
+
+    <G_i, G_j> = sum(D_i * (A @ D_j)),   A = P P^T  (N x N; a bias adds 1 to every entry)
+
+and the weighted update is one product, ``(sum_k w_k D_k)^T P``. Per task this costs a backward
+that stops at the layer's output instead of computing its weight gradient, then
+``N^2 (I + K O) + N O I`` for the layer, against ``K N O I`` for K weight gradients: far cheaper
+where a layer has few positions and many channels (a CNN's last stages, an MLP on a small batch),
+dearer where positions dominate (early conv stages, long sequences). :func:`plan` chooses per layer
+and per step from the shapes; memory is bounded by ``max_positions``. The gradients of the K tasks
+are never held for the layers it takes: that is where a CNN keeps most of its parameters.
+
+Idea from torchjd's autogram engine (Gramian from activations and output gradients, Quinton &
+Rey, 2025); the per-layer choice and the closed forms here are ours. Exact for ``nn.Linear`` and
+``nn.Conv2d`` (zero padding, one group) whose parameters belong to that module alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+
+def _eligible(module: nn.Module) -> bool:
+    if type(module) is nn.Linear:  # exact types: subclasses may change what forward computes
+        return True
+    if type(module) is nn.Conv2d:
+        return module.groups == 1 and module.padding_mode == "zeros" and not isinstance(module.padding, str)
+    return False
+
+
+def patches(module: nn.Module, x: Tensor) -> Tensor:
+    """The layer's inputs as N x I rows: what its weight multiplies at each output position."""
+    if isinstance(module, nn.Conv2d):
+        cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])  # (B * L, C * kh * kw), the weight's order
+    return x.reshape(-1, x.shape[-1])
+
+
+def positions(module: nn.Module, grad: Tensor) -> Tensor:
+    """An output gradient as N x O rows, matching :func:`patches`."""
+    if isinstance(module, nn.Conv2d):
+        return grad.flatten(2).transpose(1, 2).reshape(-1, grad.shape[1])
+    return grad.reshape(-1, grad.shape[-1])
+
+
+@dataclass
+class Layer:
+    """One shared layer in one forward: its calls' inputs and outputs."""
+
+    module: nn.Module
+    inputs: list[Tensor] = field(default_factory=list)
+    outputs: list[Tensor] = field(default_factory=list)
+    versions: list[tuple[int, int]] = field(default_factory=list)  # (input, output) at the call
+
+    def intact(self) -> bool:
+        """No input or output changed in place since the call (an in-place ReLU after a Linear would
+        make "the gradient w.r.t. the output" the gradient w.r.t. the ReLU's output)."""
+        now = [(x._version, y._version) for x, y in zip(self.inputs, self.outputs, strict=True)]
+        return now == self.versions
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        return [p for p in (self.module.weight, self.module.bias) if p is not None]
+
+    def n_positions(self) -> int:
+        return sum(y.numel() // self.module.weight.shape[0] for y in self.outputs)
+
+    def cost(self, k: int) -> tuple[int, int]:
+        """Multiply-adds of (K weight gradients, the Gramian from activations + one weighted product)."""
+        n, o = self.n_positions(), self.module.weight.shape[0]
+        i = self.module.weight[0].numel()
+        return k * n * o * i, n * n * (i + k * o) + n * o * i
+
+
+class Recorder:
+    """Forward hooks on a model's shared ``Linear`` / ``Conv2d`` layers: their inputs and outputs.
+
+    Records while gradients are enabled. :meth:`take` keeps the calls whose outputs the given
+    losses depend on (a walk of their autograd graph, ~0.2 ms for a ResNet-18), so a forward by
+    another user of the model (a loss-space step, a skipped step, an affinity probe) is dropped.
+    """
+
+    def __init__(self, model: nn.Module, shared: Iterable[nn.Parameter]) -> None:
+        self.model = model
+        shared_ids = {id(p) for p in shared}
+        uses: dict[int, int] = {}
+        for _, p in model.named_parameters(remove_duplicate=False):
+            uses[id(p)] = uses.get(id(p), 0) + 1
+        self.layers: dict[nn.Module, Layer] = {}
+        self.handles: list[RemovableHandle] = []
+        for module in model.modules():
+            params = [p for p in (getattr(module, "weight", None), getattr(module, "bias", None)) if p is not None]
+            if (
+                _eligible(module)
+                and all(id(p) in shared_ids and p.requires_grad and uses[id(p)] == 1 for p in params)
+                and module not in self.layers
+            ):
+                self.layers[module] = Layer(module)
+                # by weak reference: a deep copy of the model (JointModel.subset) shares no recorder
+                # whose records nobody takes, and a dropped engine leaves inert hooks
+                self.handles.append(module.register_forward_hook(functools.partial(_record, weakref.ref(self))))
+
+    def _record(self, module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+        layer = self.layers.get(module)
+        if layer is not None and torch.is_grad_enabled() and output.requires_grad:
+            layer.inputs.append(args[0].detach())  # shares the version counter with args[0]
+            layer.outputs.append(output)
+            layer.versions.append((args[0]._version, output._version))
+
+    def take(self, losses: Iterable[Tensor]) -> list[Layer]:
+        """Per module, its calls that ``losses`` depend on; the recorder starts afresh."""
+        graph = _nodes(losses)
+        out = []
+        for module, layer in self.layers.items():
+            live = Layer(module)
+            for x, y, v in zip(layer.inputs, layer.outputs, layer.versions, strict=True):
+                if y.grad_fn in graph:
+                    live.inputs.append(x)
+                    live.outputs.append(y)
+                    live.versions.append(v)
+            if live.outputs:
+                out.append(live)
+            self.layers[module] = Layer(module)
+        return out
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _record(recorder: weakref.ref[Recorder], module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+    live = recorder()
+    if live is not None:
+        live._record(module, args, output)
+
+
+def _nodes(roots: Iterable[Tensor]) -> set[object]:
+    seen: set[object] = set()
+    stack = [r.grad_fn for r in roots]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(nxt for nxt, _ in node.next_functions)
+    return seen
+
+
+def plan(layers: list[Layer], k: int, max_positions: int = 4096, margin: float = 0.8) -> list[Layer]:
+    """The layers whose Gramian is cheaper from activations (by ``margin``) and fits in memory."""
+    chosen = []
+    for layer in layers:
+        direct, activations = layer.cost(k)
+        if layer.n_positions() <= max_positions and activations < margin * direct and layer.intact():
+            chosen.append(layer)
+    return chosen
+
+
+@dataclass
+class Prepared:
+    """A planned layer after the task backwards: inputs as patches, each task's output gradients."""
+
+    layer: Layer
+    rows: Tensor  # P, N x I (float32)
+    grads: list[Tensor]  # per task, D_k: N x O (float32; zeros for a task without a loss here)
+
+
+def prepare(layer: Layer, grads: list[list[Tensor]], scale: Tensor | float) -> Prepared:
+    """``grads[k][c]``: task k's (AMP-scaled) gradient w.r.t. the layer's c-th call output."""
+    module = layer.module
+    rows = torch.cat([patches(module, x.float()) for x in layer.inputs])
+    per_task = [torch.cat([positions(module, g.float()) for g in task]) / scale for task in grads]
+    return Prepared(layer, rows, per_task)
+
+
+def layer_gramian(prepared: Prepared) -> Tensor:
+    """This layer's K x K share of ``J J^T`` (float64), float64 throughout if float32 overflows."""
+    for dtype in (torch.float32, torch.float64):
+        rows, grads = prepared.rows.to(dtype), [g.to(dtype) for g in prepared.grads]
+        inner = rows @ rows.T
+        if prepared.layer.module.bias is not None:
+            inner += 1
+        mixed = inner @ torch.cat(grads, dim=1)  # A [D_1 ... D_K], one product
+        o = grads[0].shape[1]
+        part = torch.stack(
+            [
+                torch.stack([(grads[i] * mixed[:, j * o : (j + 1) * o]).sum() for j in range(len(grads))])
+                for i in range(len(grads))
+            ]
+        )
+        if bool(torch.isfinite(part).all()):
+            break
+    return part.double()
+
+
+def weighted_gradients(prepared: Prepared, coef: list[float]) -> list[Tensor]:
+    """``sum_k coef_k G_k`` for the layer's weight (and bias), in one product."""
+    module = prepared.layer.module
+    combined = sum(c * g for c, g in zip(coef, prepared.grads, strict=True))
+    out = [(combined.T @ prepared.rows).view_as(module.weight)]  # type: ignore[union-attr]
+    if module.bias is not None:
+        out.append(combined.sum(0))  # type: ignore[union-attr]
+    return out
