@@ -6,8 +6,9 @@ A step is: zero_grad, forward, the method's backward, SGD step. Runs are *interl
 round times one step of every run in turn, so drift on a shared machine hits all runs alike; the
 median over rounds and its ratio to ``ew`` (same K) are reported. torchjd's two engines run on the
 same model and batch: ``torchjd_autojac`` (``mtl_backward`` + ``jac_to_grad(UPGrad())``) and
-````torchjd_autogram`` (``Engine.compute_gramian`` + ``UPGradWeighting`` + one weighted backward, on
-an identical copy of the model, since the engine's module hooks stay installed).
+``torchjd_autogram`` (``Engine.compute_gramian`` + ``UPGradWeighting`` + one weighted backward).
+``k_backwards`` is the reference for exact task gradients: K plain backwards on the retained
+graph, no method. Each run has its own identical copy of the model (module hooks stay put).
 
 Peak memory: on CUDA, ``max_memory_allocated`` around each run's steps; on the CPU, each run's
 peak RSS in a fresh process (``--memory``; a few seconds per run), since RSS is process-wide.
@@ -49,6 +50,7 @@ RUNS = [
     "graddrop/params/loop",
     "torchjd_autojac",
     "torchjd_autogram",
+    "k_backwards",
 ]
 
 
@@ -91,19 +93,27 @@ def step_fn(model: Model, run: str, batch: dict[str, Tensor], env: DistEnv) -> C
             optimizer.step()
 
         return autojac_step
+    if run == "k_backwards":  # the reference: K exact task gradients through autograd, no method at all
+
+        def k_backwards_step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            z = model.backbone(batch["x"])
+            losses = [nn.functional.cross_entropy(model.heads[t](z), batch[t]) for t in tasks]
+            for i, loss in enumerate(losses):
+                torch.autograd.grad(loss, list(model.parameters()), retain_graph=i < len(losses) - 1, allow_unused=True)
+            optimizer.step()
+
+        return k_backwards_step
     if run == "torchjd_autogram":
         from torchjd.aggregation import UPGradWeighting
         from torchjd.autogram import Engine
 
-        # the engine hooks its modules for good: a copy keeps those hooks out of the other runs
-        own = copy.deepcopy(model)
-        optimizer = torch.optim.SGD(own.parameters(), lr=1e-4)
-        engine, weighting = Engine(own.backbone, batch_dim=None), UPGradWeighting()  # BatchNorm: no batch_dim
+        engine, weighting = Engine(model.backbone, batch_dim=None), UPGradWeighting()  # BatchNorm: no batch_dim
 
         def autogram_step() -> None:
             optimizer.zero_grad(set_to_none=True)
-            z = own.backbone(batch["x"])
-            losses = torch.stack([nn.functional.cross_entropy(own.heads[t](z), batch[t]) for t in tasks])
+            z = model.backbone(batch["x"])
+            losses = torch.stack([nn.functional.cross_entropy(model.heads[t](z), batch[t]) for t in tasks])
             losses.backward(weighting(engine.compute_gramian(losses)))
             optimizer.step()
 
@@ -153,7 +163,9 @@ def sync(device: torch.device) -> None:
 def bench_k(args: argparse.Namespace, k: int) -> dict[str, dict[str, Any]]:
     model, batch, device = setup_workload(args, k)
     env = DistEnv(device=device)
-    steps = {run: step_fn(model, run, batch, env) for run in args.runs}
+    # a copy of the model each: engines that hook modules (torchjd's autogram, our layer-wise
+    # Gramian) keep their hooks out of the other runs
+    steps = {run: step_fn(copy.deepcopy(model), run, batch, env) for run in args.runs}
     times: dict[str, list[float]] = {run: [] for run in args.runs}
     peaks: dict[str, float] = {}
     for run, step in steps.items():  # warm-up, and the CUDA peak of each run on its own

@@ -59,8 +59,6 @@ class Balancer(nn.Module):
 
     #: ``loss`` (weights or a function of the task losses) or ``gradient`` (of the task gradients)
     kind: ClassVar[str]
-    #: the same as ``kind``, read by today's ``jointtrain list``; goes once the CLI prints :meth:`describe`
-    space: ClassVar[str]
     #: extra backward passes / memory, for ``jointtrain list`` and the docs
     cost: ClassVar[str] = "none"
     randomized: ClassVar[bool] = False
@@ -119,7 +117,6 @@ class LossBalancer(Balancer):
     """Loss-space methods: ``total = sum_k w_k * L_k`` unless :meth:`combine` says otherwise."""
 
     kind: ClassVar[str] = "loss"
-    space: ClassVar[str] = "loss"
 
     def weights(self, losses: dict[str, Tensor], ctx: StepContext) -> dict[str, Tensor | float]:
         raise NotImplementedError

@@ -44,7 +44,6 @@ class GradientBalancer(Balancer):
     """
 
     kind: ClassVar[str] = "gradient"
-    space: ClassVar[str] = "gradient"  # alias of ``kind`` (see Balancer.space); the Jacobian space is ``grad_space``
 
     def __init__(self, method: Method, space: str = "params", engine: str = "auto", loss_scales: bool = False) -> None:
         super().__init__()
@@ -116,7 +115,6 @@ class GradientMethod:
     """
 
     kind: ClassVar[str] = "gradient"
-    space: ClassVar[str] = "gradient"  # alias of ``kind`` for today's ``jointtrain list`` (see Balancer.space)
 
     def __init__(self, method: type[Method], loss_scales: bool = False) -> None:
         self.method, self.loss_scales = method, loss_scales

@@ -18,7 +18,7 @@ def check_combination(model: JointModel, data: DataBundle, balancer: Balancer, s
             f"'{model.architecture.spec()['name']}' has none (task layers read several shared tensors); "
             "use space 'params'"
         )
-    if balancer.space != "loss" and not sampler.all_sources and len(data.train) > 1:
+    if balancer.kind != "loss" and not sampler.all_sources and len(data.train) > 1:
         raise ConfigError(
             f"{type(balancer).__name__} balances task gradients and needs at least 2 tasks per step, but sampler "
             f"{type(sampler).__name__} picks one of the {len(data.train)} sources per step; use sampler 'all'"

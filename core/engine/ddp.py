@@ -34,13 +34,13 @@ class StepForward(nn.Module):
         return features, {name: self.model.decode(features[name], tasks[name]) for name in inputs}
 
 
-def step_forward(model: JointModel, env: DistEnv, space: str) -> StepForward | DistributedDataParallel:
+def step_forward(model: JointModel, env: DistEnv, kind: str) -> StepForward | DistributedDataParallel:
     """DDP for loss-space methods on several ranks, else the plain call.
 
     ``find_unused_parameters``: a step may sample only some sources, so some heads get no gradient.
     """
     step = StepForward(model)
-    if not env.enabled or space != "loss":
+    if not env.enabled or kind != "loss":
         return step
     device_ids = [env.device] if env.device.type == "cuda" else None
     return DistributedDataParallel(step, device_ids=device_ids, find_unused_parameters=True)

@@ -110,7 +110,7 @@ class Trainer:
             )
         )
         self.balancer.to(self.env.device)
-        self.forward_step = step_forward(self.model, self.env, balancer.space)
+        self.forward_step = step_forward(self.model, self.env, balancer.kind)
         self.ddp = isinstance(self.forward_step, DistributedDataParallel)
         self.optimizer = build_optimizer(self.model, self.balancer, config)
         self.scheduler = build_scheduler(self.optimizer, config)

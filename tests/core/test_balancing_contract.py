@@ -61,7 +61,7 @@ def test_method_handles_a_step_where_a_task_is_missing(tmp_path, method):
     cls = BALANCERS.get(method)
     overrides = {"balancing.name": method, "train.max_steps": 4, "train.eval_every": 4}
     per_task = {"data.regime": "per_task", "sampler.name": "round_robin"}
-    if cls.space == "loss":
+    if cls.kind == "loss":
         overrides.update(per_task)
     else:
         with pytest.raises(ConfigError, match=r"needs at least 2 tasks per step.*use sampler 'all'"):
