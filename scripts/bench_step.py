@@ -1,8 +1,8 @@
 """Time the engine's training step against a hand-written loop, and count host syncs per step.
 
 Same model (a copy of the trainer's), same batch, same optimizer and schedule: the hand loop is
-``zero_grad, forward, sum of the tasks' masked losses, backward, step``; the engine's step adds
-the global masked mean, balancing (``ew``), non-finite checks and its record. Timings are
+``zero_grad, forward, sum of the tasks' masked means (sum / count on the device), backward, step``;
+the engine's step adds the global masked mean, balancing (``ew``), non-finite checks and its record. Timings are
 interleaved and the median of ``--repeats`` rounds of ``--steps`` steps is kept. Host syncs: on
 CUDA those ``torch.cuda.set_sync_debug_mode`` reports, everywhere those ``HostSyncCounter``
 sees (value reads and data-dependent shapes, see ``core.engine.host_syncs``).
@@ -60,8 +60,8 @@ def hand_step(trainer: Trainer, batch: dict[str, Any]) -> Callable[[], None]:
         optimizer.zero_grad(set_to_none=True)
         with trainer.precision.autocast():
             outputs = model(batch["inputs"], tasks)
-            losses = [model.tasks[t].loss(outputs[t], batch[model.tasks[t].label_key]) for t in tasks]
-        sum(loss for loss in losses if loss is not None).backward()  # type: ignore[union-attr]
+            parts = [model.tasks[t].masked_loss(outputs[t], batch[model.tasks[t].label_key]) for t in tasks]
+        sum(total / count.clamp_min(1) for total, count in parts).backward()  # type: ignore[union-attr]
         optimizer.step()
         scheduler.step()
 

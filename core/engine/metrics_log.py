@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from ..errors import CheckpointError
 from ..io import atomic_write_text, make_dirs
@@ -86,3 +89,16 @@ class RunLog:
     def close(self) -> None:
         if self._log is not None:
             self._log.close()
+
+
+def host_record(record: dict[str, Any], *diagnosed: Any) -> dict[str, Any]:
+    """A step record with its device values read back in one host sync (log steps only) and the
+    ``diagnostics()`` of ``diagnosed`` (balancer, architecture) added. A task unlabelled all step
+    (a NaN loss) is left out."""
+    for part in diagnosed:
+        record = {**record, **part.diagnostics()}
+    keys = [k for k, v in record.items() if isinstance(v, torch.Tensor)]
+    if keys:
+        read = torch.stack([record[k].detach().double().reshape(()) for k in keys]).tolist()
+        record = {**record, **dict(zip(keys, read, strict=True))}
+    return {k: v for k, v in record.items() if not (k.startswith("loss/") and math.isnan(v))}

@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import math
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ from ..config import ReportConfig, TrainConfig
 from ..data import DataBundle, Loading, SourceStream, labelled_sizes
 from ..distributed import (
     DistEnv,
-    all_reduce_sum,
     any_rank,
     average_gradients,
     barrier,
@@ -34,7 +32,7 @@ from ..distributed import (
     gather_objects,
     resolve_device,
 )
-from ..errors import CheckpointError, ConfigError, NonFiniteLossError
+from ..errors import CheckpointError, ConfigError
 from ..evaluation import Results, evaluate, higher_is_better, monitored_value, move
 from ..io import load_state
 from ..model import JointModel
@@ -45,7 +43,9 @@ from .compiled import compile_model
 from .conclude import conclude
 from .ddp import accumulating, step_forward, unused_zero
 from .interrupt import graceful_interrupt
-from .metrics_log import RunLog
+from .losses import StepLosses
+from .metrics_log import RunLog, host_record
+from .nonfinite import NonFiniteWatch, zero_if_nonfinite
 from .optim import build_optimizer, build_scheduler
 from .precision import Precision
 from .progress import progress_bar
@@ -127,7 +127,7 @@ class Trainer:
         self.step = 0
         self.best_val: Results = {}
         self.evals_without_improvement = 0
-        self.nonfinite_in_a_row = self.nonfinite_total = 0
+        self.watch = NonFiniteWatch(list(model.tasks), config.max_nonfinite_steps, self.env.device)
         self.stop_requested = False  # set by Ctrl-C / SIGTERM: checkpoint at the step boundary and stop
 
     def request_stop(self) -> bool:
@@ -146,43 +146,32 @@ class Trainer:
         return any_rank(self.stop_requested, self.env)
 
     # -- one step --------------------------------------------------------------------------
-    def _forward(
-        self, batches: dict[str, Any]
-    ) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, Any], dict[str, dict[str, Any]]]:
-        """Backbone once per source, the heads of its tasks, and each task's masked loss.
+    def _batches(self, chosen: list[str]) -> dict[str, Any]:
+        """The next batch of each chosen source, its labels checked on the CPU (no device sync), moved."""
+        batches = {}
+        for name in chosen:
+            batch = next(self.streams[name])
+            for t in self.source_by_name[name].tasks:
+                self.model.tasks[t].validate_target(batch[self.model.tasks[t].label_key])
+            batches[name] = move(batch, self.env.device)
+        return batches
 
-        Returns (losses to backpropagate, their global values, features, task outputs per source).
-        A task's value is the mean over every labelled sample of every source and rank; its loss is
-        scaled so that the ranks' averaged gradient is exactly the gradient of that global mean.
+    def _forward(self, batches: dict[str, Any]) -> tuple[StepLosses, dict[str, Any], dict[str, dict[str, Any]]]:
+        """Backbone once per source, the heads of its tasks, and each task's global masked loss.
+
+        Returns (the step's losses, features, task outputs per source); no host sync.
         """
         sums: dict[str, torch.Tensor] = {}
-        counts: dict[str, int] = {}
+        counts: dict[str, torch.Tensor] = {}
         inputs = {name: batch[self.source_by_name[name].input_key] for name, batch in batches.items()}
         with self.precision.autocast():
             features, outputs = self.forward_step(inputs, {name: self.source_by_name[name].tasks for name in batches})
             for name, batch in batches.items():
                 for t in self.source_by_name[name].tasks:
-                    task, target, output = self.model.tasks[t], batch[self.model.tasks[t].label_key], outputs[name][t]
-                    loss = task.loss(output, target)
-                    n = task.labelled(output, target)[2] if loss is not None else 0
-                    # no labelled sample here: a zero on the graph, so this rank still joins t's collectives
-                    part = loss.float() * n if loss is not None else connected_zero(output)
-                    sums[t] = sums.get(t, 0.0) + part
-                    counts[t] = counts.get(t, 0) + n
-        tasks = list(self.model.tasks)
-        totals = torch.zeros(len(tasks), 2, device=self.env.device, dtype=torch.float64)  # (sum, count)
-        for t, s in sums.items():
-            totals[tasks.index(t), 0], totals[tasks.index(t), 1] = s.detach().double(), counts[t]
-        all_reduce_sum(totals, self.env)
-        # host sync, the trainer's only one per micro-batch: global counts pick the tasks that train,
-        # and the global means are the logged values and the non-finite check
-        global_totals = totals.tolist()
-        values = {t: total / count for t, (total, count) in zip(tasks, global_totals, strict=True) if count > 0}
-        # the same task set on every rank (labelled on some rank), so balancers run the same collectives
-        losses = {
-            t: s * (self.env.world_size / global_totals[tasks.index(t)][1]) for t, s in sums.items() if t in values
-        }
-        return losses, values, features, outputs
+                    task = self.model.tasks[t]
+                    total, count = task.masked_loss(outputs[name][t], batch[task.label_key])
+                    sums[t], counts[t] = sums.get(t, 0.0) + total.float(), counts.get(t, 0) + count
+        return StepLosses.reduce(sums, counts, self.env), features, outputs
 
     def _backward(self, total: torch.Tensor, unused: torch.Tensor | None = None) -> None:
         if unused is not None:
@@ -190,22 +179,35 @@ class Trainer:
         self.precision.scaler.scale(total / self.config.grad_accum).backward()
 
     def train_step(self) -> dict[str, Any]:
-        """One optimizer step over ``grad_accum`` micro-batches of the sampled sources."""
+        """One optimizer step over ``grad_accum`` micro-batches of the sampled sources.
+
+        The record's values may be device tensors: ``fit`` reads them back at log steps only.
+        A ``host_values`` balancer costs one host sync per micro-batch (its tasks and values are
+        floats); otherwise the step reads nothing back and a non-finite loss zeroes the step's
+        gradients instead of skipping it (``core.engine.nonfinite``).
+        """
         chosen = self.sampler.choose(self.step)
         self.optimizer.zero_grad(set_to_none=True)
-        logged: dict[str, list[float]] = {}
-        weights: dict[str, float] = {}
+        host = self.balancer.host_values
+        logged: dict[str, list[torch.Tensor]] = {}
+        weights: dict[str, Any] = {}
         batches: dict[str, Any] = {}
         trained: set[str] = set()
+        finite = torch.ones((), dtype=torch.bool, device=self.env.device)
         for i in range(self.config.grad_accum):
             with accumulating(self.forward_step, last=i == self.config.grad_accum - 1):
-                batches = {name: move(next(self.streams[name]), self.env.device) for name in chosen}
-                losses, values, features, outputs = self._forward(batches)
-                bad = {t: v for t, v in values.items() if not math.isfinite(v)}
+                batches = self._batches(chosen)
+                step, features, outputs = self._forward(batches)
+                if host:  # host sync: global counts pick the tasks that train, and the check is exact
+                    losses, values = step.on_host()
+                    bad = {t: v for t, v in values.items() if not math.isfinite(v)}
+                else:
+                    losses, values, bad = step.losses, step.device_values(), {}
+                    finite = finite & step.finite()
                 if self.ddp and (bad or not losses):
                     self._backward(connected_zero(outputs))  # DDP's reducer must see every forward's backward
                 if bad:
-                    return self._skip_nonfinite(bad)
+                    return self._skip(bad)
                 if not losses:
                     continue  # no labelled sample of any task on any rank: every rank skips alike
                 ctx = StepContext(
@@ -220,30 +222,37 @@ class Trainer:
                     env=self.env,
                     scaler=self.precision.scaler,
                     grad_accum=self.config.grad_accum,
+                    labelled={} if host else step.labelled(),
                 )
                 try:
                     weights = self.balancer.backward(losses, ctx)
                 except NonFiniteGradients as e:  # gradient-space methods check the task gradients
-                    return self._skip_nonfinite(e.values, what="gradient squared norm")
+                    return self._skip(e.values, what="gradient squared norm")
             trained.update(losses)
-            for t, v in values.items():
-                logged.setdefault(t, []).append(v)
+            for t in losses:  # NaN where unlabelled: left out of the logged mean
+                row = step.tasks.index(t)
+                logged.setdefault(t, []).append(torch.where(step.counts[row] > 0, step.values[row], math.nan))
         for t in set(self.model.tasks) - trained:  # no labelled sample all step: no gradient, as without DDP
             for p in self.model.task_parameters(t):
                 p.grad = None
-        self.nonfinite_in_a_row = 0
+        if not host:
+            zero_if_nonfinite([p for group in self.optimizer.param_groups for p in group["params"]], finite)
+            self.watch.observe(self.step, finite, step.device_values())
+        self.watch.host_in_a_row = 0
         grad_norm = self._optimizer_step()
         self.balancer.after_step(lambda: self._recompute(batches))
-        record: dict[str, Any] = {f"loss/{t}": sum(v) / len(v) for t, v in logged.items()}
+        record: dict[str, Any] = {f"loss/{t}": torch.stack(v).nanmean() for t, v in logged.items()}
         record.update({f"weight/{t}": w for t, w in weights.items()})
-        record.update(self.balancer.diagnostics())
-        record.update(self.model.architecture.diagnostics())
         record["lr"] = self.scheduler.get_last_lr()[0]
         if grad_norm is not None:
             record["grad_norm"] = grad_norm
         return record
 
-    def _optimizer_step(self) -> float | None:
+    def _skip(self, bad: dict[str, float], what: str = "loss") -> dict[str, Any]:
+        self.optimizer.zero_grad(set_to_none=True)
+        return self.watch.skipped(self.step, bad, what)
+
+    def _optimizer_step(self) -> torch.Tensor | None:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         synced = {id(p) for p in self.balancer.synchronised_parameters()}  # already global: not averaged again
         if self.ddp:  # DDP averaged the model's gradients during backward
@@ -257,7 +266,7 @@ class Trainer:
                     p.grad.add_(torch.sign(p.detach()), alpha=self.config.l1)
         grad_norm = None
         if self.config.clip_grad_norm:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.clip_grad_norm))
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.clip_grad_norm)
         scaler.step(self.optimizer)
         scaler.update()
         self.scheduler.step()
@@ -265,21 +274,7 @@ class Trainer:
 
     @torch.no_grad()
     def _recompute(self, batches: dict[str, Any]) -> dict[str, float]:
-        return self._forward(batches)[1]
-
-    def _skip_nonfinite(self, bad: dict[str, float], what: str = "loss") -> dict[str, Any]:
-        self.optimizer.zero_grad(set_to_none=True)
-        self.nonfinite_in_a_row += 1
-        self.nonfinite_total += 1
-        described = ", ".join(f"task '{t}' {what}={v}" for t, v in bad.items())
-        if self.nonfinite_in_a_row > self.config.max_nonfinite_steps:
-            raise NonFiniteLossError(
-                f"non-finite {what} at step {self.step}: {described} "
-                f"({self.nonfinite_in_a_row} step(s) in a row). Lower the learning rate, enable "
-                "clip_grad_norm, check that task's labels, or raise max_nonfinite_steps to skip such steps."
-            )
-        warnings.warn(f"skipping step {self.step}: {described}", RuntimeWarning, stacklevel=2)
-        return {"skipped_nonfinite": self.nonfinite_total}
+        return self._forward(batches)[0].on_host()[1]
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self, split: str = "val", model: JointModel | None = None) -> Results:
@@ -311,7 +306,7 @@ class Trainer:
             "reference": self.reference,
             "best_val": self.best_val,
             "evals_without_improvement": self.evals_without_improvement,
-            "nonfinite_total": self.nonfinite_total,
+            "nonfinite_total": self.watch.count(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -337,7 +332,7 @@ class Trainer:
         self.checkpoints.load_state_dict(state["checkpoints"])
         self.step, self.reference, self.best_val = int(state["step"]), state["reference"], state["best_val"]
         self.evals_without_improvement = int(state["evals_without_improvement"])
-        self.nonfinite_total = int(state["nonfinite_total"])
+        self.watch.host_total = int(state["nonfinite_total"])  # the device count restarts at 0
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict[str, Any]:
@@ -356,6 +351,8 @@ class Trainer:
                     self.step += 1
                     bar.update(1)
                     if self.step % c.log_every == 0 or self.step == c.max_steps:
+                        self.watch.check()
+                        record = host_record(record, self.balancer, self.model.architecture)
                         bar.set_postfix({k[5:]: f"{v:.3f}" for k, v in record.items() if k[:5] == "loss/"}, False)
                         log({"split": "train", "step": self.step, "time": time.perf_counter() - start, **record})
                     if (c.eval_every and self.step % c.eval_every == 0) or self.step == c.max_steps:
@@ -372,7 +369,7 @@ class Trainer:
                 "step": self.step,
                 "best_val": self.best_val,
                 "best_score": self.checkpoints.best_score,
-                "nonfinite_steps": self.nonfinite_total,
+                "nonfinite_steps": self.watch.count(),
                 "train_time_s": time.perf_counter() - start,
             }
             if status.finished:
