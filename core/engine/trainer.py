@@ -77,8 +77,9 @@ class Trainer:
         reference: Results | None = None,
         run_config: dict[str, Any] | None = None,
     ) -> None:
-        self.config, self.loading, self.report = config, loading, report or ReportConfig()
+        self.config, self.report = config, report or ReportConfig()
         self.env = env or DistEnv(device=resolve_device(config.device))
+        self.loading = loading.resolved(self.env.device)  # workers and pinned memory on CUDA by default
         self.model = model.to(self.env.device)
         if config.channels_last and self.env.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -97,7 +98,7 @@ class Trainer:
         }
 
         self.streams = {
-            s.name: SourceStream(s, loading, config.seed, self.env.rank, self.env.world_size) for s in data.train
+            s.name: SourceStream(s, self.loading, config.seed, self.env.rank, self.env.world_size) for s in data.train
         }
         self.source_by_name = {s.name: s for s in data.train}
         sampler.setup({name: len(stream) for name, stream in self.streams.items()})
