@@ -25,7 +25,7 @@ from .sampling import stable_hash
 from .task import label_mask
 
 #: dataset factories: ``(**kwargs) -> DataBundle``
-DATASETS: Registry[DataBundle] = Registry("dataset", builtins=("core.digits", "core.tabular"))
+DATASETS: Registry[DataBundle] = Registry("dataset", builtins=("core.digits", "core.tabular", "core.streams"))
 
 
 @dataclass
@@ -155,6 +155,15 @@ class SourceStream(Iterator[Any]):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.offset, self._iterator = int(state["epoch"]), int(state["offset"]), None
+
+
+def open_stream(source: Source, loading: Loading, seed: int, rank: int = 0, world_size: int = 1) -> Iterator[Any]:
+    """The source's training stream: the dataset's own (``open_stream``: a sharded stream, see
+    ``core.streams``) or a :class:`SourceStream` over an indexable dataset."""
+    opener = getattr(source.dataset, "open_stream", None)
+    if callable(opener):
+        return opener(source, loading, seed, rank, world_size)
+    return SourceStream(source, loading, seed, rank, world_size)
 
 
 def make_loader(

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..balancing import Balancer, BalancerSetup, NonFiniteGradients, StepContext
 from ..config import ReportConfig, TrainConfig
-from ..data import DataBundle, Loading, SourceStream, labelled_sizes
+from ..data import DataBundle, Loading, labelled_sizes, open_stream
 from ..distributed import (
     DistEnv,
     any_rank,
@@ -98,7 +98,7 @@ class Trainer:
         }
 
         self.streams = {
-            s.name: SourceStream(s, self.loading, config.seed, self.env.rank, self.env.world_size) for s in data.train
+            s.name: open_stream(s, self.loading, config.seed, self.env.rank, self.env.world_size) for s in data.train
         }
         self.source_by_name = {s.name: s for s in data.train}
         sampler.setup({name: len(stream) for name, stream in self.streams.items()})
