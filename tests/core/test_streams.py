@@ -83,9 +83,9 @@ def test_a_resumed_stream_yields_exactly_the_remaining_batches(tmp_path, workers
 def test_a_stream_refuses_a_resume_with_other_workers_and_too_few_shards(tmp_path):
     paths = write_shards(tmp_path)
     state = _stream(paths, workers=2).state_dict()
-    with pytest.raises(DataError, match="resume it with loading.num_workers=2"):
+    with pytest.raises(DataError, match=r"resume it with loading\.num_workers=2"):
         _stream(paths, workers=0).load_state_dict(state)
-    with pytest.raises(DataError, match="2 shard\\(s\\) for 3 ranks"):
+    with pytest.raises(DataError, match=r"2 shard\(s\) for 3 ranks"):
         _stream(paths[:2], world_size=3)
 
 
