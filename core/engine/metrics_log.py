@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -102,3 +103,19 @@ def host_record(record: dict[str, Any], *diagnosed: Any) -> dict[str, Any]:
         read = torch.stack([record[k].detach().double().reshape(()) for k in keys]).tolist()
         record = {**record, **dict(zip(keys, read, strict=True))}
     return {k: v for k, v in record.items() if not (k.startswith("loss/") and math.isnan(v))}
+
+
+def setup_record(trainer: Any) -> dict[str, Any]:
+    """The first record of a new run: what trains, on what, how."""
+    return {
+        "split": "setup",
+        "step": 0,
+        "tasks": list(trainer.model.tasks),
+        "sampler": trainer.sampler.describe(),
+        "balancer": repr(trainer.balancer),
+        "world_size": trainer.env.world_size,
+        "strategy": trainer.strategy.name,
+        "device": str(trainer.env.device),
+        "amp": str(trainer.precision.dtype),
+        "config": dataclasses.asdict(trainer.config),
+    }

@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 import yaml
-from torch.nn.parallel import DistributedDataParallel
 
 from ..balancing import Balancer, BalancerSetup, NonFiniteGradients, StepContext
 from ..config import ReportConfig, TrainConfig
@@ -41,16 +40,17 @@ from .checkpoints import CheckpointManager
 from .compatibility import check_combination
 from .compiled import compile_model
 from .conclude import conclude
-from .ddp import accumulating, step_forward, unused_zero
+from .ddp import unused_zero
 from .interrupt import graceful_interrupt
 from .losses import StepLosses
-from .metrics_log import RunLog, host_record
+from .metrics_log import RunLog, host_record, setup_record
 from .nonfinite import NonFiniteWatch, zero_if_nonfinite
 from .optim import build_optimizer, build_scheduler
 from .precision import Precision
 from .progress import progress_bar
 from .rng import restore_rank_rng, rng_state, seed_everything
 from .rundir import RunDir, RunStatus
+from .strategy import STRATEGIES
 
 FORMAT = "jointtrain.trainer/2"
 
@@ -76,6 +76,7 @@ class Trainer:
         report: ReportConfig | None = None,
         reference: Results | None = None,
         run_config: dict[str, Any] | None = None,
+        strategy: str = "ddp",
     ) -> None:
         self.config, self.report = config, report or ReportConfig()
         self.env = env or DistEnv(device=resolve_device(config.device))
@@ -111,8 +112,9 @@ class Trainer:
             )
         )
         self.balancer.to(self.env.device)
-        self.forward_step = step_forward(self.model, self.env, balancer.space)
-        self.ddp = isinstance(self.forward_step, DistributedDataParallel)
+        self.strategy = STRATEGIES.build(strategy)
+        self.forward_step = self.strategy.wrap(self.model, self.env, balancer)
+        self.ddp = self.strategy.reduces_in_backward(self.forward_step)  # DDP or FSDP: every rank runs every backward
         self.optimizer = build_optimizer(self.model, self.balancer, config)
         self.scheduler = build_scheduler(self.optimizer, config)
         self.precision = Precision(config.amp, self.env.device)
@@ -196,7 +198,7 @@ class Trainer:
         trained: set[str] = set()
         finite = torch.ones((), dtype=torch.bool, device=self.env.device)
         for i in range(self.config.grad_accum):
-            with accumulating(self.forward_step, last=i == self.config.grad_accum - 1):
+            with self.strategy.accumulating(self.forward_step, last=i == self.config.grad_accum - 1):
                 batches = self._batches(chosen)
                 step, features, outputs = self._forward(batches)
                 if host:  # host sync: global counts pick the tasks that train, and the check is exact
@@ -256,7 +258,7 @@ class Trainer:
     def _optimizer_step(self) -> torch.Tensor | None:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         synced = {id(p) for p in self.balancer.synchronised_parameters()}  # already global: not averaged again
-        if self.ddp:  # DDP averaged the model's gradients during backward
+        if self.ddp:  # DDP / FSDP averaged the model's gradients during backward
             synced |= {id(p) for p in self.model.parameters()}
         average_gradients([p for p in params if id(p) not in synced], self.env)
         scaler = self.precision.scaler
@@ -280,7 +282,8 @@ class Trainer:
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self, split: str = "val", model: JointModel | None = None) -> Results:
         sources = {"val": self.data.val, "test": self.data.test, "train": self.data.train}[split]
-        return evaluate(model or self.model, sources, self.loading, self.env, self.precision.autocast)
+        with self.strategy.gathered(self.forward_step) if model is None else contextlib.nullcontext():
+            return evaluate(model or self.model, sources, self.loading, self.env, self.precision.autocast)
 
     def score(self, results: Results) -> float:
         """The monitored value (higher is better); the first validation result is the reference
@@ -289,15 +292,22 @@ class Trainer:
         return monitored_value(results, self.config.monitor, self.reference, self.directions)
 
     # -- state -------------------------------------------------------------------------------
-    def state_dict(self, rank_rngs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        """The resumable state; ``rank_rngs``: every rank's RNG state (default: this process's only)."""
+    def _model_states(self) -> dict[str, Any]:
+        """Model and optimizer state; a collective under FSDP (gathered to rank 0)."""
+        optimizer = self.strategy.optimizer_state(self.model, self.balancer, self.optimizer)
+        return {"model": self.strategy.model_state(self.model), "optimizer": optimizer}
+
+    def state_dict(
+        self, rank_rngs: list[dict[str, Any]] | None = None, models: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The resumable state; ``rank_rngs``: every rank's RNG state (default: this process's only);
+        ``models``: :meth:`_model_states`, taken on every rank beforehand (default: taken here)."""
         return {
             "format": FORMAT,
             "step": self.step,
             "tasks": list(self.model.tasks),
             "run_config": self.run_config,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            **(models or self._model_states()),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.precision.scaler.state_dict(),
             "balancer": self.balancer.state_dict(),
@@ -319,11 +329,10 @@ class Trainer:
                 f"{list(self.model.tasks)} / {sorted(self.streams)}"
             )
         try:
-            self.model.load_state_dict(state["model"])
-            self.balancer.load_state_dict(state["balancer"])
+            self.balancer.load_state_dict(state["balancer"])  # first: the optimizer holds its parameters
+            self.strategy.load(self.model, self.balancer, self.optimizer, state)
         except RuntimeError as e:
             raise CheckpointError(f"checkpoint does not match the model built from the config: {e}") from e
-        self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.precision.scaler.load_state_dict(state["scaler"])
         for name, s in state["streams"].items():
@@ -403,19 +412,7 @@ class Trainer:
             dropped = log.truncate_after(self.step)
             log({"split": "resume", "step": self.step, "changes": changes, "dropped_records": dropped})
         else:
-            log(
-                {
-                    "split": "setup",
-                    "step": 0,
-                    "tasks": list(self.model.tasks),
-                    "sampler": self.sampler.describe(),
-                    "balancer": repr(self.balancer),
-                    "world_size": self.env.world_size,
-                    "device": str(self.env.device),
-                    "amp": str(self.precision.dtype),
-                    "config": dataclasses.asdict(self.config),
-                }
-            )
+            log(setup_record(self))
         return log
 
     def _validate(self, log: RunLog) -> None:
@@ -432,11 +429,13 @@ class Trainer:
     def _save(self, score: float | None) -> bool:
         """Checkpoint (rank 0 writes); True when ``score`` is the best so far."""
         rngs = gather_objects(rng_state(self.env.device), self.env)  # every rank joins; rank 0 writes them
-        improved = self.checkpoints.save(self.step, lambda: self.state_dict(rngs), self.model, score)
+        models, whole = self._model_states(), self.strategy.whole(self.model, self.env)  # collectives too
+        improved = self.checkpoints.save(self.step, lambda: self.state_dict(rngs, models), whole, score)
         barrier(self.env)
         return improved
 
     def _save_model(self, name: str) -> None:
+        whole = self.strategy.whole(self.model, self.env)
         if self.run is not None and self.env.is_main:
-            self.model.save_pretrained(self.run.model(name))
+            whole.save_pretrained(self.run.model(name))
         barrier(self.env)
