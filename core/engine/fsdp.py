@@ -29,6 +29,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor
 
 from ..balancing import Balancer
 from ..distributed import DistEnv
@@ -79,6 +80,9 @@ class FSDPStrategy(Strategy):
             yield
         finally:
             forward.reshard()
+
+    def replicated(self, value: torch.Tensor) -> torch.Tensor:
+        return value.full_tensor() if isinstance(value, DTensor) else value  # a device collective, no host sync
 
     def model_state(self, model: JointModel) -> dict[str, torch.Tensor]:
         return get_model_state_dict(model, options=FULL)

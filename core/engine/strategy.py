@@ -42,6 +42,10 @@ class Strategy:
         """The model's parameters whole on every rank (evaluation outside the wrapped forward)."""
         return contextlib.nullcontext()
 
+    def replicated(self, value: torch.Tensor) -> torch.Tensor:
+        """A reduction over the parameters (the gradient norm) as a plain tensor on every rank."""
+        return value
+
     def model_state(self, model: JointModel) -> dict[str, torch.Tensor]:
         return model.state_dict()
 

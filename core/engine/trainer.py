@@ -269,7 +269,7 @@ class Trainer:
                     p.grad.add_(torch.sign(p.detach()), alpha=self.config.l1)
         grad_norm = None
         if self.config.clip_grad_norm:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.clip_grad_norm)
+            grad_norm = self.strategy.replicated(torch.nn.utils.clip_grad_norm_(params, self.config.clip_grad_norm))
         scaler.step(self.optimizer)
         scaler.update()
         self.scheduler.step()

@@ -22,6 +22,7 @@ COMMON = {
     "balancing.name": "uw",  # balancer parameters ride in the optimizer beside the sharded ones
     "data.label_fraction": 0.5,
     "train.grad_accum": 2,
+    "train.clip_grad_norm": 0.5,  # a norm over sharded and plain (balancer) gradients
     "train.max_steps": 8,
     "train.eval_every": 4,
     "train.device": "cpu",
