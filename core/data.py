@@ -37,8 +37,9 @@ class Source:
     tasks: list[str]
     collate_fn: Callable[[list[Any]], Any] | None = None
     input_key: str = "inputs"
-    #: evaluation loaders kept across evaluations (``eval_loader``)
-    eval_loaders: dict[tuple[Any, ...], DataLoader] = field(default_factory=dict, repr=False, compare=False)
+    #: evaluation loaders kept across evaluations (``eval_loader``); not an ``__init__`` field, so a
+    #: ``dataclasses.replace`` copy (another dataset or collate) starts without them
+    eval_loaders: dict[tuple[Any, ...], DataLoader] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -57,6 +58,8 @@ def test_evaluation_loaders_are_kept_per_rank_and_settings():
     assert eval_loader(source, loading) is loader
     assert eval_loader(source, loading, rank=1, world_size=2) is not loader
     assert [b["y"].tolist() for b in eval_loader(source, loading)] == [b["y"].tolist() for b in loader]
+    other = dataclasses.replace(source, dataset=DictDataset({"inputs": torch.zeros(8, 1), "y": torch.zeros(8).long()}))
+    assert eval_loader(other, loading) is not loader  # a copy with another dataset builds its own
 
 
 def test_cuda_devices_default_to_workers_and_pinned_memory():
