@@ -189,6 +189,11 @@ def eval_loader(source: Source, loading: Loading, rank: int = 0, world_size: int
     """Sequential batches of this rank's strided shard (no padding, so no sample counts twice).
 
     Kept on the source per (settings, rank): every evaluation reuses the loader and its workers."""
+    if not hasattr(source.dataset, "__getitem__"):
+        raise DataError(
+            f"source '{source.name}' is a stream; evaluation reads indexable sources: give validation and "
+            "test data as files read whole (a stream's own sample: its dataset's training_sample())"
+        )
     size = loading.eval_batch_size or 2 * loading.batch_size
     key = (size, loading.num_workers, loading.pin_memory, rank, world_size)
     if key not in source.eval_loaders:

@@ -81,6 +81,13 @@ class ShardedDataset:
     def records(self) -> Iterator[dict[str, Any]]:
         return itertools.chain.from_iterable(self.read(i) for i in range(len(self.shards)))
 
+    def training_sample(self, samples: int, seed: int) -> list[dict[str, Any]]:
+        """At most ``samples`` records (-1 = all), from the shards in a seeded order, held in memory
+        as an indexable dataset: the training sample the run's end scores for the train-val gap."""
+        order = torch.randperm(len(self.shards), generator=torch.Generator().manual_seed(seed)).tolist()
+        records = itertools.chain.from_iterable(self.read(i) for i in order)
+        return list(records if samples < 0 else itertools.islice(records, samples))
+
     def labelled_counts(self) -> dict[str, int]:
         """Labelled records per label key: one pass over every shard (the trainer's task sizes)."""
         counts: dict[str, int] = {}

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from core.data import Loading, Source, open_stream
+from core.data import Loading, Source, eval_loader, open_stream
 from core.errors import DataError
 from core.streams import HuggingFaceShards, JsonlShards, ShardStream
 
@@ -87,6 +87,8 @@ def test_a_stream_refuses_a_resume_with_other_workers_and_too_few_shards(tmp_pat
         _stream(paths, workers=0).load_state_dict(state)
     with pytest.raises(DataError, match=r"2 shard\(s\) for 3 ranks"):
         _stream(paths[:2], world_size=3)
+    with pytest.raises(DataError, match="'train' is a stream; evaluation reads indexable sources"):
+        eval_loader(Source("train", JsonlShards(paths), ["parity"]), Loading())
 
 
 def test_a_hugging_face_streaming_dataset_is_sharded_by_its_files(tmp_path):
@@ -171,3 +173,18 @@ def test_two_ranks_read_disjoint_shards(tmp_path):
         names = sorted(str(p) for p in (tmp_path / "shards").glob("*.jsonl"))
         own = {int(Path(names[i]).stem[-3:]) for i in r["shards"]}
         assert {i // 100 for i in rank_ids} <= own
+
+
+def test_a_config_names_a_sharded_source_and_trains_end_to_end(tmp_path):
+    """Through ``jointtrain train``'s path: validation, best model, results and affinity on the stream."""
+    from core.engine.rundir import RunDir
+    from core.experiments.run import train
+
+    write_shards(tmp_path / "shards")
+    write_shards(tmp_path / "val", [40])
+    config = _config(tmp_path, tmp_path / "shards", **{"train.max_steps": 12, "train.eval_every": 6})
+    config.data["val"] = str(tmp_path / "val" / "*.jsonl")
+    train(config)
+    summary = RunDir(tmp_path / "run").summary()
+    assert 0.0 <= summary["tasks"]["parity"]["accuracy"] <= 1.0
+    assert (tmp_path / "run" / "best" / "model.safetensors").exists()
