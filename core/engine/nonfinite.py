@@ -1,9 +1,9 @@
 """Non-finite steps: skipped exactly on the host path, counted on the device on the sync-free one.
 
 A balancer that reads host values already paid the sync, so its step is skipped exactly
-(:meth:`NonFiniteWatch.skipped`). Whether to skip is a host decision, so the sync-free step cannot skip one:
-a step whose global loss is NaN/Inf has its gradients zeroed instead (the parameters then move
-only by the optimizer's momentum and weight decay). The counts, and the first bad step's values,
+(:meth:`NonFiniteWatch.skipped`). Whether to skip is a host decision, so the sync-free step
+cannot skip one: a step whose global loss is NaN/Inf has its gradients zeroed instead (the
+parameters then move only by the optimizer's momentum and weight decay). The counts, and the first bad step's values,
 stay on the device until :meth:`NonFiniteWatch.check` reads them back at a log step.
 """
 
@@ -58,6 +58,10 @@ class NonFiniteWatch:
             raise too_many(step, described, self.host_in_a_row, what)
         warnings.warn(f"skipping step {step}: {described}", RuntimeWarning, stacklevel=3)
         return {"skipped_nonfinite": self.count()}
+
+    def stepped(self) -> None:
+        """An optimizer step was taken: the host path's run of skipped steps is over."""
+        self.host_in_a_row = 0
 
     def observe(self, step: int, finite: Tensor, values: dict[str, Tensor]) -> None:
         bad, zero = ~finite, self.total.new_zeros(())

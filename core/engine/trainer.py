@@ -241,7 +241,7 @@ class Trainer:
         if not host:
             zero_if_nonfinite([p for group in self.optimizer.param_groups for p in group["params"]], finite)
             self.watch.observe(self.step, finite, step.device_values())
-        self.watch.host_in_a_row = 0
+        self.watch.stepped()
         grad_norm = self._optimizer_step()
         self.balancer.after_step(lambda: self._recompute(batches))
         record: dict[str, Any] = {f"loss/{t}": torch.stack(v).nanmean() for t, v in logged.items()}
