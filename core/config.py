@@ -130,6 +130,15 @@ class ReportConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """How several ranks (``torchrun``) share the model."""
+
+    # ddp: DistributedDataParallel for loss-space methods, the engine's reduction for gradient-space
+    # ones; fsdp: FSDP2 sharding of parameters, gradients and optimizer state (loss-space methods)
+    strategy: str = "ddp"
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig
     tasks: dict[str, dict[str, Any]]  # task name -> {type, **kwargs}
@@ -139,6 +148,7 @@ class RunConfig:
     sampler: dict[str, Any] = field(default_factory=lambda: {"name": "all"})
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig | None = None
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> metric -> value, for Δm
     report: ReportConfig = field(default_factory=ReportConfig)
     output_dir: str = "runs/default"

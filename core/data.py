@@ -10,12 +10,14 @@ B see exactly the samples one process sees with batch B*W.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import dataclasses
+import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .errors import ConfigError, DataError
 from .registry import Registry
@@ -23,7 +25,7 @@ from .sampling import stable_hash
 from .task import label_mask
 
 #: dataset factories: ``(**kwargs) -> DataBundle``
-DATASETS: Registry[DataBundle] = Registry("dataset", builtins=("core.digits", "core.tabular"))
+DATASETS: Registry[DataBundle] = Registry("dataset", builtins=("core.digits", "core.tabular", "core.streams"))
 
 
 @dataclass
@@ -35,6 +37,9 @@ class Source:
     tasks: list[str]
     collate_fn: Callable[[list[Any]], Any] | None = None
     input_key: str = "inputs"
+    #: evaluation loaders kept across evaluations (``eval_loader``); not an ``__init__`` field, so a
+    #: ``dataclasses.replace`` copy (another dataset or collate) starts without them
+    eval_loaders: dict[tuple[Any, ...], DataLoader] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -63,15 +68,40 @@ class Loading:
 
     batch_size: int = 32
     eval_batch_size: int = 0  # 0 = 2 * batch_size
-    num_workers: int = 0
-    pin_memory: bool = False
+    num_workers: int | None = None  # None: CUDA_WORKERS on a CUDA device (at most the CPU count), else 0
+    pin_memory: bool | None = None  # None: pinned on a CUDA device (faster, asynchronous copies)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"loading.batch_size must be >= 1, got {self.batch_size}")
         for key in ("eval_batch_size", "num_workers"):
-            if getattr(self, key) < 0:
+            if (getattr(self, key) or 0) < 0:
                 raise ConfigError(f"loading.{key} must be >= 0, got {getattr(self, key)}")
+
+    def resolved(self, device: torch.device) -> Loading:
+        """The settings with the ``None`` defaults chosen for ``device`` (the trainer's, ``auto`` resolved)."""
+        cuda = device.type == "cuda"
+        workers = self.num_workers if self.num_workers is not None else min(CUDA_WORKERS, os.cpu_count() or 1) * cuda
+        pin = self.pin_memory if self.pin_memory is not None else cuda
+        return dataclasses.replace(self, num_workers=workers, pin_memory=pin)
+
+
+#: loader workers per source on CUDA when ``loading.num_workers`` is not given
+CUDA_WORKERS = 4
+
+
+class EpochBatches(Sampler[list[int]]):
+    """The stream's batches from its current (epoch, offset), read afresh each time the loader is
+    iterated: one DataLoader (and its persistent workers) serves every epoch."""
+
+    def __init__(self, stream: SourceStream) -> None:
+        self.stream = stream
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.stream.epoch_batches(self.stream.epoch)[self.stream.offset :])
+
+    def __len__(self) -> int:
+        return len(self.stream) - self.stream.offset
 
 
 class SourceStream(Iterator[Any]):
@@ -94,6 +124,7 @@ class SourceStream(Iterator[Any]):
                 f"({loading.batch_size} x {world_size} ranks); lower batch_size"
             )
         self.epoch, self.offset = 0, 0
+        self.loader: DataLoader | None = None  # built once, kept across epochs and resumes
         self._iterator: Iterator[Any] | None = None
 
     def __len__(self) -> int:
@@ -106,11 +137,12 @@ class SourceStream(Iterator[Any]):
 
     def __next__(self) -> Any:
         if self._iterator is None:
-            batches = self.epoch_batches(self.epoch)[self.offset :]
-            # A private generator keeps the DataLoader from drawing on the global RNG, whose
-            # state must only depend on the step for exact resume.
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            self._iterator = iter(make_loader(self.source, self.loading, batches, generator))
+            if self.loader is None:
+                # A private generator keeps the DataLoader from drawing on the global RNG, whose
+                # state must only depend on the step for exact resume.
+                self.loader = make_loader(self.source, self.loading, EpochBatches(self), torch.Generator())
+            self.loader.generator.manual_seed(self.seed + self.epoch)  # worker seeds: a function of the epoch
+            self._iterator = iter(self.loader)
         try:
             batch = next(self._iterator)
         except StopIteration:
@@ -126,25 +158,49 @@ class SourceStream(Iterator[Any]):
         self.epoch, self.offset, self._iterator = int(state["epoch"]), int(state["offset"]), None
 
 
+def open_stream(source: Source, loading: Loading, seed: int, rank: int = 0, world_size: int = 1) -> Iterator[Any]:
+    """The source's training stream: the dataset's own (``open_stream``: a sharded stream, see
+    ``core.streams``) or a :class:`SourceStream` over an indexable dataset."""
+    opener = getattr(source.dataset, "open_stream", None)
+    if callable(opener):
+        return opener(source, loading, seed, rank, world_size)
+    return SourceStream(source, loading, seed, rank, world_size)
+
+
 def make_loader(
-    source: Source, loading: Loading, batches: list[list[int]], generator: torch.Generator | None = None
+    source: Source,
+    loading: Loading,
+    batches: Iterable[list[int]],
+    generator: torch.Generator | None = None,
 ) -> DataLoader:
+    workers = loading.num_workers or 0
     return DataLoader(
         source.dataset,
         batch_sampler=batches,
         collate_fn=source.collate_fn,
         generator=generator,
-        num_workers=loading.num_workers,
-        pin_memory=loading.pin_memory,
+        num_workers=workers,
+        pin_memory=bool(loading.pin_memory),
+        persistent_workers=workers > 0,  # no respawn per epoch or evaluation
     )
 
 
 def eval_loader(source: Source, loading: Loading, rank: int = 0, world_size: int = 1) -> DataLoader:
-    """Sequential batches of this rank's strided shard (no padding, so no sample counts twice)."""
+    """Sequential batches of this rank's strided shard (no padding, so no sample counts twice).
+
+    Kept on the source per (settings, rank): every evaluation reuses the loader and its workers."""
+    if not hasattr(source.dataset, "__getitem__"):
+        raise DataError(
+            f"source '{source.name}' is a stream; evaluation reads indexable sources: give validation and "
+            "test data as files read whole (a stream's own sample: its dataset's training_sample())"
+        )
     size = loading.eval_batch_size or 2 * loading.batch_size
-    indices = list(range(rank, len(source), world_size))
-    batches = [indices[i : i + size] for i in range(0, len(indices), size)]
-    return make_loader(source, loading, batches, torch.Generator().manual_seed(0))
+    key = (size, loading.num_workers, loading.pin_memory, rank, world_size)
+    if key not in source.eval_loaders:
+        indices = list(range(rank, len(source), world_size))
+        batches = [indices[i : i + size] for i in range(0, len(indices), size)]
+        source.eval_loaders[key] = make_loader(source, loading, batches, torch.Generator().manual_seed(0))
+    return source.eval_loaders[key]
 
 
 def count_labelled(source: Source, label_keys: dict[str, str]) -> dict[str, int]:

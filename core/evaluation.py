@@ -71,12 +71,9 @@ def evaluate(
                     task = model.tasks[t]
                     target = batch[task.label_key]
                     task.update_metrics(metrics[t], outputs[t], target)
-                    _, _, count = task.labelled(outputs[t], target)
-                    if count:
-                        loss = task.loss(outputs[t], target)
-                        loss_sums[wanted.index(t)] += torch.stack(
-                            [loss.double() * count, torch.tensor(count, device=env.device, dtype=torch.float64)]
-                        )
+                    task.validate_target(target)
+                    total, count = task.masked_loss(outputs[t], target)
+                    loss_sums[wanted.index(t)] += torch.stack([total.double(), count.double()])
     finally:
         model.train(was_training)
     all_reduce_sum(loss_sums, env)

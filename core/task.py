@@ -11,7 +11,11 @@ A task type owns its label semantics in one class (see ``core.tasks``):
   (class count, label names);
 - ``train_updates(values)``: spec completions that must come from the training split only;
 - ``labelled_rows(values)``: which samples carry a label (their count sizes samplers/weights);
-- ``labelled`` / ``loss`` / ``update_metrics``: masked training and scoring;
+- ``masked_loss`` -> ``(sum, count)``: the training loss over the labelled entries as device
+  tensors, computed without reading anything back to the host (masked entries are weighted 0,
+  not selected, so no shape depends on the data);
+- ``labelled`` / ``loss`` / ``update_metrics``: selection of the labelled entries, their mean loss
+  (a convenience that reads the count) and scoring;
 - ``postprocess(output)``: the documented per-sample prediction record (docs/tabular.md).
 """
 
@@ -28,7 +32,8 @@ from torchmetrics import Metric
 
 from .errors import ConfigError, DataError
 
-LossFn = Callable[[Tensor, Tensor], Tensor]
+#: ``(output, target, reduction=...) -> loss``: ``reduction="none"`` gives one loss per entry
+LossFn = Callable[..., Tensor]
 
 
 def label_mask(target: Tensor) -> Tensor:
@@ -105,26 +110,51 @@ class Task:
     def higher_is_better(self) -> dict[str, bool]:
         return {name: bool(factory().higher_is_better) for name, factory in self.metrics.items()}
 
-    def labelled(self, output: Any, target: Any) -> tuple[Any, Any, int]:
-        """Keep the labelled entries; returns (output, target, count). Override for structured targets."""
-        mask = label_mask(target)
+    def align(self, output: Any, target: Any) -> tuple[Any, Any]:
+        """Output and target with matching leading shapes; task types squeeze or cast here."""
         if output.shape[: target.ndim] != target.shape:
             raise DataError(
                 f"task '{self.name}': head output shape {tuple(output.shape)} does not match "
                 f"label shape {tuple(target.shape)} (label key '{self.label_key}')"
             )
+        return output, target
+
+    def loss_target(self, target: Tensor) -> Tensor:
+        """The target the loss sees (regression standardises it)."""
+        return target
+
+    def labelled(self, output: Any, target: Any) -> tuple[Any, Any, int]:
+        """Keep the labelled entries; returns (output, target, count). Override for structured targets."""
+        output, target = self.align(output, target)
+        mask = label_mask(target)
         return output[mask], target[mask], int(mask.sum())
 
     def validate_target(self, target: Any) -> None:
-        """Raise DataError when labels are out of range; called on every training batch."""
+        """Raise DataError when labels are out of range; the trainer calls it on each CPU batch,
+        before the batch moves to the device, so the check costs no device sync."""
+
+    def masked_loss(self, output: Any, target: Any) -> tuple[Tensor, Tensor]:
+        """(sum of the per-entry losses over the labelled entries, their count), both on the device.
+
+        Every entry is scored against a placeholder label where its own is missing and weighted 0,
+        so no shape depends on which entries are labelled and nothing is read back to the host.
+        Needs a ``loss_fn`` that takes ``reduction="none"`` (torch's functional losses do).
+        """
+        output, target = self.align(output, target)
+        mask = label_mask(target)
+        keep = mask.reshape(-1)
+        flat = output.reshape(target.numel(), *output.shape[target.ndim :])
+        # placeholders on both sides: an Inf/NaN output of an unlabelled entry gets an exact 0 gradient
+        flat = torch.where(keep.view(-1, *[1] * (flat.ndim - 1)), flat, torch.zeros((), dtype=flat.dtype))
+        placeholder = torch.where(mask, target, torch.zeros_like(target))
+        per_entry = self.loss_fn(flat, self.loss_target(placeholder).reshape(-1), reduction="none")
+        return torch.where(keep, per_entry.float(), 0.0).sum(), keep.sum()
 
     def loss(self, output: Any, target: Any) -> Tensor | None:
-        """Mean loss over labelled entries, or None when the batch has none."""
+        """Mean loss over labelled entries, or None when the batch has none (reads the count)."""
         self.validate_target(target)
-        output, target, count = self.labelled(output, target)
-        if count == 0:
-            return None
-        return self.loss_fn(output, target)
+        total, count = self.masked_loss(output, target)
+        return total / count if int(count) else None
 
     def new_metrics(self) -> dict[str, Metric]:
         return {name: factory() for name, factory in self.metrics.items()}

@@ -200,10 +200,10 @@ class BinaryTask(Task):
         if bool(((seen != 0) & (seen != 1)).any()):
             raise DataError(f"task '{self.name}': labels must be 0, 1 or NaN (label key '{self.label_key}')")
 
-    def labelled(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor, int]:
+    def align(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         if output.ndim == target.ndim + 1 and output.shape[-1] == 1:
             output = output.squeeze(-1)
-        return super().labelled(output, target.float())
+        return super().align(output, target.float())
 
     def probabilities(self, output: Tensor) -> Tensor:
         return output.float().sigmoid()
@@ -290,17 +290,14 @@ class RegressionTask(Task):
     def _scale(self) -> tuple[float, float]:
         return float(self.spec.get("target_mean", 0.0)), float(self.spec.get("target_std", 1.0))
 
-    def labelled(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor, int]:
+    def align(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         if output.ndim == target.ndim + 1 and output.shape[-1] == 1:
             output = output.squeeze(-1)
-        return super().labelled(output, target.float())
+        return super().align(output, target.float())
 
-    def loss(self, output: Tensor, target: Tensor) -> Tensor | None:
-        output, target, count = self.labelled(output, target)
-        if count == 0:
-            return None
+    def loss_target(self, target: Tensor) -> Tensor:
         mean, std = self._scale()
-        return self.loss_fn(output, (target - mean) / std)
+        return (target - mean) / std
 
     def value(self, output: Tensor) -> Tensor:
         mean, std = self._scale()
@@ -349,8 +346,10 @@ def bce_loss(pos_weight: float | None) -> Any:
     if pos_weight is None:
         return F.binary_cross_entropy_with_logits
 
-    def loss(output: Tensor, target: Tensor) -> Tensor:
-        return F.binary_cross_entropy_with_logits(output, target, pos_weight=output.new_tensor(pos_weight))
+    def loss(output: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+        return F.binary_cross_entropy_with_logits(
+            output, target, pos_weight=output.new_tensor(pos_weight), reduction=reduction
+        )
 
     return loss
 

@@ -27,6 +27,7 @@ from torchmetrics import Metric
 from transformers import BertGenerationConfig, BertGenerationDecoder
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
+from core.distributed import connected_zero
 from core.errors import CheckpointError, ConfigError, DataError
 from core.heads import HEADS
 from core.task import Task
@@ -131,6 +132,13 @@ class GenerationTask(Task):
     def labelled(self, output: dict[str, Tensor], target: Tensor) -> tuple[dict[str, Tensor], Tensor, int]:
         rows = target[:, 0] >= 0 if target.shape[1] else target.new_zeros(len(target), dtype=torch.bool)
         return {k: v[rows] for k, v in output.items()}, target[rows], int(rows.sum())
+
+    def masked_loss(self, output: dict[str, Tensor], target: Tensor) -> tuple[Tensor, Tensor]:
+        """The decoder runs on the labelled rows only: selecting them reads their count (one host sync)."""
+        output, target, count = self.labelled(output, target)
+        if count == 0:  # a zero whose graph reaches the outputs, so every rank runs the same backward
+            return connected_zero(output), target.new_zeros(())
+        return self._loss(output, target) * count, target.new_tensor(count)
 
     def validate_target(self, target: Tensor) -> None:
         vocab = self.head.decoder.config.vocab_size

@@ -1,8 +1,8 @@
 """Time the engine's training step against a hand-written loop, and count host syncs per step.
 
 Same model (a copy of the trainer's), same batch, same optimizer and schedule: the hand loop is
-``zero_grad, forward, sum of the tasks' masked losses, backward, step``; the engine's step adds
-the global masked mean, balancing (``ew``), non-finite checks and its record. Timings are
+``zero_grad, forward, sum of the tasks' masked means (sum / count on the device), backward, step``;
+the engine's step adds the global masked mean, balancing (``ew``), non-finite checks and its record. Timings are
 interleaved and the median of ``--repeats`` rounds of ``--steps`` steps is kept. Host syncs: on
 CUDA those ``torch.cuda.set_sync_debug_mode`` reports, everywhere those ``HostSyncCounter``
 sees (value reads and data-dependent shapes, see ``core.engine.host_syncs``).
@@ -58,10 +58,11 @@ def hand_step(trainer: Trainer, batch: dict[str, Any]) -> Callable[[], None]:
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
+        moved = move(batch, trainer.env.device)  # as the engine does: the batch comes from the CPU each step
         with trainer.precision.autocast():
-            outputs = model(batch["inputs"], tasks)
-            losses = [model.tasks[t].loss(outputs[t], batch[model.tasks[t].label_key]) for t in tasks]
-        sum(loss for loss in losses if loss is not None).backward()  # type: ignore[union-attr]
+            outputs = model(moved["inputs"], tasks)
+            parts = [model.tasks[t].masked_loss(outputs[t], moved[model.tasks[t].label_key]) for t in tasks]
+        sum(total / count.clamp_min(1) for total, count in parts).backward()  # type: ignore[union-attr]
         optimizer.step()
         scheduler.step()
 
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     trainer = make_trainer(args)
     device = trainer.env.device
     (name,) = trainer.streams
-    batch = move(next(trainer.streams[name]), device)
+    batch = next(trainer.streams[name])  # on the CPU: both steps move it (the engine also checks its labels)
     trainer.streams[name] = itertools.repeat(batch)  # type: ignore[assignment]  # the same batch every step
     trainer.model.train()
     engine, hand = trainer.train_step, hand_step(trainer, batch)

@@ -10,9 +10,11 @@ import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from core.distributed import connected_zero
 from core.errors import ConfigError, DataError
 from core.metrics import METRICS
 from core.task import Task
@@ -33,6 +35,13 @@ class DetectionTask(Task):
             return output, list(target), len(keep)
         subset = {k: (v[keep] if k in PER_IMAGE else v) for k, v in output.items()}
         return subset, [target[i] for i in keep], len(keep)
+
+    def masked_loss(self, output: dict[str, Tensor], target: Sequence[Target]) -> tuple[Tensor, Tensor]:
+        """Which images carry boxes is a host-side list: the count needs no device read."""
+        output, target, count = self.labelled(output, target)
+        if count == 0:  # a zero whose graph reaches the outputs, so every rank runs the same backward
+            return connected_zero(output), torch.zeros((), device=output["cls_logits"].device)
+        return self.loss_fn(output, target).float() * count, torch.tensor(count, device=output["cls_logits"].device)
 
     def validate_target(self, target: Sequence[Target]) -> None:
         num_classes = self.spec["num_classes"]

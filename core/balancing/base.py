@@ -8,14 +8,17 @@ Two kinds:
 - ``loss``: weights (or a function) of the task losses; one ordinary backward of their combination.
   The losses arrive scaled for DDP (averaging gradients over ranks gives the global masked mean),
   so a method uses them only linearly and takes any non-linear coefficient from the detached,
-  rank-averaged ``ctx.loss_values`` (exact under DDP, identical in one process).
+  rank-averaged ``ctx.loss_values`` (exact under DDP, identical in one process). A method that
+  computes its weights as device tensors (``host_values = False``) keeps the step free of host
+  syncs: it then receives every task of the step's sources, ``ctx.labelled`` saying which carry a
+  label on some rank (the others have an exact zero loss).
 - ``gradient``: a pure method on the per-task gradients, run by :mod:`.engine`
   (see :class:`.gradient.GradientBalancer`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -41,13 +44,20 @@ class StepContext:
 
     step: int
     backward: Callable[[Tensor], None]  # AMP-scaled, accumulation-aware backward of a scalar
-    loss_values: dict[str, float]  # detached losses, averaged over ranks: use these for state updates
+    #: detached losses, averaged over ranks: use these for state updates. Host floats of the labelled
+    #: tasks for a ``host_values`` balancer; 0-dim device tensors of every task of the step otherwise
+    loss_values: Mapping[str, float | Tensor]
     model: nn.Module | None = None
     features: dict[str, Any] = field(default_factory=dict)  # source -> shared representation
     source_tasks: dict[str, list[str]] = field(default_factory=dict)  # source -> tasks computed on it
     env: DistEnv = field(default_factory=DistEnv)  # rank / world size / device
     scaler: torch.amp.GradScaler | None = None  # the trainer's AMP scaler (enabled only for fp16)
     grad_accum: int = 1  # micro-batches per optimizer step: ``backward`` divides by it
+    #: device bools: does the task have a labelled sample on some rank (sync-free path; absent = yes)
+    labelled: Mapping[str, Tensor] = field(default_factory=dict)
+
+    def is_labelled(self, task: str, device: torch.device) -> Tensor:
+        return torch.as_tensor(self.labelled.get(task, True), device=device)
 
 
 class Balancer(nn.Module):
@@ -66,6 +76,9 @@ class Balancer(nn.Module):
     state: ClassVar[str] = ""
     #: how the method behaves under DDP
     ddp: ClassVar[str] = "exact: the combined loss is linear in the DDP-scaled task losses"
+    #: reads ``ctx.loss_values`` as host floats: the trainer then reads each micro-batch's loss table
+    #: back (one host sync) and passes only the labelled tasks; False = weights stay device tensors
+    host_values: ClassVar[bool] = True
 
     @classmethod
     def describe(cls) -> dict[str, Any]:
@@ -82,8 +95,9 @@ class Balancer(nn.Module):
         """Called once by the trainer before the first step (and before loading a checkpoint)."""
         self.tasks = list(setup.tasks)
 
-    def backward(self, losses: dict[str, Tensor], ctx: StepContext) -> dict[str, float]:
-        """Backpropagate the combination of ``losses``; return the weight applied to each task."""
+    def backward(self, losses: dict[str, Tensor], ctx: StepContext) -> dict[str, float | Tensor]:
+        """Backpropagate the combination of ``losses``; return the weight applied to each task
+        (a device tensor where reading it would cost a host sync; the trainer logs it at log steps)."""
         raise NotImplementedError
 
     def synchronised_parameters(self) -> list[nn.Parameter]:
@@ -121,12 +135,12 @@ class LossBalancer(Balancer):
     def weights(self, losses: dict[str, Tensor], ctx: StepContext) -> dict[str, Tensor | float]:
         raise NotImplementedError
 
-    def combine(self, losses: dict[str, Tensor], ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+    def combine(self, losses: dict[str, Tensor], ctx: StepContext) -> tuple[Tensor, dict[str, float | Tensor]]:
         weights = self.weights(losses, ctx)
         total = sum(weights[t] * losses[t] for t in losses)
-        return total, {t: float(weights[t]) for t in losses}  # type: ignore[return-value]
+        return total, {t: weights[t] for t in losses}  # type: ignore[return-value]
 
-    def backward(self, losses: dict[str, Tensor], ctx: StepContext) -> dict[str, float]:
+    def backward(self, losses: dict[str, Tensor], ctx: StepContext) -> dict[str, float | Tensor]:
         total, applied = self.combine(losses, ctx)
         ctx.backward(total)
         return applied

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from ..errors import ConfigError
@@ -28,6 +30,7 @@ class EqualWeighting(LossBalancer):
     """
 
     state = "weights fixed at a task's first step (inverse_initial_loss), loss-scale sums"
+    host_values = False  # the heuristics' state is kept as device tensors: no host sync per step
 
     def __init__(
         self, weights: dict[str, float] | None = None, heuristic: str = "config", scale_steps: int = 20
@@ -41,11 +44,18 @@ class EqualWeighting(LossBalancer):
         self.heuristic = heuristic
         self.scale_steps = scale_steps
         self.fixed: dict[str, float] = {}
-        self.scale_sums: dict[str, float] = {}  # loss_scale: running sums and counts per task
-        self.scale_counts: dict[str, int] = {}
+        # per task (setup's order), on the loss's device: inverse_initial_loss weights (NaN = not
+        # seen yet) and loss_scale's running sums and counts
+        self.initial = torch.empty(0)
+        self.scale_sums = torch.empty(0)
+        self.scale_counts = torch.empty(0)
 
     def setup(self, setup: BalancerSetup) -> None:
         super().setup(setup)
+        k = len(setup.tasks)
+        self.initial = torch.full((k,), math.nan, dtype=torch.float64)
+        self.scale_sums = torch.zeros(k, dtype=torch.float64)
+        self.scale_counts = torch.zeros(k, dtype=torch.float64)
         if self.given is not None:
             missing = [t for t in setup.tasks if t not in self.given]
             if missing:
@@ -59,31 +69,51 @@ class EqualWeighting(LossBalancer):
             self.fixed = normalise({t: float(setup.dataset_sizes[t]) for t in setup.tasks})
 
     def weights(self, losses: dict[str, Tensor], ctx: StepContext) -> dict[str, Tensor | float]:
-        if self.heuristic == "loss_scale" and self.given is None:
-            return self._loss_scale(losses, ctx)  # type: ignore[return-value]
-        for t in losses:  # only inverse_initial_loss leaves weights to a task's first step
-            if t not in self.fixed:
-                self.fixed[t] = 1.0 / max(ctx.loss_values[t], 1e-12)
-        return {t: self.fixed[t] for t in losses}
+        if self.fixed:
+            return {t: self.fixed[t] for t in losses}
+        device = next(iter(losses.values())).device
+        rows = [self.tasks.index(t) for t in losses]
+        values = torch.stack([torch.as_tensor(ctx.loss_values[t], device=device) for t in losses]).double()
+        # a step's value counts once the task is labelled somewhere and its loss is finite
+        seen = torch.stack([ctx.is_labelled(t, device) for t in losses]) & torch.isfinite(values)
+        if self.heuristic == "loss_scale":
+            return self._loss_scale(losses, rows, values, seen)
+        initial = self.initial.to(device)
+        current = initial[rows]
+        initial[rows] = torch.where(seen & torch.isnan(current), 1.0 / values.clamp_min(1e-12), current)
+        self.initial = initial
+        weights = initial[rows].nan_to_num(0.0).float()  # not seen yet: its loss is an exact zero this step
+        return {t: weights[i] for i, t in enumerate(losses)}
 
-    def _loss_scale(self, losses: dict[str, Tensor], ctx: StepContext) -> dict[str, float]:
-        for t in losses:
-            if self.scale_counts.get(t, 0) < self.scale_steps:
-                self.scale_sums[t] = self.scale_sums.get(t, 0.0) + ctx.loss_values[t]
-                self.scale_counts[t] = self.scale_counts.get(t, 0) + 1
+    def _loss_scale(
+        self, losses: dict[str, Tensor], rows: list[int], values: Tensor, seen: Tensor
+    ) -> dict[str, Tensor]:
+        sums, counts = self.scale_sums.to(values.device), self.scale_counts.to(values.device)
+        take = seen & (counts[rows] < self.scale_steps)
+        sums[rows] += torch.where(take, values, 0.0)
+        counts[rows] += take.double()
+        self.scale_sums, self.scale_counts = sums, counts
         # normalised over every task seen so far, so a task's weight does not depend on which
         # tasks happen to be in this step's batch (the one-dataset-per-task regime)
-        inverse = {t: self.scale_counts[t] / max(s, 1e-12) for t, s in self.scale_sums.items()}
-        scaled = normalise(inverse)
-        return {t: scaled[t] for t in losses}
+        known = counts > 0
+        inverse = torch.where(known, counts / sums.clamp_min(1e-12), 0.0)
+        scaled = (known.sum() * inverse / inverse.sum().clamp_min(1e-300))[rows].float()
+        return {t: scaled[i] for i, t in enumerate(losses)}
 
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"fixed": dict(self.fixed), "scale_sums": dict(self.scale_sums), "scale_counts": dict(self.scale_counts)}
+    def get_extra_state(self) -> dict[str, Any]:  # host reads: checkpoints only
+        return {
+            "fixed": dict(self.fixed),
+            "initial": [None if math.isnan(v) else v for v in self.initial.tolist()],  # None: not seen yet
+            "scale_sums": self.scale_sums.tolist(),
+            "scale_counts": self.scale_counts.tolist(),
+        }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.fixed = dict(state["fixed"])
-        self.scale_sums = dict(state.get("scale_sums", {}))
-        self.scale_counts = dict(state.get("scale_counts", {}))
+        for key in ("initial", "scale_sums", "scale_counts"):
+            if key in state:
+                values = [math.nan if v is None else v for v in state[key]]
+                setattr(self, key, torch.tensor(values, dtype=torch.float64))
 
     def extra_repr(self) -> str:
         scale = f", scale_steps={self.scale_steps}" if self.heuristic == "loss_scale" else ""

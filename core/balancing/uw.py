@@ -19,6 +19,7 @@ class UncertaintyWeighting(LossBalancer):
     """
 
     state = "K log-variances (parameters)"
+    host_values = False  # weights and regulariser stay on the device
 
     def __init__(self, init: float = 0.0) -> None:
         super().__init__()
@@ -30,9 +31,15 @@ class UncertaintyWeighting(LossBalancer):
         for t in setup.tasks:
             self.log_vars[t] = nn.Parameter(torch.tensor(float(self.init)))
 
-    def combine(self, losses: dict[str, Tensor], ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
-        total = sum(0.5 * torch.exp(-self.log_vars[t]) * loss + 0.5 * self.log_vars[t] for t, loss in losses.items())
-        return total, {t: float(0.5 * torch.exp(-self.log_vars[t].detach())) for t in losses}  # type: ignore[return-value]
+    def combine(self, losses: dict[str, Tensor], ctx: StepContext) -> tuple[Tensor, dict[str, Tensor]]:
+        # the regulariser only where the task carries a label on some rank: an unlabelled task's
+        # loss is an exact zero, and so is then its log-variance's gradient
+        total = sum(
+            0.5 * torch.exp(-s) * loss + 0.5 * s * ctx.is_labelled(t, s.device)
+            for t, loss in losses.items()
+            for s in [self.log_vars[t]]
+        )
+        return total, {t: 0.5 * torch.exp(-self.log_vars[t].detach()) for t in losses}  # type: ignore[return-value]
 
     def extra_repr(self) -> str:
         return f"init={self.init}"

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..data import Loading, Source, SourceStream
+from ..data import Loading, Source, open_stream
 from ..evaluation import move
 from ..model import JointModel
 
@@ -80,7 +80,7 @@ def lookahead_affinity(
     """
     device = next(model.parameters()).device
     shared = [p for p in model.shared_parameters() if p.requires_grad]
-    streams = [SourceStream(s, loading, seed) for s in sources]
+    streams = [open_stream(s, loading, seed) for s in sources]  # map-style or sharded
     tasks = list(model.tasks)
     sums = {i: {j: 0.0 for j in tasks} for i in tasks}
     counts = {i: {j: 0 for j in tasks} for i in tasks}

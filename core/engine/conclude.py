@@ -26,12 +26,15 @@ if TYPE_CHECKING:
 
 def train_sample(sources: list[Source], samples: int, seed: int) -> list[Source]:
     """At most ``samples`` seeded random training examples per source (-1 = all)."""
-    if samples < 0:
-        return sources
     out = []
     for s in sources:
-        index = torch.randperm(len(s), generator=torch.Generator().manual_seed(seed))[: min(samples, len(s))]
-        out.append(dataclasses.replace(s, dataset=torch.utils.data.Subset(s.dataset, index.tolist())))
+        if callable(getattr(s.dataset, "training_sample", None)):  # a stream (core.streams) reads its own
+            out.append(dataclasses.replace(s, dataset=s.dataset.training_sample(samples, seed)))
+        elif samples < 0:
+            out.append(s)
+        else:
+            index = torch.randperm(len(s), generator=torch.Generator().manual_seed(seed))[: min(samples, len(s))]
+            out.append(dataclasses.replace(s, dataset=torch.utils.data.Subset(s.dataset, index.tolist())))
     return out
 
 

@@ -16,8 +16,10 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..balancing import Balancer
 from ..distributed import DistEnv, connected_zero
 from ..model import JointModel
+from .strategy import STRATEGIES, Strategy
 
 
 class StepForward(nn.Module):
@@ -46,11 +48,23 @@ def step_forward(model: JointModel, env: DistEnv, kind: str) -> StepForward | Di
     return DistributedDataParallel(step, device_ids=device_ids, find_unused_parameters=True)
 
 
-def accumulating(forward: nn.Module, last: bool) -> contextlib.AbstractContextManager[Any]:
-    """DDP's ``no_sync`` on every accumulation micro-batch but the last: one all-reduce per step."""
-    if isinstance(forward, DistributedDataParallel) and not last:
-        return forward.no_sync()
-    return contextlib.nullcontext()
+@STRATEGIES.register("ddp")
+class DDPStrategy(Strategy):
+    """DDP for loss-space methods on several ranks; the engine's own reduction otherwise."""
+
+    name = "ddp"
+
+    def wrap(self, model: JointModel, env: DistEnv, balancer: Balancer) -> nn.Module:
+        return step_forward(model, env, balancer.kind)
+
+    def reduces_in_backward(self, forward: nn.Module) -> bool:
+        return isinstance(forward, DistributedDataParallel)
+
+    def accumulating(self, forward: nn.Module, last: bool) -> contextlib.AbstractContextManager[Any]:
+        """DDP's ``no_sync`` on every accumulation micro-batch but the last: one all-reduce per step."""
+        if isinstance(forward, DistributedDataParallel) and not last:
+            return forward.no_sync()
+        return contextlib.nullcontext()
 
 
 def unused_zero(outputs: dict[str, dict[str, Any]], losses: dict[str, Any]) -> torch.Tensor | None:

@@ -52,6 +52,8 @@ RESUMABLE_KEYS = (
     "train.log_every",
     "train.progress",
     "train.early_stopping_patience",
+    "loading.num_workers",  # map-style batches do not depend on the workers; a sharded stream checks its own
+    "loading.pin_memory",
     "report.",
 )
 

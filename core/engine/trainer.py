@@ -13,20 +13,17 @@ import dataclasses
 import functools
 import math
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from torch.nn.parallel import DistributedDataParallel
 
 from ..balancing import Balancer, BalancerSetup, NonFiniteGradients, StepContext
 from ..config import ReportConfig, TrainConfig
-from ..data import DataBundle, Loading, SourceStream, labelled_sizes
+from ..data import DataBundle, Loading, labelled_sizes, open_stream
 from ..distributed import (
     DistEnv,
-    all_reduce_sum,
     any_rank,
     average_gradients,
     barrier,
@@ -34,7 +31,7 @@ from ..distributed import (
     gather_objects,
     resolve_device,
 )
-from ..errors import CheckpointError, ConfigError, NonFiniteLossError
+from ..errors import CheckpointError, ConfigError
 from ..evaluation import Results, evaluate, higher_is_better, monitored_value, move
 from ..io import load_state
 from ..model import JointModel
@@ -43,14 +40,17 @@ from .checkpoints import CheckpointManager
 from .compatibility import check_combination
 from .compiled import compile_model
 from .conclude import conclude
-from .ddp import accumulating, step_forward, unused_zero
+from .ddp import unused_zero
 from .interrupt import graceful_interrupt
-from .metrics_log import RunLog
+from .losses import StepLosses
+from .metrics_log import RunLog, host_record, setup_record
+from .nonfinite import NonFiniteWatch, zero_if_nonfinite
 from .optim import build_optimizer, build_scheduler
 from .precision import Precision
 from .progress import progress_bar
 from .rng import restore_rank_rng, rng_state, seed_everything
 from .rundir import RunDir, RunStatus
+from .strategy import STRATEGIES
 
 FORMAT = "jointtrain.trainer/2"
 
@@ -76,9 +76,11 @@ class Trainer:
         report: ReportConfig | None = None,
         reference: Results | None = None,
         run_config: dict[str, Any] | None = None,
+        strategy: str = "ddp",
     ) -> None:
-        self.config, self.loading, self.report = config, loading, report or ReportConfig()
+        self.config, self.report = config, report or ReportConfig()
         self.env = env or DistEnv(device=resolve_device(config.device))
+        self.loading = loading.resolved(self.env.device)  # workers and pinned memory on CUDA by default
         self.model = model.to(self.env.device)
         if config.channels_last and self.env.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -97,7 +99,7 @@ class Trainer:
         }
 
         self.streams = {
-            s.name: SourceStream(s, loading, config.seed, self.env.rank, self.env.world_size) for s in data.train
+            s.name: open_stream(s, self.loading, config.seed, self.env.rank, self.env.world_size) for s in data.train
         }
         self.source_by_name = {s.name: s for s in data.train}
         sampler.setup({name: len(stream) for name, stream in self.streams.items()})
@@ -110,8 +112,9 @@ class Trainer:
             )
         )
         self.balancer.to(self.env.device)
-        self.forward_step = step_forward(self.model, self.env, balancer.kind)
-        self.ddp = isinstance(self.forward_step, DistributedDataParallel)
+        self.strategy = STRATEGIES.build(strategy)
+        self.forward_step = self.strategy.wrap(self.model, self.env, balancer)
+        self.ddp = self.strategy.reduces_in_backward(self.forward_step)  # DDP or FSDP: every rank runs every backward
         self.optimizer = build_optimizer(self.model, self.balancer, config)
         self.scheduler = build_scheduler(self.optimizer, config)
         self.precision = Precision(config.amp, self.env.device)
@@ -127,7 +130,7 @@ class Trainer:
         self.step = 0
         self.best_val: Results = {}
         self.evals_without_improvement = 0
-        self.nonfinite_in_a_row = self.nonfinite_total = 0
+        self.watch = NonFiniteWatch(list(model.tasks), config.max_nonfinite_steps, self.env.device)
         self.stop_requested = False  # set by Ctrl-C / SIGTERM: checkpoint at the step boundary and stop
 
     def request_stop(self) -> bool:
@@ -146,43 +149,32 @@ class Trainer:
         return any_rank(self.stop_requested, self.env)
 
     # -- one step --------------------------------------------------------------------------
-    def _forward(
-        self, batches: dict[str, Any]
-    ) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, Any], dict[str, dict[str, Any]]]:
-        """Backbone once per source, the heads of its tasks, and each task's masked loss.
+    def _batches(self, chosen: list[str]) -> dict[str, Any]:
+        """The next batch of each chosen source, its labels checked on the CPU (no device sync), moved."""
+        batches = {}
+        for name in chosen:
+            batch = next(self.streams[name])
+            for t in self.source_by_name[name].tasks:
+                self.model.tasks[t].validate_target(batch[self.model.tasks[t].label_key])
+            batches[name] = move(batch, self.env.device)
+        return batches
 
-        Returns (losses to backpropagate, their global values, features, task outputs per source).
-        A task's value is the mean over every labelled sample of every source and rank; its loss is
-        scaled so that the ranks' averaged gradient is exactly the gradient of that global mean.
+    def _forward(self, batches: dict[str, Any]) -> tuple[StepLosses, dict[str, Any], dict[str, dict[str, Any]]]:
+        """Backbone once per source, the heads of its tasks, and each task's global masked loss.
+
+        Returns (the step's losses, features, task outputs per source); no host sync.
         """
         sums: dict[str, torch.Tensor] = {}
-        counts: dict[str, int] = {}
+        counts: dict[str, torch.Tensor] = {}
         inputs = {name: batch[self.source_by_name[name].input_key] for name, batch in batches.items()}
         with self.precision.autocast():
             features, outputs = self.forward_step(inputs, {name: self.source_by_name[name].tasks for name in batches})
             for name, batch in batches.items():
                 for t in self.source_by_name[name].tasks:
-                    task, target, output = self.model.tasks[t], batch[self.model.tasks[t].label_key], outputs[name][t]
-                    loss = task.loss(output, target)
-                    n = task.labelled(output, target)[2] if loss is not None else 0
-                    # no labelled sample here: a zero on the graph, so this rank still joins t's collectives
-                    part = loss.float() * n if loss is not None else connected_zero(output)
-                    sums[t] = sums.get(t, 0.0) + part
-                    counts[t] = counts.get(t, 0) + n
-        tasks = list(self.model.tasks)
-        totals = torch.zeros(len(tasks), 2, device=self.env.device, dtype=torch.float64)  # (sum, count)
-        for t, s in sums.items():
-            totals[tasks.index(t), 0], totals[tasks.index(t), 1] = s.detach().double(), counts[t]
-        all_reduce_sum(totals, self.env)
-        # host sync, the trainer's only one per micro-batch: global counts pick the tasks that train,
-        # and the global means are the logged values and the non-finite check
-        global_totals = totals.tolist()
-        values = {t: total / count for t, (total, count) in zip(tasks, global_totals, strict=True) if count > 0}
-        # the same task set on every rank (labelled on some rank), so balancers run the same collectives
-        losses = {
-            t: s * (self.env.world_size / global_totals[tasks.index(t)][1]) for t, s in sums.items() if t in values
-        }
-        return losses, values, features, outputs
+                    task = self.model.tasks[t]
+                    total, count = task.masked_loss(outputs[name][t], batch[task.label_key])
+                    sums[t], counts[t] = sums.get(t, 0.0) + total.float(), counts.get(t, 0) + count
+        return StepLosses.reduce(sums, counts, self.env), features, outputs
 
     def _backward(self, total: torch.Tensor, unused: torch.Tensor | None = None) -> None:
         if unused is not None:
@@ -190,22 +182,35 @@ class Trainer:
         self.precision.scaler.scale(total / self.config.grad_accum).backward()
 
     def train_step(self) -> dict[str, Any]:
-        """One optimizer step over ``grad_accum`` micro-batches of the sampled sources."""
+        """One optimizer step over ``grad_accum`` micro-batches of the sampled sources.
+
+        The record's values may be device tensors: ``fit`` reads them back at log steps only.
+        A ``host_values`` balancer costs one host sync per micro-batch (its tasks and values are
+        floats); otherwise the step reads nothing back and a non-finite loss zeroes the step's
+        gradients instead of skipping it (``core.engine.nonfinite``).
+        """
         chosen = self.sampler.choose(self.step)
         self.optimizer.zero_grad(set_to_none=True)
-        logged: dict[str, list[float]] = {}
-        weights: dict[str, float] = {}
+        host = self.balancer.host_values
+        logged: dict[str, list[torch.Tensor]] = {}
+        weights: dict[str, Any] = {}
         batches: dict[str, Any] = {}
         trained: set[str] = set()
+        finite = torch.ones((), dtype=torch.bool, device=self.env.device)
         for i in range(self.config.grad_accum):
-            with accumulating(self.forward_step, last=i == self.config.grad_accum - 1):
-                batches = {name: move(next(self.streams[name]), self.env.device) for name in chosen}
-                losses, values, features, outputs = self._forward(batches)
-                bad = {t: v for t, v in values.items() if not math.isfinite(v)}
+            with self.strategy.accumulating(self.forward_step, last=i == self.config.grad_accum - 1):
+                batches = self._batches(chosen)
+                step, features, outputs = self._forward(batches)
+                if host:  # host sync: global counts pick the tasks that train, and the check is exact
+                    losses, values = step.on_host()
+                    bad = {t: v for t, v in values.items() if not math.isfinite(v)}
+                else:
+                    losses, values, bad = step.losses, step.device_values(), {}
+                    finite = finite & step.finite()
                 if self.ddp and (bad or not losses):
                     self._backward(connected_zero(outputs))  # DDP's reducer must see every forward's backward
                 if bad:
-                    return self._skip_nonfinite(bad)
+                    return self._skip(bad)
                 if not losses:
                     continue  # no labelled sample of any task on any rank: every rank skips alike
                 ctx = StepContext(
@@ -220,33 +225,40 @@ class Trainer:
                     env=self.env,
                     scaler=self.precision.scaler,
                     grad_accum=self.config.grad_accum,
+                    labelled={} if host else step.labelled(),
                 )
                 try:
                     weights = self.balancer.backward(losses, ctx)
                 except NonFiniteGradients as e:  # gradient-space methods check the task gradients
-                    return self._skip_nonfinite(e.values, what="gradient squared norm")
+                    return self._skip(e.values, what="gradient squared norm")
             trained.update(losses)
-            for t, v in values.items():
-                logged.setdefault(t, []).append(v)
+            for t in losses:  # NaN where unlabelled: left out of the logged mean
+                row = step.tasks.index(t)
+                logged.setdefault(t, []).append(torch.where(step.counts[row] > 0, step.values[row], math.nan))
         for t in set(self.model.tasks) - trained:  # no labelled sample all step: no gradient, as without DDP
             for p in self.model.task_parameters(t):
                 p.grad = None
-        self.nonfinite_in_a_row = 0
+        if not host:
+            zero_if_nonfinite([p for group in self.optimizer.param_groups for p in group["params"]], finite)
+            self.watch.observe(self.step, finite, step.device_values())
+        self.watch.stepped()
         grad_norm = self._optimizer_step()
         self.balancer.after_step(lambda: self._recompute(batches))
-        record: dict[str, Any] = {f"loss/{t}": sum(v) / len(v) for t, v in logged.items()}
+        record: dict[str, Any] = {f"loss/{t}": torch.stack(v).nanmean() for t, v in logged.items()}
         record.update({f"weight/{t}": w for t, w in weights.items()})
-        record.update(self.balancer.diagnostics())
-        record.update(self.model.architecture.diagnostics())
         record["lr"] = self.scheduler.get_last_lr()[0]
         if grad_norm is not None:
             record["grad_norm"] = grad_norm
         return record
 
-    def _optimizer_step(self) -> float | None:
+    def _skip(self, bad: dict[str, float], what: str = "loss") -> dict[str, Any]:
+        self.optimizer.zero_grad(set_to_none=True)
+        return self.watch.skipped(self.step, bad, what)
+
+    def _optimizer_step(self) -> torch.Tensor | None:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         synced = {id(p) for p in self.balancer.synchronised_parameters()}  # already global: not averaged again
-        if self.ddp:  # DDP averaged the model's gradients during backward
+        if self.ddp:  # DDP / FSDP averaged the model's gradients during backward
             synced |= {id(p) for p in self.model.parameters()}
         average_gradients([p for p in params if id(p) not in synced], self.env)
         scaler = self.precision.scaler
@@ -257,7 +269,7 @@ class Trainer:
                     p.grad.add_(torch.sign(p.detach()), alpha=self.config.l1)
         grad_norm = None
         if self.config.clip_grad_norm:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.clip_grad_norm))
+            grad_norm = self.strategy.replicated(torch.nn.utils.clip_grad_norm_(params, self.config.clip_grad_norm))
         scaler.step(self.optimizer)
         scaler.update()
         self.scheduler.step()
@@ -265,26 +277,13 @@ class Trainer:
 
     @torch.no_grad()
     def _recompute(self, batches: dict[str, Any]) -> dict[str, float]:
-        return self._forward(batches)[1]
-
-    def _skip_nonfinite(self, bad: dict[str, float], what: str = "loss") -> dict[str, Any]:
-        self.optimizer.zero_grad(set_to_none=True)
-        self.nonfinite_in_a_row += 1
-        self.nonfinite_total += 1
-        described = ", ".join(f"task '{t}' {what}={v}" for t, v in bad.items())
-        if self.nonfinite_in_a_row > self.config.max_nonfinite_steps:
-            raise NonFiniteLossError(
-                f"non-finite {what} at step {self.step}: {described} "
-                f"({self.nonfinite_in_a_row} step(s) in a row). Lower the learning rate, enable "
-                "clip_grad_norm, check that task's labels, or raise max_nonfinite_steps to skip such steps."
-            )
-        warnings.warn(f"skipping step {self.step}: {described}", RuntimeWarning, stacklevel=2)
-        return {"skipped_nonfinite": self.nonfinite_total}
+        return self._forward(batches)[0].on_host()[1]
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self, split: str = "val", model: JointModel | None = None) -> Results:
         sources = {"val": self.data.val, "test": self.data.test, "train": self.data.train}[split]
-        return evaluate(model or self.model, sources, self.loading, self.env, self.precision.autocast)
+        with self.strategy.gathered(self.forward_step) if model is None else contextlib.nullcontext():
+            return evaluate(model or self.model, sources, self.loading, self.env, self.precision.autocast)
 
     def score(self, results: Results) -> float:
         """The monitored value (higher is better); the first validation result is the reference
@@ -293,15 +292,22 @@ class Trainer:
         return monitored_value(results, self.config.monitor, self.reference, self.directions)
 
     # -- state -------------------------------------------------------------------------------
-    def state_dict(self, rank_rngs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        """The resumable state; ``rank_rngs``: every rank's RNG state (default: this process's only)."""
+    def _model_states(self) -> dict[str, Any]:
+        """Model and optimizer state; a collective under FSDP (gathered to rank 0)."""
+        optimizer = self.strategy.optimizer_state(self.model, self.balancer, self.optimizer)
+        return {"model": self.strategy.model_state(self.model), "optimizer": optimizer}
+
+    def state_dict(
+        self, rank_rngs: list[dict[str, Any]] | None = None, models: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The resumable state; ``rank_rngs``: every rank's RNG state (default: this process's only);
+        ``models``: :meth:`_model_states`, taken on every rank beforehand (default: taken here)."""
         return {
             "format": FORMAT,
             "step": self.step,
             "tasks": list(self.model.tasks),
             "run_config": self.run_config,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            **(models or self._model_states()),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.precision.scaler.state_dict(),
             "balancer": self.balancer.state_dict(),
@@ -311,7 +317,7 @@ class Trainer:
             "reference": self.reference,
             "best_val": self.best_val,
             "evals_without_improvement": self.evals_without_improvement,
-            "nonfinite_total": self.nonfinite_total,
+            "nonfinite_total": self.watch.count(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -323,11 +329,10 @@ class Trainer:
                 f"{list(self.model.tasks)} / {sorted(self.streams)}"
             )
         try:
-            self.model.load_state_dict(state["model"])
-            self.balancer.load_state_dict(state["balancer"])
+            self.balancer.load_state_dict(state["balancer"])  # first: the optimizer holds its parameters
+            self.strategy.load(self.model, self.balancer, self.optimizer, state)
         except RuntimeError as e:
             raise CheckpointError(f"checkpoint does not match the model built from the config: {e}") from e
-        self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.precision.scaler.load_state_dict(state["scaler"])
         for name, s in state["streams"].items():
@@ -337,7 +342,7 @@ class Trainer:
         self.checkpoints.load_state_dict(state["checkpoints"])
         self.step, self.reference, self.best_val = int(state["step"]), state["reference"], state["best_val"]
         self.evals_without_improvement = int(state["evals_without_improvement"])
-        self.nonfinite_total = int(state["nonfinite_total"])
+        self.watch.host_total = int(state["nonfinite_total"])  # the device count restarts at 0
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict[str, Any]:
@@ -356,6 +361,8 @@ class Trainer:
                     self.step += 1
                     bar.update(1)
                     if self.step % c.log_every == 0 or self.step == c.max_steps:
+                        self.watch.check()
+                        record = host_record(record, self.balancer, self.model.architecture)
                         bar.set_postfix({k[5:]: f"{v:.3f}" for k, v in record.items() if k[:5] == "loss/"}, False)
                         log({"split": "train", "step": self.step, "time": time.perf_counter() - start, **record})
                     if (c.eval_every and self.step % c.eval_every == 0) or self.step == c.max_steps:
@@ -372,7 +379,7 @@ class Trainer:
                 "step": self.step,
                 "best_val": self.best_val,
                 "best_score": self.checkpoints.best_score,
-                "nonfinite_steps": self.nonfinite_total,
+                "nonfinite_steps": self.watch.count(),
                 "train_time_s": time.perf_counter() - start,
             }
             if status.finished:
@@ -405,19 +412,7 @@ class Trainer:
             dropped = log.truncate_after(self.step)
             log({"split": "resume", "step": self.step, "changes": changes, "dropped_records": dropped})
         else:
-            log(
-                {
-                    "split": "setup",
-                    "step": 0,
-                    "tasks": list(self.model.tasks),
-                    "sampler": self.sampler.describe(),
-                    "balancer": repr(self.balancer),
-                    "world_size": self.env.world_size,
-                    "device": str(self.env.device),
-                    "amp": str(self.precision.dtype),
-                    "config": dataclasses.asdict(self.config),
-                }
-            )
+            log(setup_record(self))
         return log
 
     def _validate(self, log: RunLog) -> None:
@@ -434,11 +429,13 @@ class Trainer:
     def _save(self, score: float | None) -> bool:
         """Checkpoint (rank 0 writes); True when ``score`` is the best so far."""
         rngs = gather_objects(rng_state(self.env.device), self.env)  # every rank joins; rank 0 writes them
-        improved = self.checkpoints.save(self.step, lambda: self.state_dict(rngs), self.model, score)
+        models, whole = self._model_states(), self.strategy.whole(self.model, self.env)  # collectives too
+        improved = self.checkpoints.save(self.step, lambda: self.state_dict(rngs, models), whole, score)
         barrier(self.env)
         return improved
 
     def _save_model(self, name: str) -> None:
+        whole = self.strategy.whole(self.model, self.env)
         if self.run is not None and self.env.is_main:
-            self.model.save_pretrained(self.run.model(name))
+            whole.save_pretrained(self.run.model(name))
         barrier(self.env)

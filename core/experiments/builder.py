@@ -132,4 +132,5 @@ class Experiment:
             report=config.report,
             reference=config.baselines or None,
             run_config=run_config,
+            strategy=config.distributed.strategy,
         )

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import dataclasses
+import os
+
 import pytest
 import torch
 
-from core.data import DictDataset, Loading, Source, SourceStream
+from core.data import CUDA_WORKERS, DictDataset, Loading, Source, SourceStream, eval_loader
 from core.errors import DataError
 
 
@@ -29,6 +32,43 @@ def test_stream_resumes_mid_epoch_on_the_exact_batch():
     again.load_state_dict(state)
     assert all(torch.equal(a, b) for a, b in zip(expected, [next(again)["y"] for _ in range(5)], strict=True))
     assert state == {"epoch": 1, "offset": 3} and len(seen) == 9
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_one_loader_serves_every_epoch_and_a_resumed_stream_continues_exactly(workers):
+    loading = Loading(batch_size=8, num_workers=workers)
+    stream = SourceStream(_source(), loading, seed=0)
+    first = [next(stream)["y"] for _ in range(4)]
+    loader = stream.loader
+    state = stream.state_dict()
+    rest = [next(stream)["y"] for _ in range(10)]  # crosses two epoch boundaries (6 batches an epoch)
+    assert stream.loader is loader and stream.epoch == 2
+    assert loader.persistent_workers == (workers > 0)
+    again = SourceStream(_source(), loading, seed=0)
+    again.load_state_dict(state)
+    resumed = [next(again)["y"] for _ in range(10)]
+    assert all(torch.equal(a, b) for a, b in zip(rest, resumed, strict=True))
+    uninterrupted = SourceStream(_source(), loading, seed=0)
+    assert all(torch.equal(a, next(uninterrupted)["y"]) for a in first + rest)
+
+
+def test_evaluation_loaders_are_kept_per_rank_and_settings():
+    source, loading = _source(), Loading(batch_size=8)
+    loader = eval_loader(source, loading)
+    assert eval_loader(source, loading) is loader
+    assert eval_loader(source, loading, rank=1, world_size=2) is not loader
+    assert [b["y"].tolist() for b in eval_loader(source, loading)] == [b["y"].tolist() for b in loader]
+    other = dataclasses.replace(source, dataset=DictDataset({"inputs": torch.zeros(8, 1), "y": torch.zeros(8).long()}))
+    assert eval_loader(other, loading) is not loader  # a copy with another dataset builds its own
+
+
+def test_cuda_devices_default_to_workers_and_pinned_memory():
+    cuda = Loading().resolved(torch.device("cuda"))
+    assert cuda.pin_memory and cuda.num_workers == min(CUDA_WORKERS, os.cpu_count() or 1)
+    cpu = Loading().resolved(torch.device("cpu"))
+    assert cpu.num_workers == 0 and not cpu.pin_memory
+    given = Loading(num_workers=1, pin_memory=False).resolved(torch.device("cuda"))
+    assert given.num_workers == 1 and not given.pin_memory
 
 
 def test_empty_or_too_small_sources_are_refused():

@@ -1,25 +1,96 @@
-"""The trainer's own host syncs per micro-batch: one (the all-reduced (sum, count) table)."""
+"""The trainer's own host syncs: none per micro-batch outside log steps (``ew``, any task mix)."""
 
 from __future__ import annotations
 
+import itertools
+import math
+
+import pytest
+import torch
+
 from core.engine.host_syncs import HostSyncCounter
+from core.engine.metrics_log import host_record
+from core.errors import NonFiniteLossError
 
 from ..helpers import build_trainer, toy_config
 
 
-def test_the_forward_adds_one_host_sync_to_what_the_tasks_need(tmp_path):
-    config = toy_config(tmp_path, **{"train.device": "cpu", "data.label_fraction": 0.5})
+def _trainer(tmp_path, balancing: str = "ew", **overrides):
+    defaults = {
+        "train.device": "cpu",
+        "data.label_fraction": 0.5,
+        "train.optimizer": "sgd",
+        "balancing.name": balancing,
+    }
+    config = toy_config(tmp_path, **{**defaults, **overrides})
     trainer = build_trainer(config, out_dir=None)
     (name,) = trainer.streams
     batch = next(trainer.streams[name])
-    tasks = trainer.source_by_name[name].tasks
-    with HostSyncCounter() as by_tasks:  # what the task types cost: masking, counts, label checks
-        outputs = trainer.model(batch["inputs"], tasks)
-        for t in tasks:
-            task = trainer.model.tasks[t]
-            assert task.loss(outputs[t], batch[task.label_key]) is not None
-            task.labelled(outputs[t], batch[task.label_key])
+    trainer.streams[name] = itertools.repeat(batch)  # the same batch: its label checks are counted below
+    return trainer, name, batch
+
+
+def _label_checks(trainer, name, batch) -> int:
+    """What the task types' label checks cost: reads of the CPU batch, no device sync."""
+    with HostSyncCounter() as checks:
+        for t in trainer.source_by_name[name].tasks:
+            trainer.model.tasks[t].validate_target(batch[trainer.model.tasks[t].label_key])
+    return checks.total
+
+
+def test_the_forward_reads_nothing_back(tmp_path):
+    trainer, name, batch = _trainer(tmp_path)
     with HostSyncCounter() as forward:
         trainer._forward({name: batch})
-    assert forward.total == by_tasks.total + 1
-    assert forward.calls["tolist"] == by_tasks.calls["tolist"] + 1
+    assert forward.total == 0
+
+
+SYNC_FREE = {
+    "ew": {"balancing.heuristic": "config"},
+    "ew-inverse_initial_loss": {"balancing.heuristic": "inverse_initial_loss"},
+    "ew-loss_scale": {"balancing.heuristic": "loss_scale"},
+    "uw": {"balancing.name": "uw"},
+}
+
+
+@pytest.mark.parametrize("case", list(SYNC_FREE))
+def test_a_non_log_step_has_no_trainer_sync(tmp_path, case):
+    trainer, name, batch = _trainer(tmp_path, **{**SYNC_FREE[case], "train.grad_accum": 2})
+    assert not trainer.balancer.host_values
+    checks = _label_checks(trainer, name, batch)
+    trainer.train_step()  # the first step: lazy state
+    with HostSyncCounter() as step:
+        record = trainer.train_step()
+    assert step.total == 2 * checks  # two micro-batches, each only its CPU label checks
+    with HostSyncCounter() as log:
+        logged = host_record(record, trainer.balancer, trainer.model.architecture)
+    assert log.calls["tolist"] == 1  # the log step reads the whole record back at once
+    assert all(isinstance(v, float) and math.isfinite(v) for k, v in logged.items() if k.startswith("loss/"))
+
+
+def test_a_host_values_balancer_costs_one_sync_per_micro_batch(tmp_path):
+    trainer, name, batch = _trainer(tmp_path, "dwa", **{"train.grad_accum": 2})
+    assert trainer.balancer.host_values
+    checks = _label_checks(trainer, name, batch)
+    trainer.train_step()
+    with HostSyncCounter() as step:
+        trainer.train_step()
+    assert step.total - 2 * checks == step.calls["tolist"] == 2  # each micro-batch reads its loss table
+
+
+def test_a_nonfinite_step_zeroes_the_gradients_and_the_log_step_reports_it(tmp_path):
+    trainer = _trainer(tmp_path, **{"train.max_nonfinite_steps": 1})[0]
+    head = trainer.model.heads["parity"].fc
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    with torch.no_grad():
+        head.weight[0, 0] = math.inf
+    trainer.train_step()  # SGD without momentum: a zero gradient leaves every parameter as it was
+    for n, p in trainer.model.named_parameters():
+        if n != "heads.parity.fc.weight":
+            torch.testing.assert_close(p.detach(), before[n])
+    with pytest.warns(RuntimeWarning, match=r"skipping step 0: task 'parity' loss=(nan|inf)"):
+        trainer.watch.check()
+    trainer.step = 1
+    trainer.train_step()
+    with pytest.raises(NonFiniteLossError, match=r"step 1: task 'parity' .*2 step\(s\) in a row"):
+        trainer.watch.check()

@@ -230,3 +230,17 @@ def test_heads_can_train_at_a_scaled_learning_rate(tmp_path):
     for group in trainer.optimizer.param_groups[:4]:
         is_head = {id(p) in head_params for p in group["params"]}
         assert len(is_head) == 1 and group["lr"] == pytest.approx(0.01 if is_head.pop() else 0.001)
+
+
+def test_loaders_are_kept_across_epochs_and_evaluations(tmp_path):
+    trainer = build_trainer(toy_config(tmp_path, **{"train.max_steps": 60, "train.eval_every": 20}), out_dir=None)
+    (stream,) = trainer.streams.values()
+    trainer.train_step()
+    loader = stream.loader
+    trainer.step = 1
+    trainer.fit()
+    assert stream.epoch >= 1 and stream.loader is loader  # the epoch boundary kept the loader
+    (val,) = trainer.data.val
+    (kept,) = val.eval_loaders.values()  # three evaluations, one loader
+    trainer.evaluate("val")
+    assert list(val.eval_loaders.values()) == [kept]
