@@ -123,7 +123,9 @@ def step_fn(model: Model, run: str, batch: dict[str, Tensor], env: DistEnv) -> C
     kwargs = dict(zip(("space", "engine"), rest, strict=False))
     balancer = build(name, **kwargs)
     balancer.setup(
-        BalancerSetup(tasks=tasks, task_weights=dict.fromkeys(tasks, 1.0), dataset_sizes={}, steps_per_epoch=1)
+        BalancerSetup(
+            tasks=tasks, task_weights=dict.fromkeys(tasks, 1.0), dataset_sizes={}, steps_per_epoch=1, model=model
+        )
     )
 
     def step() -> None:

@@ -36,6 +36,8 @@ class BalancerSetup:
     task_weights: dict[str, float]  # static weights from the task configs
     dataset_sizes: dict[str, int]  # labelled training examples per task
     steps_per_epoch: int
+    #: the model to be trained (hooks that observe its forward go on before the first step)
+    model: nn.Module | None = None
 
 
 @dataclass

@@ -245,7 +245,7 @@ class GradientEngine:
         amp = ctx.scaler is not None and ctx.scaler.is_enabled()
         scale = self._amp_scale(ctx, shared[0].device)
         local = [t for t in tasks if t in losses]
-        layers = self._activation_layers(model, shared, [losses[t] for t in local], ctx)
+        layers = self._activation_layers(model, [losses[t] for t in local], ctx)
         taken = {id(p) for layer in layers for p in layer.params}
         direct = [p for p in shared if id(p) not in taken]
         outputs = [y for layer in layers for y in layer.outputs]
@@ -306,22 +306,28 @@ class GradientEngine:
             offset += p.numel()
         return dict(zip(tasks, _applied(jac, update, gramian).tolist(), strict=True))
 
-    def _activation_layers(
-        self, model: nn.Module, shared: list[nn.Parameter], losses: list[Tensor], ctx: StepContext
-    ) -> list[Layer]:
-        """The ``gramian`` engine's layers whose Gramian share comes from activations this step.
-
-        Hooks go on at the first step, so that step (and any step of a new model) is all direct.
-        Not under DDP (the global Gramian needs cross-rank products of activations), nor on a
-        compiled model (hooks added after ``torch.compile`` would break its graphs).
-        """
-        if self.engine != "gramian" or ctx.env.enabled or _compiled(model):
-            return []
-        if self.recorder is None or self.recorder.model is not model:
+    def attach(self, model: nn.Module) -> None:
+        """Hook the model's shared layers before its first forward (``gramian`` engine only), so
+        that every step, the first included, can take Gramian shares from activations."""
+        if self.engine == "gramian" and not _compiled(model):
             if self.recorder is not None:
                 self.recorder.remove()
-            self.recorder = Recorder(model, shared)
-        layers = plan(self.recorder.take(losses), len(losses))
+            self.recorder = Recorder(model, [p for p in model.shared_parameters() if p.requires_grad])  # type: ignore[operator]
+
+    def _activation_layers(self, model: nn.Module, losses: list[Tensor], ctx: StepContext) -> list[Layer]:
+        """The ``gramian`` engine's layers whose Gramian share comes from activations this step.
+
+        Not under DDP (the global Gramian needs cross-rank products of activations), nor on a
+        compiled model (hooks added after ``torch.compile`` would break its graphs). A model
+        first seen here (not given at setup) gets its hooks now: this step is all direct.
+        """
+        if self.engine != "gramian" or _compiled(model):
+            return []
+        if self.recorder is None or self.recorder.model is not model:
+            self.attach(model)
+            return []
+        records = self.recorder.take(losses)  # every step, so that records never pile up
+        layers = [] if ctx.env.enabled else plan(records, len(losses))
         self.last_activation_params = sum(p.numel() for layer in layers for p in layer.params)
         return layers
 

@@ -61,6 +61,8 @@ class GradientBalancer(Balancer):
 
     def setup(self, setup: BalancerSetup) -> None:
         super().setup(setup)
+        if setup.model is not None:
+            self.engine.attach(setup.model)
         if self.loss_scales:
             for t in setup.tasks:
                 self.log_scales[t] = nn.Parameter(torch.zeros(()))

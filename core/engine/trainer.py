@@ -109,6 +109,7 @@ class Trainer:
                 task_weights={t: task.weight for t, task in model.tasks.items()},
                 dataset_sizes=data.task_sizes or labelled_sizes(data, {t: k.label_key for t, k in model.tasks.items()}),
                 steps_per_epoch=sampler.steps_per_epoch(),
+                model=self.model,
             )
         )
         self.balancer.to(self.env.device)

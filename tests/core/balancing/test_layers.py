@@ -62,8 +62,7 @@ def step(model: Net, balancer: Any, x: Tensor, calls: int = 1, scaler: Any = Non
 def train(trunk: Callable[[], nn.Module], engine: str, x: Tensor, calls: int = 1, **kw: Any) -> tuple[Tensor, Any]:
     model = Net(trunk)
     balancer = build({"name": "upgrad", "space": "params", "engine": engine})
-    balancer.setup(BalancerSetup(tasks=TASKS, task_weights={}, dataset_sizes={}, steps_per_epoch=1))
-    step(model, balancer, x, calls, **kw)  # hooks go on during the first step: it is all direct
+    balancer.setup(BalancerSetup(tasks=TASKS, task_weights={}, dataset_sizes={}, steps_per_epoch=1, model=model))
     step(model, balancer, x, calls, **kw)
     return torch.cat([p.grad.flatten() for p in model.parameters()]), balancer.engine
 
@@ -177,3 +176,14 @@ def test_a_deep_copy_of_the_model_records_nothing() -> None:
     assert all(not layer.outputs for layer in recorder.layers.values())
     del recorder  # a dropped engine leaves inert hooks
     model.backbone(CASES["mlp"][1])
+
+
+def test_a_model_not_given_at_setup_is_hooked_at_its_first_step() -> None:
+    trunk, x, _ = CASES["mlp"]
+    model = Net(trunk)
+    balancer = build({"name": "upgrad", "space": "params"})
+    balancer.setup(BalancerSetup(tasks=TASKS, task_weights={}, dataset_sizes={}, steps_per_epoch=1))
+    step(model, balancer, x)
+    assert balancer.engine.last_activation_params == 0  # its forward ran before the hooks
+    step(model, balancer, x)
+    assert balancer.engine.last_activation_params > 0
