@@ -17,7 +17,7 @@ from .metrics import generation_metric, span_counts
 Scorer = Callable[[str], dict[str, float]]
 
 #: TF-IDF's longest word n-gram and logistic regression's inverse regularisation strength
-TFIDF_GRID: dict[str, list[Any]] = {"ngram_max": [1, 2], "C": [1.0, 4.0, 16.0]}
+TFIDF_GRID: dict[str, list[Any]] = {"ngram_max": [1, 2], "C": [1.0, 4.0, 16.0, 64.0]}
 #: a word is tagged from the lexicon only when seen at least this often in training (rare words: O)
 LEXICON_GRID: dict[str, list[Any]] = {"min_count": [1, 2, 3, 5]}
 
