@@ -266,3 +266,13 @@ def test_two_budgets_give_two_delta_m_columns_and_coincide_when_every_task_is_in
     from core.experiments.compare_report import budget_lines
 
     assert "the same as `steps`" in "\n".join(budget_lines(summary))
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parents[3] / "scripts" / "configs").glob("compare_*.yaml")), ids=str
+)
+def test_bundled_compare_configs_are_valid(path):
+    from core.architectures import ARCHITECTURES
+
+    _, spec = read_compare_config(path)  # methods, budgets and seeds are validated here
+    assert {a["name"] for a in spec.architectures} <= set(ARCHITECTURES.names())
