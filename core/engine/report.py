@@ -178,26 +178,32 @@ def plot_gates(run: Mapping[str, Any], keys: Mapping[str, Mapping[str, str]], pa
     """Left: each task's gate entropy over training; then one panel per task: the mean weight it gives
     each expert (load). A gate collapsing on one expert shows as entropy falling towards 0."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(keys) + 1, figsize=(4.2 * (len(keys) + 1), 3.8), squeeze=False)
+    panels = len(keys) + 1
+    cols = min(4, panels)  # wrap: seven diseases would make one unreadably wide row
+    rows = -(-panels // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+    axes = list(grid.flat)
+    for unused in axes[panels:]:
+        unused.set_visible(False)
 
     def draw(ax: Any, key: str, label: str) -> None:
         points = [(r["step"], r[key]) for r in run["train"] if key in r]
         ax.plot([s for s, _ in points], [v for _, v in points], label=label)
 
-    entropy = axes[0][0]
+    entropy = axes[0]
     for task, labelled in keys.items():
         for key, name in labelled.items():
             if name == "entropy":
                 draw(entropy, key, task)
     entropy.set_title("gate entropy")
     entropy.set_ylabel("entropy (nats)")
-    for ax, (task, labelled) in zip(axes[0][1:], keys.items(), strict=True):
+    for ax, (task, labelled) in zip(axes[1:panels], keys.items(), strict=True):
         for key, name in labelled.items():
             if name != "entropy":
                 draw(ax, key, name)
         ax.set_title(f"task '{task}': expert load")
         ax.set_ylabel("mean gate weight")
-    for ax in axes[0]:
+    for ax in axes[:panels]:
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
