@@ -233,7 +233,8 @@ def write_compare_report(root: str | Path) -> Path:
         "",
         format_table(summary),
         "",
-        "Bold: the best row per task and the best Δm. Δm (Maninis et al. 2019, as in LibMTL): mean over tasks "
+        "Bold: the best row per task, the best test Δm and the best validation Δm. "
+        "Δm (Maninis et al. 2019, as in LibMTL): mean over tasks "
         "of the mean relative change of every metric (loss excluded) against the single-task mean, signed so "
         "that positive = better; one column per single-task budget. `val Δm`: the same on the validation split "
         "against the first budget (the column to choose a row by: it never looks at test). `train s`: training "
