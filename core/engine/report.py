@@ -389,7 +389,8 @@ def final_metrics_section(
             rows.append([task, metric, fmt(value), *[fmt(c.get(task, {}).get(metric)) for c in columns.values()]])
     lines = [f"## Final metrics ({split} split, best checkpoint)", ""]
     lines += [markdown_table(["task", "metric", split, *columns], rows), ""]
-    if "delta_m" in ev:
+    # without config baselines, the trainer's Δm is against its first validation result: not a baseline
+    if "delta_m" in ev and baselines:
         lines += [f"Δm against the baselines: **{ev['delta_m']:+.2f}%** (positive = better than the baselines).", ""]
     for name, base in (ev.get("baselines") or {}).items():
         # the metrics both sides report and whose direction is known (a baseline may report more)

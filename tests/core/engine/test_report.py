@@ -153,3 +153,11 @@ def test_recorded_baselines_fill_the_report_with_their_delta_m(tmp_path):
     gain = delta_m(ev["tasks"], {"digit": {"accuracy": 0.5}}, ev["higher_is_better"])
     assert f"Δm against `lexicon` (tasks digit): **{gain:+.2f}%**" in report
     assert "No baselines" not in report
+
+
+def test_delta_m_against_the_first_validation_is_not_called_a_baseline(tmp_path):
+    """Periodic validation without config baselines: selection's reference is the first validation result,
+    and the Δm the trainer records against it is no baseline comparison."""
+    train(toy_config(tmp_path, **{"train.max_steps": 4, "train.eval_every": 2, "report.enabled": True}))
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "Δm against the baselines" not in report and "No baselines" in report
