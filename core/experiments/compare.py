@@ -75,7 +75,9 @@ def equal_examples(experiment: Experiment) -> dict[str, int]:
     """Each task alone gets the steps in which the joint run's sampler draws a batch labelled for it.
 
     Samplers are pure functions of (seed, step), so replaying ``choose`` over the joint run's
-    steps counts exactly what it will draw (batches of the same size: equal examples per task).
+    steps counts exactly what it draws with the config's ``train.seed`` (batches of the same size:
+    equal examples per task); the other seeds of a comparison draw from the same distribution and
+    their single-task runs get these counts too, so every seed compares the same single-task runs' budget.
     """
     config = experiment.config
     sampler = experiment.sampler()
