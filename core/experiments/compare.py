@@ -77,7 +77,7 @@ def equal_examples(experiment: Experiment) -> dict[str, int]:
     Samplers are pure functions of (seed, step), so replaying ``choose`` over the joint run's
     steps counts exactly what it draws with the config's ``train.seed`` (batches of the same size:
     equal examples per task); the other seeds of a comparison draw from the same distribution and
-    their single-task runs get these counts too, so every seed compares the same single-task runs' budget.
+    their single-task runs get these counts too.
     """
     config = experiment.config
     sampler = experiment.sampler()
