@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.engine.report import record_baselines
 from core.engine.rundir import RunDir
 from core.errors import JointTrainError
 from core.evaluation import evaluate
@@ -98,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     timings["joint"] = time.perf_counter() - start
     results["joint"] = joint["test"]
 
+    singles: dict[str, str] = {}
     if args.single:
         start = time.perf_counter()
         results["single"] = {}
@@ -105,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             single = experiment.single_task(name)
             train(single.config)
             results["single"][name] = calibrate_and_test(single)["test"][name]
+            singles[name] = single.config.output_dir
         timings["single (all diseases)"] = time.perf_counter() - start
 
     if not args.no_baseline:
@@ -112,6 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = experiment.data
         results["hgb"] = gradient_boosting(data.train, data.val, data.test, diseases, seed=config.train.seed)
         timings["hgb"] = time.perf_counter() - start
+        # every run's report shows the baseline beside its (calibrated) test metrics
+        record_baselines(config.output_dir, {"hgb": {d: results["hgb"][d] for d in diseases}})
+        for name, out in singles.items():
+            record_baselines(out, {"hgb": {name: results["hgb"][name]}})
 
     for scores in results.values():
         scores["macro"] = macro({d: scores[d] for d in diseases})

@@ -3,7 +3,7 @@
 Defaults: the bundled corpora (sentiment, subjectivity, Twitter NER; prepared into a local
 cache on first use) and the offline all-MiniLM-L6-v2 encoder, sized for a small CPU.
 
-    python scripts/train_nlp.py                          # joint run + TF-IDF / lexicon baselines
+    python scripts/train_nlp.py                          # joint run + TF-IDF / lexicon baselines (tuned on validation)
     python scripts/train_nlp.py --single-task            # also each task alone, same step budget
     python scripts/train_nlp.py --tasks sentiment        # one task alone
     python scripts/train_nlp.py --generation --single-task  # text-to-text tasks, each with its decoder
@@ -22,6 +22,7 @@ from typing import Any
 
 from core.cli import format_results
 from core.config import RunConfig
+from core.engine.report import record_baselines
 from core.errors import JointTrainError
 from core.experiments.builder import Experiment
 from core.experiments.run import train
@@ -59,9 +60,10 @@ def run(config: RunConfig) -> dict[str, Any]:
     return report
 
 
-def baselines(config: RunConfig) -> dict[str, dict[str, dict[str, float]]]:
-    """``{baseline: {task: metrics}}`` on the same test splits: TF-IDF + logistic regression (sequence
-    tasks), a word-tag lexicon (NER), copying the input and the majority target (generation tasks)."""
+def baselines(config: RunConfig) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{baseline: {task: {"test": metrics, ...}}}`` on the same splits: TF-IDF + logistic regression
+    (sequence tasks) and a word-tag lexicon (NER), both tuned on validation (``validation``, ``params``
+    beside ``test``); copying the input and the majority target (generation tasks)."""
     if config.data.get("name") != "nlp_demo":
         return {}
     from nlp import corpora, gen_corpora
@@ -69,17 +71,22 @@ def baselines(config: RunConfig) -> dict[str, dict[str, dict[str, float]]]:
     from nlp.demo import GENERATION_TASKS
     from nlp.encoder import load_tokenizer
 
-    out: dict[str, dict[str, dict[str, float]]] = {}
+    out: dict[str, dict[str, dict[str, Any]]] = {}
     for task in config.tasks:
         if task in GENERATION_TASKS:
             root, tokenizer = gen_corpora.prepare(config.data.get("cache")), load_tokenizer(config.data["tokenizer"])
             for name, metrics in copy_and_majority(root, task, tokenizer).items():
-                out.setdefault(name, {})[task] = metrics
+                out.setdefault(name, {})[task] = {"test": metrics}
         else:
             root = corpora.prepare(config.data.get("cache"))
-            metrics = ner_lexicon(root) if task == "ner" else tfidf_logreg(root, task)
-            out.setdefault("baseline", {})[task] = metrics
+            out.setdefault("baseline", {})[task] = ner_lexicon(root) if task == "ner" else tfidf_logreg(root, task)
     return out
+
+
+def record(run_dir: str | Path, tasks: list[str], tuned: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """The baselines' test scores of ``tasks`` into the run's results.json and report."""
+    scores = {name: {t: r["test"] for t, r in per_task.items() if t in tasks} for name, per_task in tuned.items()}
+    record_baselines(run_dir, {name: per_task for name, per_task in scores.items() if per_task})
 
 
 def table(joint: dict[str, Any], single: dict[str, Any], base: dict[str, dict[str, Any]]) -> str:
@@ -132,13 +139,20 @@ def main(argv: list[str] | None = None) -> int:
         report = run(config)
         summary: dict[str, Any] = {"joint": report["tasks"], "joint_time_s": report["wall_time_s"]}
         print(format_results(report["tasks"], f"joint model, {report['split']} split ({report['wall_time_s']:.0f} s)"))
+        singles: dict[str, str] = {}
         if args.single_task and len(config.tasks) > 1:
             summary["single"] = {}
             for task in config.tasks:
-                result = run(experiment.single_task(task).config)
+                single = experiment.single_task(task).config
+                result = run(single)
+                singles[task] = single.output_dir
                 summary["single"][task] = result["tasks"][task]
                 summary[f"single_time_s/{task}"] = result["wall_time_s"]
         summary["baselines"] = {} if args.no_baselines else baselines(config)
+        if summary["baselines"]:  # every run's report shows them beside its own metrics
+            record(config.output_dir, list(config.tasks), summary["baselines"])
+            for task, out in singles.items():
+                record(out, [task], summary["baselines"])
         model = JointModel.from_pretrained(Path(config.output_dir) / "best")
         from nlp.predict import predict_records
 
@@ -147,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     except JointTrainError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(table(summary["joint"], summary.get("single", {}), summary["baselines"]))
+    tested = {name: {t: r["test"] for t, r in per_task.items()} for name, per_task in summary["baselines"].items()}
+    print(table(summary["joint"], summary.get("single", {}), tested))
     for example in summary["examples"]:
         shown = {k: v.get("label", v.get("text", v)) if isinstance(v, dict) else v for k, v in example.items()}
         print(json.dumps(shown, ensure_ascii=False))

@@ -15,9 +15,10 @@ from typing import Any
 
 import yaml
 
+from ..architectures import DIAGNOSTIC_PREFIXES
 from ..architectures.groups import branched_from_groups
 from ..errors import CheckpointError, ConfigError
-from ..evaluation import Results, primary_metric
+from ..evaluation import Results, delta_m, primary_metric
 from ..io import atomic_write_text
 from .affinity import Matrix, cosine_affinity, parse_cosine_key, suggest_groups
 from .metrics_log import read_jsonl
@@ -161,6 +162,58 @@ def plot_series(
     return path
 
 
+def gate_keys(run: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """Task -> {logged key: label} of the expert architectures' gate diagnostics
+    (``gate/<task>/entropy``, ``gate/<task>/expert<i>``: ``Architecture.diagnostics``)."""
+    out: dict[str, dict[str, str]] = {}
+    for record in run["train"]:
+        for key in record:
+            parts = key.split("/")
+            if key.startswith(DIAGNOSTIC_PREFIXES) and len(parts) == 3 and parts[1] in run["tasks"]:
+                out.setdefault(parts[1], {})[key] = parts[2]
+    return {t: out[t] for t in run["tasks"] if t in out}
+
+
+def plot_gates(run: Mapping[str, Any], keys: Mapping[str, Mapping[str, str]], path: Path) -> Path:
+    """Left: each task's gate entropy over training; then one panel per task: the mean weight it gives
+    each expert (load). A gate collapsing on one expert shows as entropy falling towards 0."""
+    plt = pyplot()
+    panels = len(keys) + 1
+    cols = min(4, panels)  # wrap: seven diseases would make one unreadably wide row
+    rows = -(-panels // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+    axes = list(grid.flat)
+    for unused in axes[panels:]:
+        unused.set_visible(False)
+
+    def draw(ax: Any, key: str, label: str) -> None:
+        points = [(r["step"], r[key]) for r in run["train"] if key in r]
+        ax.plot([s for s, _ in points], [v for _, v in points], label=label)
+
+    entropy = axes[0]
+    for task, labelled in keys.items():
+        for key, name in labelled.items():
+            if name == "entropy":
+                draw(entropy, key, task)
+    entropy.set_title("gate entropy")
+    entropy.set_ylabel("entropy (nats)")
+    for ax, (task, labelled) in zip(axes[1:panels], keys.items(), strict=True):
+        for key, name in labelled.items():
+            if name != "entropy":
+                draw(ax, key, name)
+        ax.set_title(f"task '{task}': expert load")
+        ax.set_ylabel("mean gate weight")
+    for ax in axes[:panels]:
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Mixture-of-experts gates over training")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_affinity(matrix: Matrix, path: Path, title: str, unit: str) -> Path:
     plt = pyplot()
     tasks = list(matrix)
@@ -270,9 +323,21 @@ def write_report(run_dir: str | Path) -> Path:
     title = "Pairwise task-gradient cosine similarity"
     if plot_series(run, "cos/", plots / "cosines.png", title, "cosine", cos_keys):
         lines += ["## Task-gradient cosine similarity", "", "![cosines](plots/cosines.png)", ""]
+    gates = gate_keys(run)
+    if gates:
+        plot_gates(run, gates, plots / "gates.png")
+        lines += [
+            "## Mixture-of-experts gates",
+            "",
+            "Per task: the entropy of its gate (nats; log of the number of experts = uniform, 0 = one expert) "
+            "and the mean weight it gives each expert, over training.",
+            "",
+            "![gates](plots/gates.png)",
+            "",
+        ]
 
     if ev.get("tasks"):
-        lines += final_metrics_section(ev, config.get("baselines") or {})
+        lines += final_metrics_section(ev, config.get("baselines") or {}, hib)
         best = best_val_record(run)
         splits = {"train": ev.get("train", {}), "val": best["tasks"] if best else ev.get("val", {})}
         splits[ev.get("split", "test")] = ev["tasks"]
@@ -298,18 +363,45 @@ def write_report(run_dir: str | Path) -> Path:
     return path
 
 
-def final_metrics_section(ev: Mapping[str, Any], baselines: Mapping[str, Mapping[str, float]]) -> list[str]:
+def record_baselines(run_dir: str | Path, baselines: Mapping[str, Results]) -> Path:
+    """Keep the baselines a demo computed on the run's splits (``{name: {task: {metric: value}}}``) in
+    ``results.json`` under ``baselines``, and rewrite the report, which shows them beside the model."""
+    run = RunDir(run_dir)
+    numeric = {
+        name: {t: {m: float(v) for m, v in ms.items() if isinstance(v, int | float)} for t, ms in tasks.items()}
+        for name, tasks in baselines.items()
+    }
+    run.update_results("baselines", value=numeric)
+    return write_report(run.path)
+
+
+def final_metrics_section(
+    ev: Mapping[str, Any], baselines: Mapping[str, Mapping[str, float]], hib: Mapping[str, Mapping[str, bool]]
+) -> list[str]:
+    """The best model's test metrics beside every baseline: the config's (``baselines:``, the Δm
+    reference of model selection) and those the run's demo recorded (``results.json`` ``baselines``)."""
     split = ev.get("split", "test")
+    columns: dict[str, Mapping[str, Mapping[str, float]]] = {"baseline": baselines} if baselines else {}
+    columns.update(ev.get("baselines") or {})
     rows = []
     for task, metrics in ev["tasks"].items():
         for metric, value in metrics.items():
-            base = baselines.get(task, {}).get(metric)
-            rows.append([task, metric, fmt(value), fmt(base)])
+            rows.append([task, metric, fmt(value), *[fmt(c.get(task, {}).get(metric)) for c in columns.values()]])
     lines = [f"## Final metrics ({split} split, best checkpoint)", ""]
-    lines += [markdown_table(["task", "metric", split, "baseline"], rows), ""]
-    if "delta_m" in ev:
+    lines += [markdown_table(["task", "metric", split, *columns], rows), ""]
+    # without config baselines, the trainer's Δm is against its first validation result: not a baseline
+    if "delta_m" in ev and baselines:
         lines += [f"Δm against the baselines: **{ev['delta_m']:+.2f}%** (positive = better than the baselines).", ""]
-    elif not baselines:
+    for name, base in (ev.get("baselines") or {}).items():
+        # the metrics both sides report and whose direction is known (a baseline may report more)
+        covered = {
+            t: {m: v for m, v in ms.items() if m in hib.get(t, {})} for t, ms in base.items() if t in ev["tasks"]
+        }
+        covered = {t: ms for t, ms in covered.items() if ms}
+        if covered:
+            gain = delta_m(ev["tasks"], covered, hib)
+            lines += [f"Δm against `{name}` (tasks {', '.join(covered)}): **{gain:+.2f}%** (positive = better).", ""]
+    if not columns:
         lines += ["No baselines in the config (`baselines: {task: {metric: value}}`), so no Δm.", ""]
     return lines
 

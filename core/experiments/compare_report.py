@@ -22,17 +22,32 @@ from ..io import atomic_write_text
 SINGLE = "single-task"
 
 
+def single_label(budget: str, first: bool) -> str:
+    """The single-task row of a budget: the first budget's is the plain Δm reference."""
+    return SINGLE if first else f"{SINGLE} ({budget})"
+
+
+def budget_columns(summary: Mapping[str, Any]) -> list[str]:
+    """Budgets with their own single-task row (a coinciding budget has no runs of its own)."""
+    budgets = summary["spec"].get("budgets") or {"steps": {"same_as": None}}
+    return [b for b, info in budgets.items() if info["same_as"] is None]
+
+
 def format_table(summary: Mapping[str, Any]) -> str:
-    """The comparison as a markdown table: primary metric per task (mean ± std), Δm, time, memory."""
+    """The comparison as a markdown table: primary metric per task (mean ± std), Δm per budget (test,
+    and validation: what chooses a row), time, parameters, memory."""
     tasks = summary["tasks"]
     rows = summary["rows"]
     metric = {t: summary["best_per_task"][t]["metric"] for t in tasks if t in summary["best_per_task"]}
+    budgets = budget_columns(summary)
     header = [
         "row",
         "seeds",
         *[f"{t} {metric.get(t, '')}" for t in tasks],
-        "Δm % (vs single-task)",
+        *[f"Δm % vs single-task ({b})" for b in budgets],
+        "val Δm % (selection)",
         "train s",
+        "parameters",
         "peak MB",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -46,18 +61,43 @@ def format_table(summary: Mapping[str, Any]) -> str:
                 cells.append(f"**{cell}**" if best else cell)
             else:
                 cells.append("–")
-        if "delta_m" in row:
-            mean, std = row["delta_m"]
+        for k, budget in enumerate(budgets):
+            if budget in row.get("delta_m_by_budget", {}):
+                mean, std = row["delta_m_by_budget"][budget]
+                cell = f"{mean:+.2f} ± {std:.2f}"
+                cells.append(f"**{cell}**" if k == 0 and summary["best_overall"] == label else cell)
+            else:
+                cells.append("0 (reference)" if row.get("budget") == budget else "–")
+        if "val_delta_m" in row:
+            mean, std = row["val_delta_m"]
             cell = f"{mean:+.2f} ± {std:.2f}"
-            cells.append(f"**{cell}**" if summary["best_overall"] == label else cell)
+            cells.append(f"**{cell}**" if summary.get("best_on_validation") == label else cell)
         else:
-            cells.append("0 (reference)" if label == SINGLE else "–")
+            cells.append("–")
         mean, std = row["train_time_s"]
         cells.append(f"{mean:.1f} ± {std:.1f}")
+        cells.append(f"{row['parameters']:,}" if "parameters" in row else "–")
         memory = row["peak_cuda_mb"] if row["peak_cuda_mb"] else row["peak_rss_mb"]
         cells.append(f"{memory:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def budget_lines(summary: Mapping[str, Any]) -> list[str]:
+    """What each single-task budget gave every task, and which budgets coincide."""
+    budgets = summary["spec"].get("budgets")
+    if not budgets:
+        return []
+    lines = ["Single-task budgets (optimizer steps of each task alone; batches of the joint run's size):", ""]
+    for budget, info in budgets.items():
+        steps = ", ".join(f"{t} {n}" for t, n in info["steps"].items())
+        same = (
+            f" — the same as `{info['same_as']}` (every task gets a batch in every joint step), so not run twice"
+            if info["same_as"]
+            else ""
+        )
+        lines.append(f"- `{budget}`: {steps}{same}")
+    return [*lines, ""]
 
 
 COLOURS = ["tab:grey", "tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink"]
@@ -184,17 +224,21 @@ def write_compare_report(root: str | Path) -> Path:
         "# Joint vs separate training",
         "",
         f"Tasks: {', '.join(tasks)}. Rows: `{SINGLE}` = each task trained alone (the Δm reference); the others "
-        f"train all tasks jointly with one balancing method (or a named variant). Same backbone, data and "
-        f"step budget everywhere; {seeds} seed(s) per row; the best checkpoint of each run is chosen on the "
+        f"train all tasks jointly with one balancing method (or a named variant, or a sharing architecture). Same "
+        f"backbone and data everywhere; the joint rows share one step budget, each single-task row has its own "
+        f"(below); {seeds} seed(s) per row; the best checkpoint of each run is chosen on the "
         "validation split and scored once on the test split.",
         "",
         "## Test metrics (mean ± std over seeds)",
         "",
         format_table(summary),
         "",
-        "Bold: the best row per task and the best Δm. Δm (Maninis et al. 2019, as in LibMTL): mean over tasks "
+        "Bold: the best row per task, the best test Δm and the best validation Δm. "
+        "Δm (Maninis et al. 2019, as in LibMTL): mean over tasks "
         "of the mean relative change of every metric (loss excluded) against the single-task mean, signed so "
-        "that positive = better. `train s`: training time of the row (a single-task row sums its K trainings). "
+        "that positive = better; one column per single-task budget. `val Δm`: the same on the validation split "
+        "against the first budget (the column to choose a row by: it never looks at test). `train s`: training "
+        "time of the row (a single-task row sums its K trainings, `parameters` its K models). "
         "`peak MB`: "
         + (
             "peak CUDA memory allocated."
@@ -211,10 +255,19 @@ def write_compare_report(root: str | Path) -> Path:
         verdict = "beats" if overall[0] > 0 else "does not beat"
         lines += [
             "",
-            f"Best joint row overall: **{summary['best_overall']}** (Δm {overall[0]:+.2f} ± {overall[1]:.2f}%): "
-            f"joint training {verdict} training each task alone on average.",
+            f"Best joint row overall on test: **{summary['best_overall']}** (Δm {overall[0]:+.2f} ± "
+            f"{overall[1]:.2f}%): joint training {verdict} training each task alone on average.",
         ]
-    lines.append("")
+    chosen = summary.get("best_on_validation")
+    if chosen:
+        by_budget = rows[chosen]["delta_m_by_budget"]
+        lines += [
+            "",
+            f"Chosen on validation (highest validation Δm): **{chosen}**; its test Δm: "
+            + ", ".join(f"{m:+.2f} ± {s:.2f}% ({b})" for b, (m, s) in by_budget.items())
+            + ".",
+        ]
+    lines += ["", *budget_lines(summary)]
     primary = {label: {t: row["metrics"][t][best[t]["metric"]] for t in row["metrics"]} for label, row in rows.items()}
     grouped_bars(summary, primary, plots / "metrics.png", "Test primary metric per task (mean ± std)", "test metric")
     lines += ["![metrics](plots/metrics.png)", ""]

@@ -118,3 +118,46 @@ def test_report_of_something_that_is_not_a_run(tmp_path, capsys):
         write_report(tmp_path)
     assert main(["report", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_moe_gates_are_plotted_and_hard_sharing_has_no_gate_section(tmp_path):
+    overrides = {"train.max_steps": 4, "train.eval_every": 4, "train.log_every": 1, "report.enabled": True}
+    mmoe = toy_config(tmp_path / "mmoe", **overrides, **{"model.architecture": {"name": "mmoe", "n_experts": 3}})
+    train(mmoe)
+    report = (tmp_path / "mmoe" / "run" / "report.md").read_text()
+    assert "## Mixture-of-experts gates" in report
+    assert (tmp_path / "mmoe" / "run" / "plots" / "gates.png").read_bytes()[:8] == PNG
+    keys = core.engine.report.gate_keys(core.engine.report.load_run(tmp_path / "mmoe" / "run"))
+    experts = {f"gate/digit/expert{i}": f"expert{i}" for i in range(3)}
+    assert keys["digit"] == {"gate/digit/entropy": "entropy", **experts}
+
+    train(toy_config(tmp_path / "hard", **overrides))
+    assert "Mixture-of-experts" not in (tmp_path / "hard" / "run" / "report.md").read_text()
+
+
+def test_recorded_baselines_fill_the_report_with_their_delta_m(tmp_path):
+    from core.engine.report import record_baselines
+    from core.engine.rundir import RunDir
+    from core.evaluation import delta_m
+
+    train(toy_config(tmp_path, **{"train.max_steps": 4, "train.eval_every": 4, "report.enabled": True}))
+    run = tmp_path / "run"
+    assert "No baselines" in (run / "report.md").read_text()
+    lexicon = {"digit": {"accuracy": 0.5, "params": {"C": 1.0}}}  # non-numeric details are left out
+    record_baselines(run, {"lexicon": lexicon, "majority": {"parity": {"accuracy": 0.5, "f1_macro": 0.33}}})
+    ev = RunDir(run).summary()
+    assert ev["baselines"]["lexicon"] == {"digit": {"accuracy": 0.5}}
+    report = (run / "report.md").read_text()
+    assert "| task | metric | test | lexicon | majority |" in report
+    assert f"| digit | accuracy | {ev['tasks']['digit']['accuracy']:.4f} | 0.5000 | – |" in report
+    gain = delta_m(ev["tasks"], {"digit": {"accuracy": 0.5}}, ev["higher_is_better"])
+    assert f"Δm against `lexicon` (tasks digit): **{gain:+.2f}%**" in report
+    assert "No baselines" not in report
+
+
+def test_delta_m_against_the_first_validation_is_not_called_a_baseline(tmp_path):
+    """Periodic validation without config baselines: selection's reference is the first validation result,
+    and the Δm the trainer records against it is no baseline comparison."""
+    train(toy_config(tmp_path, **{"train.max_steps": 4, "train.eval_every": 2, "report.enabled": True}))
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "Δm against the baselines" not in report and "No baselines" in report

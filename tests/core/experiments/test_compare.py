@@ -121,13 +121,34 @@ def test_summarise_delta_m_signs_follow_higher_is_better():
     hib = {"digit": {"accuracy": True, "loss": False}, "parity": {"mae": False, "loss": False}}
     cost = {"train_time_s": 1.0, "peak_rss_mb": 1.0}
     results = [
-        {"tasks": {"digit": {"accuracy": 0.8, "loss": 1.0}}, "higher_is_better": hib, "cost": cost},
-        {"tasks": {"parity": {"mae": 0.5, "loss": 1.0}}, "higher_is_better": hib, "cost": cost},
-        {"tasks": {"digit": {"accuracy": 0.88, "loss": 0.1}, "parity": {"mae": 0.4, "loss": 9.0}}, "cost": cost},
+        {
+            "tasks": {"digit": {"accuracy": 0.8, "loss": 1.0}},
+            "val": {"digit": {"accuracy": 0.5, "loss": 1.0}},
+            "higher_is_better": hib,
+            "cost": cost,
+            "parameters": 10,
+        },
+        {
+            "tasks": {"parity": {"mae": 0.5, "loss": 1.0}},
+            "val": {"parity": {"mae": 0.5, "loss": 1.0}},
+            "higher_is_better": hib,
+            "cost": cost,
+            "parameters": 20,
+        },
+        {
+            "tasks": {"digit": {"accuracy": 0.88, "loss": 0.1}, "parity": {"mae": 0.4, "loss": 9.0}},
+            "val": {"digit": {"accuracy": 0.4, "loss": 0.1}, "parity": {"mae": 0.5, "loss": 9.0}},
+            "cost": cost,
+            "parameters": 25,
+        },
     ]
     summary = summarise(spec_runs, results, ["digit", "parity"])
     # digit +10 %, parity mae 0.5 -> 0.4 is +20 % (lower is better); loss is not a metric for Δm
     assert summary["rows"]["ew"]["delta_m"][0] == pytest.approx(15.0)
+    assert summary["rows"]["ew"]["delta_m_by_budget"] == {"steps": summary["rows"]["ew"]["delta_m"]}
+    # validation: digit -20 %, parity unchanged
+    assert summary["rows"]["ew"]["val_delta_m"][0] == pytest.approx(-10.0)
+    assert summary["rows"][SINGLE]["parameters"] == 30 and summary["rows"]["ew"]["parameters"] == 25
     assert summary["best_per_task"] == {
         "digit": {"row": "ew", "metric": "accuracy"},
         "parity": {"row": "ew", "metric": "mae"},
@@ -190,3 +211,68 @@ def test_compare_has_an_architecture_axis(tmp_path):
         "arch=hard": {"name": "hard"},
         "arch=branched(branch_point=0)": {"name": "branched", "branch_point": 0},
     }
+
+
+def test_bad_budget_is_refused(tmp_path):
+    path = write_config(tmp_path, {"methods": ["ew"], "budgets": ["steps", "exampels"]})
+    with pytest.raises(ConfigError, match=r"compare.budgets must list distinct budgets of \['examples', 'steps'\]"):
+        read_compare_config(path)
+
+
+def test_examples_budget_is_what_each_task_received_in_the_joint_run(tmp_path):
+    """One dataset per task and a uniform sampler: each task alone gets the steps the joint run gave it,
+    counted here from the joint run's own log (one train record per step, a loss per drawn task)."""
+    from core.engine.metrics_log import read_jsonl
+    from core.experiments.run import train
+
+    overrides = {"data.regime": "per_task", "sampler.name": "uniform", "train.max_steps": 12, "train.log_every": 1}
+    path = write_config(tmp_path, {"methods": ["ew"], "seeds": 1, "budgets": ["steps", "examples"]}, **overrides)
+    base, spec = read_compare_config(path)
+    singles = {(run.budget, run.task): run.config.train.max_steps for run in plan(base, spec) if run.kind == "single"}
+
+    joint = toy_config(tmp_path, **{**overrides, "output_dir": str(tmp_path / "joint")})
+    train(joint)
+    records = [r for r in read_jsonl(tmp_path / "joint" / "metrics.jsonl") if r.get("split") == "train"]
+    received = {t: sum(f"loss/{t}" in r for r in records) for t in ("digit", "parity")}
+    assert len(records) == 12 and sum(received.values()) == 12 and min(received.values()) > 0
+    assert singles == {
+        ("steps", "digit"): 12,
+        ("steps", "parity"): 12,
+        ("examples", "digit"): received["digit"],
+        ("examples", "parity"): received["parity"],
+    }
+
+
+def test_two_budgets_give_two_delta_m_columns_and_coincide_when_every_task_is_in_every_batch(tmp_path):
+    section = {"methods": ["ew"], "seeds": 1, "budgets": ["steps", "examples"]}
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    per_task = write_config(tmp_path / "a", section, **{"data.regime": "per_task", "sampler.name": "uniform"})
+    base, spec = read_compare_config(per_task)
+    summary = compare(base, spec)
+    examples = f"{SINGLE} (examples)"
+    assert list(summary["rows"]) == [SINGLE, examples, "ew"]
+    assert summary["rows"][examples]["budget"] == "examples"
+    assert set(summary["rows"]["ew"]["delta_m_by_budget"]) == {"steps", "examples"}
+    assert summary["spec"]["budgets"]["examples"]["same_as"] is None
+    assert all(Path(r["dir"]).parent.name == "examples" for r in summary["runs"] if r["row"] == examples)
+
+    shared = write_config(tmp_path / "b", section)  # one shared dataset, sampler 'all'
+    base, spec = read_compare_config(shared)
+    assert {run.budget for run in plan(base, spec) if run.kind == "single"} == {"steps"}
+    summary = compare(base, spec)
+    assert summary["spec"]["budgets"]["examples"] == {"steps": {"digit": 4, "parity": 4}, "same_as": "steps"}
+    assert set(summary["rows"]["ew"]["delta_m_by_budget"]) == {"steps"}
+    from core.experiments.compare_report import budget_lines
+
+    assert "the same as `steps`" in "\n".join(budget_lines(summary))
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parents[3] / "scripts" / "configs").glob("compare_*.yaml")), ids=str
+)
+def test_bundled_compare_configs_are_valid(path):
+    from core.architectures import ARCHITECTURES
+
+    _, spec = read_compare_config(path)  # methods, budgets and seeds are validated here
+    assert {a["name"] for a in spec.architectures} <= set(ARCHITECTURES.names())
