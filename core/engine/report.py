@@ -37,6 +37,16 @@ def pyplot() -> Any:
     return plt
 
 
+def save_figure(fig: Any, path: Path, title: str | None = None) -> Path:
+    """Lay out, write and close a report figure."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+    return path
+
+
 def load_run(run_dir: str | Path) -> dict[str, Any]:
     """What a report needs from a run directory: config, metrics log records, results."""
     run = RunDir(run_dir)
@@ -130,11 +140,7 @@ def plot_curves(run: Mapping[str, Any], path: Path) -> Path:
         bottom.set_xlabel("optimizer step")
         bottom.grid(alpha=0.3)
         top.grid(alpha=0.3)
-    fig.suptitle("Training and validation curves")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, "Training and validation curves")
 
 
 def plot_series(
@@ -156,10 +162,7 @@ def plot_series(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def gate_keys(run: Mapping[str, Any]) -> dict[str, dict[str, str]]:
@@ -207,11 +210,7 @@ def plot_gates(run: Mapping[str, Any], keys: Mapping[str, Mapping[str, str]], pa
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("Mixture-of-experts gates over training")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, "Mixture-of-experts gates over training")
 
 
 def plot_affinity(matrix: Matrix, path: Path, title: str, unit: str) -> Path:
@@ -232,10 +231,7 @@ def plot_affinity(matrix: Matrix, path: Path, title: str, unit: str) -> Path:
     ax.set_ylabel("task i")
     fig.colorbar(image, ax=ax, label=unit)
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_gap(splits: Mapping[str, Results], path: Path, title: str) -> Path:
@@ -258,10 +254,7 @@ def plot_gap(splits: Mapping[str, Results], path: Path, title: str) -> Path:
     ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def zoom(ax: Any, values: Sequence[float]) -> None:
