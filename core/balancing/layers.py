@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import weakref
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -95,19 +96,13 @@ class Recorder:
     def __init__(self, model: nn.Module, shared: Iterable[nn.Parameter]) -> None:
         self.model = model
         shared_ids = {id(p) for p in shared}
-        uses: dict[int, int] = {}
-        for _, p in model.named_parameters(remove_duplicate=False):
-            uses[id(p)] = uses.get(id(p), 0) + 1
+        uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
         self.layers: dict[nn.Module, Layer] = {}
         self.handles: list[RemovableHandle] = []
-        for module in model.modules():
-            params = [p for p in (getattr(module, "weight", None), getattr(module, "bias", None)) if p is not None]
-            if (
-                _eligible(module)
-                and all(id(p) in shared_ids and p.requires_grad and uses[id(p)] == 1 for p in params)
-                and module not in self.layers
-            ):
-                self.layers[module] = Layer(module)
+        for module in filter(_eligible, model.modules()):
+            layer = Layer(module)
+            if all(id(p) in shared_ids and p.requires_grad and uses[id(p)] == 1 for p in layer.params):
+                self.layers[module] = layer
                 # by weak reference: a deep copy of the model (JointModel.subset) shares no recorder
                 # whose records nobody takes, and a dropped engine leaves inert hooks
                 self.handles.append(module.register_forward_hook(functools.partial(_record, weakref.ref(self))))
