@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -205,7 +205,14 @@ def generation_updates(tokenizer: Any) -> dict[str, Any]:
         "bos_token_id": int(bos),
         "eos_token_id": int(eos),
         "pad_token_id": int(tokenizer.pad_token_id),
+        "unk_token_id": tokenizer.unk_token_id,
     }
+
+
+def target_vocab(tokenizer: Any, targets: Iterable[list[int]]) -> list[int]:
+    """The ids a decoder writes: those of the training targets and the special tokens (``[UNK]`` included)."""
+    ids = {i for row in targets for i in row} | {i for i in tokenizer.all_special_ids if i is not None}
+    return sorted(ids) if tokenizer.unk_token_id is not None else list(range(len(tokenizer)))
 
 
 class TextDataset(Dataset):
@@ -303,7 +310,8 @@ def text_data(
     ``tokenizer`` must be the encoder's (name or directory); ``max_length`` truncates (counted in
     the log), ``max_target_length`` truncates generation targets; ``max_train_samples`` caps each
     training split (0 = all) for quick runs. Label names found in the data, and for generation
-    tasks the tokenizer's vocabulary size and special ids, go to the tasks through ``task_updates``.
+    tasks the tokenizer's size, special ids and the target vocabulary (the ids of the training
+    targets), go to the tasks through ``task_updates``.
     """
     if not sources:
         raise ConfigError("data.sources is empty: give at least one dataset and the task labels it carries")
@@ -360,6 +368,9 @@ def text_data(
                     "%s: %d of %d texts were truncated to max_length=%d", where, truncated, len(encoded), max_length
                 )
             encoded = encoded.remove_columns("truncated")
+            if split == "train":
+                for task in (t for t, lab in labels.items() if lab.kind == "generation"):
+                    task_updates[task]["vocab"] = target_vocab(tok, encoded[task])
             splits[split].append(
                 Source(source_name, TextDataset(encoded, kinds), list(labels), Collator(tok.pad_token_id, kinds))
             )

@@ -1,9 +1,10 @@
 """The shared text encoder: any ``transformers.AutoModel`` with cls/mean pooling.
 
-Features are ``{"pooled": (B, H), "tokens": (B, L, H), "mask": (B, L)}``: sequence heads read the
-pooled vector, token heads the per-token states, decoders cross-attend to the states under the
-padding mask. The tokenizer travels with the saved model (``save_extra``),
-and ``export_spec`` stores the HF config, so a saved model rebuilds with no download.
+Features are ``{"pooled": (B, H), "tokens": (B, L, H), "mask": (B, L), "ids": (B, L)}``: sequence
+heads read the pooled vector, token heads the per-token states, decoders cross-attend to the states
+under the padding mask and copy input tokens by their ``ids``. The tokenizer travels with the
+saved model (``save_extra``), and ``export_spec`` stores the HF config, so a saved model rebuilds
+with no download.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def transformer_layers(model: nn.Module, count: int) -> nn.ModuleList:
 
 
 class LayerBlock(nn.Module):
-    """One transformer layer as a block: ``{"hidden", "attention", "mask"}`` -> the same, hidden updated."""
+    """One transformer layer as a block: ``{"hidden", "attention", "mask", "ids"}`` -> the same, hidden updated."""
 
     def __init__(self, layer: nn.Module) -> None:
         super().__init__()
@@ -156,20 +157,20 @@ class HFEncoder(nn.Module):
             kwargs["token_type_ids"] = inputs["token_type_ids"]
         return kwargs
 
-    def _pool(self, tokens: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    def _pool(self, tokens: Tensor, mask: Tensor, ids: Tensor) -> dict[str, Tensor]:
         if self.pooling == "cls":
             pooled = tokens[:, 0]
         else:
             weights = mask.unsqueeze(-1).to(tokens.dtype)
             pooled = (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-        return {"pooled": pooled, "tokens": tokens, "mask": mask}
+        return {"pooled": pooled, "tokens": tokens, "mask": mask, "ids": ids}
 
     def forward(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         tokens = self.encoder(**self._encoder_kwargs(inputs)).last_hidden_state
-        return self._pool(tokens, inputs["attention_mask"])
+        return self._pool(tokens, inputs["attention_mask"], inputs["input_ids"])
 
     # -- BlockBackbone (core.backbones): the transformer layers, for the sharing architectures ------
-    # The state between layers is {"hidden", "attention", "mask"}: tensor-state architectures
+    # The state between layers is {"hidden", "attention", "mask", "ids"}: tensor-state architectures
     # (cross_stitch, mtan) refuse it; branched copies layers.
     def _layers(self) -> nn.ModuleList:
         if not (hasattr(self.encoder, "embeddings") and hasattr(self.encoder, "_create_attention_masks")):
@@ -199,13 +200,13 @@ class HFEncoder(nn.Module):
             encoder_hidden_states=None,
             cache=None,
         )
-        return {"hidden": hidden, "attention": attention, "mask": inputs["attention_mask"]}
+        return {"hidden": hidden, "attention": attention, "mask": inputs["attention_mask"], "ids": inputs["input_ids"]}
 
     def block(self, index: int) -> nn.Module:
         return LayerBlock(self._layers()[index])
 
     def finish(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
-        return self._pool(state["hidden"], state["mask"])
+        return self._pool(state["hidden"], state["mask"], state["ids"])
 
     def drop_blocks(self, start: int) -> None:
         del self._layers()[start:]

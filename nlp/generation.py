@@ -2,10 +2,11 @@
 
 Each generation task owns a small ``BertGenerationDecoder`` (causal self-attention plus
 cross-attention over the encoder's token states ``features["tokens"]`` under their padding mask
-``features["mask"]``). The decoder shares the encoder's tokenizer, so its vocabulary is the
-encoder's; its word embeddings (tied to the output layer) start random: a copy of a trained
-encoder's embeddings, whose norms are large, saturates the tied softmax (initial loss ~20 on
-MiniLM) and left the decoders stuck at unigram level in the demo.
+``features["mask"]``). It shares the encoder's tokenizer but writes only a target vocabulary (the
+ids of the training targets, and the special tokens), and with ``copy`` it can also point at input
+tokens (``features["ids"]``). Its word embeddings (tied to the output layer) start random: a copy
+of a trained encoder's embeddings, whose norms are large, saturates the tied softmax (initial loss
+~20 on MiniLM) and left the decoders stuck at unigram level in the demo.
 
 The head's forward only passes the encoder memory on: decoding needs the target (teacher
 forcing) or a loop (``generate``), both of which the task runs in ``loss`` / ``update_metrics``
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from transformers import BertGenerationConfig, BertGenerationDecoder
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions, CausalLMOutputWithCrossAttentions
 
 from core.distributed import connected_zero
 from core.errors import CheckpointError, ConfigError, DataError
@@ -39,6 +41,94 @@ IGNORE = -100
 GENERATION_METRICS = ("chrf", "bleu", "exact_match")
 
 
+class PointerDecoder(BertGenerationDecoder):
+    """``BertGenerationDecoder`` over a target vocabulary, optionally mixing in copies of input tokens.
+
+    Its inputs and outputs are tokenizer ids, so transformers' ``generate`` (greedy, beam, caches)
+    runs on it unchanged; inside, the embeddings and the softmax cover only ``vocab``, the ids the
+    training targets use (a number decoder needs ~60 of MiniLM's 30,522: a 500x smaller output
+    layer, and no probability mass to unlearn on the rest). Ids outside it read and score as
+    ``[UNK]``. With ``config.copy`` (See et al., 2017, "Get To The Point"), a gate mixes that
+    softmax with an attention over the input tokens, whose mass goes to their ids: a name never seen
+    in a training target can still be written by pointing at it.
+    """
+
+    def __init__(self, config: BertGenerationConfig, vocab: Tensor) -> None:
+        super().__init__(config)
+        self.register_buffer("vocab", vocab.long(), persistent=True)  # local id -> tokenizer id
+        if config.copy:
+            self.copy_query = nn.Linear(config.hidden_size, config.hidden_size)
+            self.copy_gate = nn.Linear(config.hidden_size, 1)
+            self.post_init()
+
+    def local(self, ids: Tensor) -> Tensor:
+        """Tokenizer ids -> target-vocabulary ids (``[UNK]`` outside it; -100 stays -100)."""
+        table = torch.full((self.config.tokenizer_size,), -1, device=ids.device)
+        table[self.vocab] = torch.arange(len(self.vocab), device=ids.device)
+        if self.config.tokenizer_unk_id is not None:  # from the buffer: a loaded model's ids come with its weights
+            table = table.masked_fill(table < 0, table[self.config.tokenizer_unk_id])
+        return torch.where(ids < 0, ids, table[ids.clamp(min=0)])
+
+    def hidden(self, input_ids: Tensor, **kwargs: Any) -> BaseModelOutputWithPastAndCrossAttentions:
+        return self.bert(self.local(input_ids), return_dict=True, **kwargs)
+
+    def mix(self, hidden: Tensor, memory: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(vocabulary probabilities (B, T, V), copy attention (B, T, S), gate (B, T, 1))."""
+        vocab = self.lm_head(hidden).float().softmax(-1)
+        scores = self.copy_query(hidden) @ memory.transpose(1, 2) / memory.shape[-1] ** 0.5
+        attention = scores.float().masked_fill(~mask.bool()[:, None, :], float("-inf")).softmax(-1)
+        return vocab, attention, torch.sigmoid(self.copy_gate(hidden).float())
+
+    def scores(self, hidden: Tensor, memory: Tensor, mask: Tensor, source_ids: Tensor) -> Tensor:
+        """Log-probabilities over every tokenizer id (what ``generate`` ranks)."""
+        shape = (*hidden.shape[:2], self.config.tokenizer_size)
+        index = self.vocab.expand(*hidden.shape[:2], -1)
+        if not self.config.copy:
+            scores = self.lm_head(hidden).float().log_softmax(-1)
+            return scores.new_full(shape, torch.finfo(torch.float32).min).scatter(-1, index, scores)
+        vocab, attention, gate = self.mix(hidden, memory, mask)
+        probs = hidden.new_zeros(shape, dtype=torch.float32).scatter_add(-1, index, gate * vocab)
+        sources = source_ids[:, None, :].expand(-1, hidden.shape[1], -1)
+        return probs.scatter_add(-1, sources, (1 - gate) * attention).clamp(min=1e-12).log()
+
+    def nll(self, hidden: Tensor, memory: Tensor, mask: Tensor, source_ids: Tensor, labels: Tensor) -> Tensor:
+        """Mean negative log-likelihood of the labels (tokenizer ids, -100 ignored), without a full-vocab tensor."""
+        local = self.local(labels)
+        if not self.config.copy:
+            logits = self.lm_head(hidden).float()
+            return F.cross_entropy(logits.flatten(0, 1), local.flatten(), ignore_index=IGNORE)
+        vocab, attention, gate = self.mix(hidden, memory, mask)
+        keep = labels >= 0
+        from_vocab = vocab.gather(-1, local.clamp(min=0)[..., None])[..., 0]
+        copies = (attention * (source_ids[:, None, :] == labels[..., None])).sum(-1)
+        p = gate[..., 0] * from_vocab + (1 - gate[..., 0]) * copies
+        return -(p.clamp(min=1e-12).log() * keep).sum() / keep.sum().clamp(min=1)
+
+    def forward(  # the signature generate fills: tokenizer ids in, log-probabilities over them out
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        encoder_hidden_states: Tensor | None = None,
+        encoder_attention_mask: Tensor | None = None,
+        source_ids: Tensor | None = None,
+        cache: Any = None,
+        use_cache: bool | None = None,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithCrossAttentions:
+        kwargs.pop("return_dict", None)
+        out = self.hidden(
+            input_ids,
+            attention_mask=attention_mask,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            cache=cache,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        logits = self.scores(out.last_hidden_state, encoder_hidden_states, encoder_attention_mask, source_ids)
+        return CausalLMOutputWithCrossAttentions(logits=logits, cache=out.cache)
+
+
 @HEADS.register("decoder")
 class DecoderHead(nn.Module):
     """A causal transformer decoder with cross-attention to the encoder's token states.
@@ -49,6 +139,8 @@ class DecoderHead(nn.Module):
         intermediate: width of each layer's feed-forward block.
         dropout: dropout inside the decoder.
         max_positions: longest target (in tokens) the position table holds.
+        copy: mix the output softmax with a pointer to the input tokens (extraction, names, numbers
+            written as they are); off, the decoder writes from its target vocabulary only.
     """
 
     def __init__(
@@ -58,17 +150,27 @@ class DecoderHead(nn.Module):
         bos_token_id: int,
         eos_token_id: int,
         pad_token_id: int,
+        unk_token_id: int | None = None,
+        vocab: Sequence[int] | int | None = None,
         layers: int = 2,
         heads: int = 4,
         intermediate: int = 768,
         dropout: float = 0.1,
         max_positions: int = 128,
+        copy: bool = False,
     ) -> None:
         super().__init__()
         if in_dim % heads:
             raise ConfigError(f"decoder heads={heads} must divide the encoder width {in_dim}")
-        config = BertGenerationConfig(
-            vocab_size=out_dim,
+        if vocab is None or isinstance(vocab, int):  # a count: the ids are loaded with the weights
+            ids = torch.arange(out_dim if vocab is None else vocab)
+        else:
+            ids = torch.tensor(list(vocab))
+            if len(ids) < out_dim and unk_token_id not in vocab:
+                raise ConfigError("a decoder with a target vocabulary needs the tokenizer's [UNK] id in it")
+        self.bos_token_id, self.eos_token_id, self.pad_token_id = bos_token_id, eos_token_id, pad_token_id
+        config = BertGenerationConfig(  # special ids stay out: they are tokenizer ids, the embeddings local ones
+            vocab_size=len(ids),
             hidden_size=in_dim,
             num_hidden_layers=layers,
             num_attention_heads=heads,
@@ -78,47 +180,56 @@ class DecoderHead(nn.Module):
             max_position_embeddings=max_positions,
             is_decoder=True,
             add_cross_attention=True,
-            bos_token_id=bos_token_id,
-            eos_token_id=eos_token_id,
-            pad_token_id=pad_token_id,
+            bos_token_id=None,
+            eos_token_id=None,
+            pad_token_id=None,
             tie_word_embeddings=True,  # output layer = word embeddings: half the parameters
+            tokenizer_size=out_dim,
+            tokenizer_unk_id=unk_token_id,
+            copy=copy,
         )
-        self.decoder = BertGenerationDecoder(config)
+        self.decoder = PointerDecoder(config, ids)
         self.max_positions = max_positions
 
     def forward(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        return {"memory": features["tokens"], "mask": features["mask"]}
+        return {"memory": features["tokens"], "mask": features["mask"], "ids": features["ids"]}
 
-    def logits(self, memory: Tensor, mask: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        """Teacher forcing: (logits for positions 1.., their labels with -100 on padding)."""
-        config = self.decoder.config
-        inputs = target[:, :-1]
-        out = self.decoder(
-            input_ids=inputs.masked_fill(inputs < 0, config.pad_token_id),
+    def _hidden(self, output: Mapping[str, Tensor], inputs: Tensor) -> Tensor:
+        return self.decoder.hidden(
+            inputs.masked_fill(inputs < 0, self.pad_token_id),
             attention_mask=(inputs >= 0).long(),
-            encoder_hidden_states=memory,
-            encoder_attention_mask=mask,
+            encoder_hidden_states=output["memory"],
+            encoder_attention_mask=output["mask"],
             use_cache=False,
-        )
-        return out.logits, target[:, 1:]
+        ).last_hidden_state
+
+    def loss(self, output: Mapping[str, Tensor], target: Tensor) -> Tensor:
+        """Teacher forcing: the mean token negative log-likelihood of ``target[:, 1:]``, padding ignored."""
+        hidden = self._hidden(output, target[:, :-1])
+        return self.decoder.nll(hidden, output["memory"], output["mask"], output["ids"], target[:, 1:])
+
+    def scores(self, output: Mapping[str, Tensor], inputs: Tensor) -> Tensor:
+        """Log-probabilities over tokenizer ids of the token after each of ``inputs`` (teacher forcing)."""
+        return self.decoder.scores(self._hidden(output, inputs), output["memory"], output["mask"], output["ids"])
 
     @torch.no_grad()
-    def generate(self, memory: Tensor, mask: Tensor, max_new_tokens: int, num_beams: int) -> Tensor:
+    def generate(self, output: Mapping[str, Tensor], max_new_tokens: int, num_beams: int) -> Tensor:
         """Greedy (``num_beams=1``) or beam search through transformers' ``generate``."""
-        config = self.decoder.config
-        start = torch.full((memory.shape[0], 1), config.bos_token_id, dtype=torch.long, device=memory.device)
+        memory = output["memory"]
+        start = torch.full((memory.shape[0], 1), self.bos_token_id, dtype=torch.long, device=memory.device)
         return self.decoder.generate(
             input_ids=start,
             encoder_hidden_states=memory,
-            encoder_attention_mask=mask,
+            encoder_attention_mask=output["mask"],
+            source_ids=output["ids"],
             max_new_tokens=min(max_new_tokens, self.max_positions - 1),
             num_beams=num_beams,
             do_sample=False,
-            bos_token_id=config.bos_token_id,
-            eos_token_id=config.eos_token_id,
-            pad_token_id=config.pad_token_id,
+            bos_token_id=self.bos_token_id,
+            eos_token_id=self.eos_token_id,
+            pad_token_id=self.pad_token_id,
             # the decoder's default self-attention-only cache breaks cross-attention (transformers 5)
-            past_key_values=EncoderDecoderCache(DynamicCache(), DynamicCache()),
+            cache=EncoderDecoderCache(DynamicCache(), DynamicCache()),
         )
 
 
@@ -141,7 +252,7 @@ class GenerationTask(Task):
         return self._loss(output, target) * count, target.new_tensor(count)
 
     def validate_target(self, target: Tensor) -> None:
-        vocab = self.head.decoder.config.vocab_size
+        vocab = self.head.decoder.config.tokenizer_size
         bad = target >= vocab
         if bool(bad.any()):
             raise DataError(
@@ -150,8 +261,7 @@ class GenerationTask(Task):
             )
 
     def _loss(self, output: dict[str, Tensor], target: Tensor) -> Tensor:
-        logits, labels = self.head.logits(output["memory"], output["mask"], target)
-        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
+        return self.head.loss(output, target)
 
     def decode(self, ids: Tensor) -> list[str]:
         tokenizer = getattr(self.backbone, "tokenizer", None)
@@ -164,7 +274,7 @@ class GenerationTask(Task):
         return [text.strip() for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]
 
     def generate(self, output: dict[str, Tensor]) -> list[str]:
-        ids = self.head.generate(output["memory"], output["mask"], self.max_new_tokens, self.num_beams)
+        ids = self.head.generate(output, self.max_new_tokens, self.num_beams)
         return self.decode(ids[:, 1:])
 
     def update_metrics(self, metrics: Mapping[str, Metric], output: Any, target: Tensor) -> None:
@@ -186,6 +296,9 @@ def generation(
     bos_token_id: int,
     eos_token_id: int,
     pad_token_id: int,
+    unk_token_id: int | None = None,
+    vocab: Sequence[int] | None = None,
+    target_vocab_size: int | None = None,
     head: dict[str, Any] | None = None,
     max_new_tokens: int = 32,
     num_beams: int = 1,
@@ -195,7 +308,9 @@ def generation(
 ) -> Task:
     """Text-to-text on the shared encoder (the data supplies the vocabulary and special ids).
 
-    ``head`` overrides the decoder's size (``{layers, heads, intermediate, dropout, max_positions}``);
+    ``vocab``: the tokenizer ids the decoder writes (the data passes those of the training targets);
+    a saved model keeps them in its weights and its config only their count, ``target_vocab_size``.
+    ``head`` overrides the decoder (``{layers, heads, intermediate, dropout, max_positions, copy}``);
     ``max_new_tokens`` / ``num_beams`` set decoding (1 = greedy); metrics: chrF, BLEU (sacreBLEU
     13a), exact match.
     """
@@ -212,13 +327,17 @@ def generation(
         bos_token_id=bos_token_id,
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,
+        unk_token_id=unk_token_id,
+        vocab=vocab if vocab is not None else target_vocab_size,
     )
     spec = {
         "type": "generation",
         "vocab_size": vocab_size,
+        "target_vocab_size": len(module.decoder.vocab),
         "bos_token_id": bos_token_id,
         "eos_token_id": eos_token_id,
         "pad_token_id": pad_token_id,
+        "unk_token_id": unk_token_id,
         "head": head or {},
         "max_new_tokens": max_new_tokens,
         "num_beams": num_beams,

@@ -386,14 +386,19 @@ def final_metrics_section(
     if "delta_m" in ev and baselines:
         lines += [f"Δm against the baselines: **{ev['delta_m']:+.2f}%** (positive = better than the baselines).", ""]
     for name, base in (ev.get("baselines") or {}).items():
-        # the metrics both sides report and whose direction is known (a baseline may report more)
+        # the metrics both sides report, whose direction is known and whose baseline is not 0 (no
+        # relative change from 0: copying digits scores 0 on every metric of a number task)
         covered = {
-            t: {m: v for m, v in ms.items() if m in hib.get(t, {})} for t, ms in base.items() if t in ev["tasks"]
+            t: {m: v for m, v in ms.items() if m in hib.get(t, {}) and v != 0}
+            for t, ms in base.items()
+            if t in ev["tasks"]
         }
         covered = {t: ms for t, ms in covered.items() if ms}
         if covered:
             gain = delta_m(ev["tasks"], covered, hib)
             lines += [f"Δm against `{name}` (tasks {', '.join(covered)}): **{gain:+.2f}%** (positive = better).", ""]
+        elif any(t in ev["tasks"] for t in base):
+            lines += [f"Δm against `{name}`: undefined, its shared metrics are all 0.", ""]
     if not columns:
         lines += ["No baselines in the config (`baselines: {task: {metric: value}}`), so no Δm.", ""]
     return lines

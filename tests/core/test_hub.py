@@ -129,3 +129,20 @@ def test_cli_predict_takes_a_hub_id(tmp_path: Path, offline: None, monkeypatch: 
     assert main(["predict", "acme/pets", str(tmp_path / "x.npy"), "--out", str(out), "--revision", REVISION]) == 0
     predictions = json.loads(out.read_text())["predictions"]
     assert len(predictions) == 2 and predictions[0]["kind"]["label"] in ("cat", "dog")
+
+
+def test_cli_evaluate_takes_a_hub_id(tmp_path: Path, offline: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trained model published to the hub cache evaluates by id: it records its own data."""
+    from core.cli import main
+    from core.experiments.run import train
+
+    from .helpers import toy_config
+
+    train(toy_config(tmp_path, **{"train.max_steps": 20}))
+    _publish(tmp_path / "run" / "best", tmp_path / "cache", "acme/digits")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "test.json"
+    assert main(["evaluate", "acme/digits", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["split"] == "test" and set(results["tasks"]) == {"digit", "parity"}
+    assert main(["evaluate", "acme/digits"]) == 2  # never written into the cached snapshot: needs --out

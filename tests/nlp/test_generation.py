@@ -15,7 +15,7 @@ from core.config import load_config
 from core.experiments.run import train
 from core.model import JointModel
 from core.tasks import build_task
-from nlp.data import generation_updates
+from nlp.data import generation_updates, target_vocab
 from nlp.encoder import HFEncoder
 from nlp.predict import predict_records
 
@@ -55,25 +55,49 @@ def test_loss_ignores_padding_and_rows_without_target(tiny_encoder: str) -> None
     assert loss.requires_grad and float(loss) > 0
 
 
-def test_greedy_generate_matches_argmax_of_the_teacher_forced_logits(tiny_encoder: str) -> None:
+@pytest.mark.parametrize("copy", [False, True])
+def test_greedy_generate_matches_argmax_of_the_teacher_forced_scores(tiny_encoder: str, copy: bool) -> None:
     torch.manual_seed(0)
     encoder = HFEncoder(tiny_encoder).eval()
-    task = _task(encoder, max_new_tokens=6)
+    tokenizer = encoder.tokenizer
+    vocab = target_vocab(tokenizer, [tokenizer("alice paris london")["input_ids"]])
+    task = _task(encoder, max_new_tokens=6, vocab=vocab, head={"copy": copy})
     task.head.eval()  # no dropout: both passes see the same network
     output = task.head(_features(encoder, ["alice went to paris", "bob"]))
-    ids = task.head.generate(output["memory"], output["mask"], 6, num_beams=1)
+    ids = task.head.generate(output, 6, num_beams=1)
     assert ids.shape[0] == 2 and (ids[:, 0] == task.spec["bos_token_id"]).all()
+    writable = set(vocab) | (set(output["ids"].flatten().tolist()) if copy else set())
+    assert set(ids.flatten().tolist()) <= writable  # the target vocabulary, and copies of input tokens
     for row in range(2):  # each generated token is the argmax given the tokens before it
         prefix = ids[row : row + 1]
         one = {k: v[row : row + 1] for k, v in output.items()}
-        logits, _ = task.head.logits(one["memory"], one["mask"], torch.cat([prefix, prefix[:, -1:]], 1))
+        scores = task.head.scores(one, prefix)
         steps = prefix.shape[1] - 1
         eos = task.spec["eos_token_id"]
         stop = next((i for i in range(1, steps + 1) if prefix[0, i] == eos), steps)
-        assert torch.equal(logits[0, :stop].argmax(-1), prefix[0, 1 : stop + 1])
-    beams = task.head.generate(output["memory"], output["mask"], 6, num_beams=3)
+        assert torch.equal(scores[0, :stop].argmax(-1), prefix[0, 1 : stop + 1])
+        torch.testing.assert_close(scores.exp().sum(-1), torch.ones(scores.shape[:2]))  # a distribution
+    beams = task.head.generate(output, 6, num_beams=3)
     assert beams.shape[0] == 2
     assert all(isinstance(r["text"], str) for r in task.postprocess(output))
+
+
+def test_the_loss_is_the_teacher_forced_scores_negative_log_likelihood(tiny_encoder: str) -> None:
+    """The cheap loss (no full-vocabulary tensor) equals the NLL under what generate ranks."""
+    torch.manual_seed(0)
+    encoder = HFEncoder(tiny_encoder).eval()
+    tokenizer = encoder.tokenizer
+    vocab = target_vocab(tokenizer, [tokenizer("alice paris")["input_ids"]])
+    for copy in (False, True):
+        task = _task(encoder, vocab=vocab, head={"copy": copy, "dropout": 0.0})
+        output = task.head(_features(encoder, ["alice went to paris", "bob loves london"]))
+        target = _targets(encoder, ["alice paris", "paris"])  # in vocabulary: both losses score it alike
+        scores = task.head.scores(output, target[:, :-1])
+        expected = torch.nn.functional.nll_loss(scores.flatten(0, 1), target[:, 1:].flatten(), ignore_index=-100)
+        torch.testing.assert_close(task.head.loss(output, target), expected)
+        london = tokenizer.convert_tokens_to_ids("london")  # outside the vocabulary: only a copy writes it
+        start = torch.full((2, 1), task.spec["bos_token_id"])
+        assert (task.head.scores(output, start)[1, 0, london].exp() > 0) == copy
 
 
 def make_sources(root: Path, n: int = 32, shared: bool = False) -> dict[str, Any]:

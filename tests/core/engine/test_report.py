@@ -144,15 +144,17 @@ def test_recorded_baselines_fill_the_report_with_their_delta_m(tmp_path):
     run = tmp_path / "run"
     assert "No baselines" in (run / "report.md").read_text()
     lexicon = {"digit": {"accuracy": 0.5, "params": {"C": 1.0}}}  # non-numeric details are left out
-    record_baselines(run, {"lexicon": lexicon, "majority": {"parity": {"accuracy": 0.5, "f1_macro": 0.33}}})
+    majority = {"parity": {"accuracy": 0.5, "f1_macro": 0.33}}
+    record_baselines(run, {"lexicon": lexicon, "majority": majority, "copy": {"digit": {"accuracy": 0.0}}})
     ev = RunDir(run).summary()
     assert ev["baselines"]["lexicon"] == {"digit": {"accuracy": 0.5}}
     report = (run / "report.md").read_text()
-    assert "| task | metric | test | lexicon | majority |" in report
-    assert f"| digit | accuracy | {ev['tasks']['digit']['accuracy']:.4f} | 0.5000 | – |" in report
+    assert "| task | metric | test | lexicon | majority | copy |" in report
+    assert f"| digit | accuracy | {ev['tasks']['digit']['accuracy']:.4f} | 0.5000 | – | 0.0000 |" in report
     gain = delta_m(ev["tasks"], {"digit": {"accuracy": 0.5}}, ev["higher_is_better"])
     assert f"Δm against `lexicon` (tasks digit): **{gain:+.2f}%**" in report
     assert "No baselines" not in report
+    assert "Δm against `copy`: undefined, its shared metrics are all 0." in report  # no relative change from 0
 
 
 def test_delta_m_against_the_first_validation_is_not_called_a_baseline(tmp_path):
