@@ -10,8 +10,8 @@ Two kinds:
   so a method uses them only linearly and takes any non-linear coefficient from the detached,
   rank-averaged ``ctx.loss_values`` (exact under DDP, identical in one process). A method that
   computes its weights as device tensors (``host_values = False``) keeps the step free of host
-  syncs: it then receives every task of the step's sources, ``ctx.labelled`` saying which carry a
-  label on some rank (the others have an exact zero loss).
+  syncs. Either way it receives the tasks with a label somewhere in the step, each loss the
+  step's global masked mean (core.engine.losses).
 - ``gradient``: a pure method on the per-task gradients, run by :mod:`.engine`
   (see :class:`.gradient.GradientBalancer`).
 """
@@ -46,20 +46,16 @@ class StepContext:
 
     step: int
     backward: Callable[[Tensor], None]  # AMP-scaled, accumulation-aware backward of a scalar
-    #: detached losses, averaged over ranks: use these for state updates. Host floats of the labelled
-    #: tasks for a ``host_values`` balancer; 0-dim device tensors of every task of the step otherwise
+    #: detached step losses of the labelled tasks, global over ranks and micro-batches: use these for
+    #: state updates. Host floats for a ``host_values`` balancer, 0-dim device tensors otherwise, and
+    #: none for an ``accumulates_linearly`` one (it is called before the step's losses are known)
     loss_values: Mapping[str, float | Tensor]
     model: nn.Module | None = None
-    features: dict[str, Any] = field(default_factory=dict)  # source -> shared representation
+    #: source -> shared representation (a list of the micro-batches' when the step accumulates)
+    features: dict[str, Any] = field(default_factory=dict)
     source_tasks: dict[str, list[str]] = field(default_factory=dict)  # source -> tasks computed on it
     env: DistEnv = field(default_factory=DistEnv)  # rank / world size / device
     scaler: torch.amp.GradScaler | None = None  # the trainer's AMP scaler (enabled only for fp16)
-    grad_accum: int = 1  # micro-batches per optimizer step: ``backward`` divides by it
-    #: device bools: does the task have a labelled sample on some rank (sync-free path; absent = yes)
-    labelled: Mapping[str, Tensor] = field(default_factory=dict)
-
-    def is_labelled(self, task: str, device: torch.device) -> Tensor:
-        return torch.as_tensor(self.labelled.get(task, True), device=device)
 
 
 class Balancer(nn.Module):
@@ -78,9 +74,13 @@ class Balancer(nn.Module):
     state: ClassVar[str] = ""
     #: how the method behaves under DDP
     ddp: ClassVar[str] = "exact: the combined loss is linear in the DDP-scaled task losses"
-    #: reads ``ctx.loss_values`` as host floats: the trainer then reads each micro-batch's loss table
-    #: back (one host sync) and passes only the labelled tasks; False = weights stay device tensors
+    #: reads ``ctx.loss_values`` as host floats: the trainer then reads the step's loss table back
+    #: (one host sync); False = weights stay device tensors
     host_values: ClassVar[bool] = True
+    #: the backward is linear in the losses with coefficients this step's losses do not change, so
+    #: the trainer may call it once per accumulation micro-batch (holding one micro-batch's graph);
+    #: otherwise it is called once per step, every micro-batch's graph held until then
+    accumulates_linearly: ClassVar[bool] = False
 
     @classmethod
     def describe(cls) -> dict[str, Any]:

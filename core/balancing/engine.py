@@ -27,8 +27,11 @@ Composition with the trainer, per micro-batch:
   the update is re-scaled so the trainer's ``scaler.unscale_`` holds.
 - Non-finite task gradients: with an fp16 scaler, ``inf`` is written into a shared gradient so the
   scaler skips the step *and* lowers its scale; otherwise :class:`NonFiniteGradients` is raised.
-- Gradient accumulation: each micro-batch is aggregated on its own, updates summed / ``grad_accum``.
-- DDP (losses already scaled so that averaging gradients over ranks gives the global mean):
+- Gradient accumulation: the trainer calls the engine once per step with the step's losses (each
+  task's masked mean over every micro-batch), the micro-batches' graphs held, so the method sees
+  the Jacobian of the step: the same as one batch of all the step's samples.
+- DDP (losses already scaled so that averaging gradients over ranks gives the global mean; every
+  rank receives the same tasks, those labelled somewhere in the step):
   ``rep`` all-reduces the K x K Gramian (ranks hold disjoint samples: the global Gramian is the sum
   of the local ones / R^2), every rank applies the same weights, and the trainer's gradient
   averaging completes the update. ``params`` all-reduces the task gradients once, so every rank
@@ -164,10 +167,6 @@ class GradientEngine:
 
     # -- rep ---------------------------------------------------------------------------------
     def _rep(self, method: Method, losses: dict[str, Tensor], ctx: StepContext, known: list[str]) -> dict[str, float]:
-        if not losses and ctx.env.enabled:  # no labelled sample here: join the other ranks' Gramian all-reduce
-            tasks = [t for t in known if t in ctx.loss_values]
-            self._global_gramian(torch.zeros(len(tasks), len(tasks), dtype=torch.float64), tasks, known, ctx)
-            return {}
         sources = [name for name in ctx.features if set(ctx.source_tasks.get(name, [])) & set(losses)]
         if len(sources) != 1:
             raise ConfigError(
@@ -182,55 +181,45 @@ class GradientEngine:
                 "use space 'params' or a Gramian-based method"
             )
         tasks = list(losses)
-        if ctx.env.enabled:  # every rank weighs the same tasks: those with a loss on any rank (zero rows here)
-            tasks = [t for t in known if t in ctx.loss_values]
         model: nn.Module = ctx.model  # type: ignore[assignment]
         scale = self._amp_scale(ctx, z[0].device)
-        width = sum(x.numel() for x in z)
         rows = []
         for t in tasks:  # each head alone: cheap; the backbone graph is kept for the one backward below
-            if t not in losses:
-                rows.append(z[0].new_zeros(width))
-                continue
             grads = torch.autograd.grad(losses[t] * scale, z, retain_graph=True, allow_unused=True)
             rows.append(torch.cat([g.reshape(-1) for g in _filled(grads, z)]))
         jac = torch.stack(rows).float() / scale
         gramian = _gramian([[r] for r in jac])
         if ctx.env.enabled:
-            gramian = self._global_gramian(gramian, tasks, known, ctx)
+            gramian = self._global_gramian(gramian, ctx)
         self._remember(gramian, tasks)
         if not bool(torch.isfinite(gramian.diagonal()).all()):
             self.last_gramian = None
             self._nonfinite(gramian, tasks, ctx, next(iter(model.shared_parameters())))  # type: ignore[operator]
             return {}
         values, index = self._loss_vector(tasks, ctx), [known.index(t) for t in tasks]
-        factor = scale / ctx.grad_accum
         heads = self._head_params(model)
         if heads:
-            torch.autograd.backward(sum(losses.values()) * factor, inputs=heads, retain_graph=True)  # type: ignore[arg-type]
+            torch.autograd.backward(sum(losses.values()) * scale, inputs=heads, retain_graph=True)  # type: ignore[arg-type]
         if method.kind == "weighting":
             w = method.weights(gramian, values, index)  # type: ignore[attr-defined]
             shared = [p for p in model.shared_parameters() if p.requires_grad]  # type: ignore[operator]
-            weighted = sum(float(wk) * losses[t] for wk, t in zip(w.tolist(), tasks, strict=True) if t in losses)
-            torch.autograd.backward(weighted * factor, inputs=shared)  # type: ignore[union-attr]
+            weighted = sum(float(wk) * losses[t] for wk, t in zip(w.tolist(), tasks, strict=True))
+            torch.autograd.backward(weighted * scale, inputs=shared)  # type: ignore[union-attr]
             return dict(zip(tasks, w.tolist(), strict=True))
         update = method.apply(jac, values, index)  # type: ignore[attr-defined]
         offset, vectors = 0, []
         for x in z:
-            vectors.append((update[offset : offset + x.numel()] * factor).view_as(x).to(x.dtype))
+            vectors.append((update[offset : offset + x.numel()] * scale).view_as(x).to(x.dtype))
             offset += x.numel()
         torch.autograd.backward(z, vectors)  # the one backbone backward
         return dict(zip(tasks, _applied(jac, update, gramian).tolist(), strict=True))
 
     @staticmethod
-    def _global_gramian(gramian: Tensor, tasks: list[str], known: list[str], ctx: StepContext) -> Tensor:
-        index = torch.tensor([known.index(t) for t in tasks])
-        full = torch.zeros(len(known), len(known), dtype=torch.float64, device=ctx.env.device)
-        full[index[:, None], index[None, :]] = gramian.to(ctx.env.device)
-        dist.all_reduce(full)
+    def _global_gramian(gramian: Tensor, ctx: StepContext) -> Tensor:
+        full = gramian.to(ctx.env.device)
+        dist.all_reduce(full)  # every rank holds the same tasks in the same order
         # each rank's losses carry a 1/R factor (their average is the global loss)
-        full = full.cpu() / ctx.env.world_size**2
-        return full[index[:, None], index[None, :]]
+        return full.cpu() / ctx.env.world_size**2
 
     # -- params ------------------------------------------------------------------------------
     def _params(
@@ -240,17 +229,14 @@ class GradientEngine:
         shared = [p for p in model.shared_parameters() if p.requires_grad]  # type: ignore[operator]
         heads = self._head_params(model)
         tasks = list(losses)
-        if ctx.env.enabled:  # every rank aggregates the same tasks: those with a loss on any rank
-            tasks = [t for t in known if t in ctx.loss_values]
         amp = ctx.scaler is not None and ctx.scaler.is_enabled()
         scale = self._amp_scale(ctx, shared[0].device)
-        local = [t for t in tasks if t in losses]
-        layers = self._activation_layers(model, [losses[t] for t in local], ctx)
+        layers = self._activation_layers(model, [losses[t] for t in tasks], ctx)
         taken = {id(p) for layer in layers for p in layer.params}
         direct = [p for p in shared if id(p) not in taken]
         outputs = [y for layer in layers for y in layer.outputs]
-        grads = self.task_gradients([losses[t] * scale if amp else losses[t] for t in local], direct + heads + outputs)
-        per_task = dict(zip(local, grads, strict=True))
+        grads = self.task_gradients([losses[t] * scale if amp else losses[t] for t in tasks], direct + heads + outputs)
+        per_task = dict(zip(tasks, grads, strict=True))
         prepared, start = [], len(direct) + len(heads)
         for layer in layers:  # the K task gradients of these layers are never formed
             calls = slice(start, start + len(layer.outputs))
@@ -258,15 +244,10 @@ class GradientEngine:
             start = calls.stop
         # unscaled in place: autograd's outputs are ours, so no second copy of the K x P pieces
         pieces = [
-            [_as_float(g).div_(scale) if amp else _as_float(g) for g in per_task[t][: len(direct)]]
-            if t in per_task
-            else [torch.zeros_like(p, dtype=torch.float32) for p in direct]
-            for t in tasks
+            [_as_float(g).div_(scale) if amp else _as_float(g) for g in per_task[t][: len(direct)]] for t in tasks
         ]
-        factor = scale / ctx.grad_accum
         for i, p in enumerate(heads):  # a head is reached by its own task(s) only: the plain sum
-            if local:  # under DDP a rank may hold no labelled sample this step, yet joins the all-reduce
-                _accumulate(p, sum(per_task[t][len(direct) + i] for t in local) / ctx.grad_accum)  # type: ignore[arg-type]
+            _accumulate(p, sum(per_task[t][len(direct) + i] for t in tasks))  # type: ignore[arg-type]
         del grads, per_task  # only the shared pieces stay alive
         if ctx.env.enabled:
             for row in pieces:
@@ -283,7 +264,7 @@ class GradientEngine:
         values, index = self._loss_vector(tasks, ctx), [known.index(t) for t in tasks]
         if method.kind == "weighting":
             w = method.weights(gramian, values, index)  # type: ignore[attr-defined]
-            coef = (w * float(factor)).tolist()
+            coef = (w * float(scale)).tolist()
             for layer in prepared:
                 for p, g in zip(layer.layer.params, weighted_gradients(layer, coef), strict=True):
                     _accumulate(p, g)
@@ -302,14 +283,15 @@ class GradientEngine:
         update = method.apply(jac, values, index)  # type: ignore[attr-defined]
         offset = 0
         for p in shared:
-            _accumulate(p, update[offset : offset + p.numel()].view_as(p) * factor)
+            _accumulate(p, update[offset : offset + p.numel()].view_as(p) * scale)
             offset += p.numel()
         return dict(zip(tasks, _applied(jac, update, gramian).tolist(), strict=True))
 
     def attach(self, model: nn.Module) -> None:
-        """Hook the model's shared layers before its first forward (``gramian`` engine only), so
-        that every step, the first included, can take Gramian shares from activations."""
-        if self.engine == "gramian" and not _compiled(model):
+        """Hook the model's shared layers before its first forward (``gramian`` engine in ``params``
+        space only: nothing else takes the records), so that every step, the first included, can
+        take Gramian shares from activations."""
+        if self.space == "params" and self.engine == "gramian" and not _compiled(model):
             if self.recorder is not None:
                 self.recorder.remove()
             self.recorder = Recorder(model, [p for p in model.shared_parameters() if p.requires_grad])  # type: ignore[operator]

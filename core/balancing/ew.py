@@ -50,6 +50,11 @@ class EqualWeighting(LossBalancer):
         self.scale_sums = torch.empty(0)
         self.scale_counts = torch.empty(0)
 
+    @property
+    def accumulates_linearly(self) -> bool:  # type: ignore[override]
+        """Fixed weights: each micro-batch can be backpropagated as it comes."""
+        return self.given is not None or self.heuristic in ("config", "uniform", "size")
+
     def setup(self, setup: BalancerSetup) -> None:
         super().setup(setup)
         k = len(setup.tasks)
@@ -74,8 +79,7 @@ class EqualWeighting(LossBalancer):
         device = next(iter(losses.values())).device
         rows = [self.tasks.index(t) for t in losses]
         values = torch.stack([torch.as_tensor(ctx.loss_values[t], device=device) for t in losses]).double()
-        # a step's value counts once the task is labelled somewhere and its loss is finite
-        seen = torch.stack([ctx.is_labelled(t, device) for t in losses]) & torch.isfinite(values)
+        seen = torch.isfinite(values)  # a skipped step's value does not count
         if self.heuristic == "loss_scale":
             return self._loss_scale(losses, rows, values, seen)
         initial = self.initial.to(device)

@@ -84,7 +84,7 @@ class GradientBalancer(Balancer):
         amp = ctx.scaler.get_scale() if ctx.scaler is not None and ctx.scaler.is_enabled() else 1.0
         for t, f in factors.items():  # d/ds (e^s L - s), scaled like every other gradient for unscale_
             s = self.log_scales[t]
-            grad = torch.full_like(s, (f * ctx.loss_values[t] - 1) * amp / ctx.grad_accum)
+            grad = torch.full_like(s, (f * ctx.loss_values[t] - 1) * amp)
             s.grad = grad if s.grad is None else s.grad + grad
         scaled = {t: loss * factors[t] for t, loss in losses.items()}
         values = {t: v * factors[t] for t, v in ctx.loss_values.items()}

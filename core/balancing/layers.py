@@ -16,7 +16,9 @@ are never held for the layers it takes: that is where a CNN keeps most of its pa
 
 Idea from torchjd's autogram engine (Gramian from activations and output gradients, Quinton &
 Rey, 2025); the per-layer choice and the closed forms here are ours. Exact for ``nn.Linear`` and
-``nn.Conv2d`` (zero padding, one group) whose parameters belong to that module alone.
+``nn.Conv2d`` (zero padding, one group) whose parameters belong to that module alone and are read
+only by its calls: a layer whose weight the losses also reach another way (a tied decoder, a
+penalty on the weight) is left to the exact per-task gradients.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class Layer:
     inputs: list[Tensor] = field(default_factory=list)
     outputs: list[Tensor] = field(default_factory=list)
     versions: list[tuple[int, int]] = field(default_factory=list)  # (input, output) at the call
+    sources: list[object] = field(default_factory=list)  # the input's autograd node at the call
 
     def intact(self) -> bool:
         """No input or output changed in place since the call (an in-place ReLU after a Linear would
@@ -113,19 +116,23 @@ class Recorder:
             layer.inputs.append(args[0].detach())  # shares the version counter with args[0]
             layer.outputs.append(output)
             layer.versions.append((args[0]._version, output._version))
+            layer.sources.append(args[0].grad_fn)
 
     def take(self, losses: Iterable[Tensor]) -> list[Layer]:
-        """Per module, its calls that ``losses`` depend on; the recorder starts afresh."""
+        """Per module, its calls that ``losses`` depend on, unless the losses also read its parameters
+        outside those calls; the recorder starts afresh."""
         graph = _nodes(losses)
+        readers = _readers(graph)
         out = []
         for module, layer in self.layers.items():
             live = Layer(module)
-            for x, y, v in zip(layer.inputs, layer.outputs, layer.versions, strict=True):
+            for x, y, v, s in zip(layer.inputs, layer.outputs, layer.versions, layer.sources, strict=True):
                 if y.grad_fn in graph:
                     live.inputs.append(x)
                     live.outputs.append(y)
                     live.versions.append(v)
-            if live.outputs:
+                    live.sources.append(s)
+            if live.outputs and not _read_elsewhere(live, readers):
                 out.append(live)
             self.layers[module] = Layer(module)
         return out
@@ -151,6 +158,32 @@ def _nodes(roots: Iterable[Tensor]) -> set[object]:
         seen.add(node)
         stack.extend(nxt for nxt, _ in node.next_functions)
     return seen
+
+
+def _readers(graph: set[object]) -> dict[int, list[object]]:
+    """Per parameter (by id), the graph's nodes that read it (point to its gradient accumulator)."""
+    readers: dict[int, list[object]] = {}
+    for node in graph:
+        for nxt, _ in node.next_functions:  # type: ignore[attr-defined]
+            variable = getattr(nxt, "variable", None)
+            if variable is not None:
+                readers.setdefault(id(variable), []).append(node)
+    return readers
+
+
+def _read_elsewhere(layer: Layer, readers: dict[int, list[object]]) -> bool:
+    """Whether a node outside the layer's calls (from each output down to its input) reads one of its
+    parameters: the activations then miss that part of the weight gradient."""
+    own: set[object] = set()
+    stops = set(layer.sources)
+    stack = [y.grad_fn for y in layer.outputs]
+    while stack:
+        node = stack.pop()
+        if node is None or node in own or node in stops:
+            continue
+        own.add(node)
+        stack.extend(nxt for nxt, _ in node.next_functions)
+    return any(node not in own for p in layer.params for node in readers.get(id(p), []))
 
 
 def plan(layers: list[Layer], k: int, max_positions: int = 4096, margin: float = 0.8) -> list[Layer]:

@@ -32,13 +32,8 @@ class UncertaintyWeighting(LossBalancer):
             self.log_vars[t] = nn.Parameter(torch.tensor(float(self.init)))
 
     def combine(self, losses: dict[str, Tensor], ctx: StepContext) -> tuple[Tensor, dict[str, Tensor]]:
-        # the regulariser only where the task carries a label on some rank: an unlabelled task's
-        # loss is an exact zero, and so is then its log-variance's gradient
-        total = sum(
-            0.5 * torch.exp(-s) * loss + 0.5 * s * ctx.is_labelled(t, s.device)
-            for t, loss in losses.items()
-            for s in [self.log_vars[t]]
-        )
+        # ``losses`` holds the tasks labelled this step: an unlabelled task's log-variance gets no gradient
+        total = sum(0.5 * torch.exp(-s) * loss + 0.5 * s for t, loss in losses.items() for s in [self.log_vars[t]])
         return total, {t: 0.5 * torch.exp(-self.log_vars[t].detach()) for t in losses}  # type: ignore[return-value]
 
     def extra_repr(self) -> str:

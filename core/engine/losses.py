@@ -1,12 +1,16 @@
-"""The step's global task losses from each rank's masked (sum, count), in one all-reduce.
+"""The step's task losses: each task's masked mean over every labelled sample of the step.
 
-A task's value is the mean over every labelled sample of every source and rank; its loss is
-scaled so that the ranks' averaged gradient is exactly the gradient of that global mean. Nothing
-here reads a value back to the host: a count of 0 (no label anywhere) leaves an exact zero loss.
+A step is ``grad_accum`` micro-batches on each of R ranks. Its labelled counts are read from the
+CPU batches before they move (no device sync) and summed over ranks once; each micro-batch then
+backpropagates its share ``sum * R / count`` of every labelled task's loss, so that the shares of
+all micro-batches, their gradients averaged over ranks, give exactly the gradient of the global
+masked mean — whatever the split of the labels over micro-batches and ranks. A task with no label
+anywhere in the step has no loss at all: every rank knows it before the forward.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -15,37 +19,36 @@ from torch import Tensor
 from ..distributed import DistEnv, all_reduce_sum
 
 
-@dataclass
-class StepLosses:
-    tasks: list[str]  # every task of the step's sources
-    losses: dict[str, Tensor]  # to backpropagate: sum * world_size / global count
-    values: Tensor  # [len(tasks)] global masked means (0 where no label on any rank), float64
-    counts: Tensor  # [len(tasks)] global labelled counts, float64
+@dataclass(frozen=True)
+class StepCounts:
+    counts: dict[str, int]  # labelled entries per task over the whole step (every micro-batch, every rank)
+    world_size: int
 
     @classmethod
-    def reduce(cls, sums: dict[str, Tensor], counts: dict[str, Tensor], env: DistEnv) -> StepLosses:
-        tasks = list(sums)
-        # one (sum, count) row per task: the only collective of the forward (ranks sample the same sources)
-        table = torch.stack([torch.stack([sums[t].detach().double(), counts[t].double()]) for t in tasks])
+    def gather(cls, tasks: Sequence[str], micro_batches: Sequence[dict[str, int]], env: DistEnv) -> StepCounts:
+        """Sum each micro-batch's CPU counts; under DDP one all-reduce (host sync: DDP only)."""
+        counts = [sum(c.get(t, 0) for c in micro_batches) for t in tasks]
+        if env.enabled:
+            table = torch.tensor(counts, dtype=torch.float64, device=env.device)
+            all_reduce_sum(table, env)
+            counts = [int(n) for n in table.tolist()]
+        return cls(dict(zip(tasks, counts, strict=True)), env.world_size)
+
+    @property
+    def labelled(self) -> list[str]:
+        """The tasks that train this step, in the same order on every rank."""
+        return [t for t, n in self.counts.items() if n > 0]
+
+    def losses(self, sums: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A micro-batch's share of each labelled task's step loss, from its masked loss sums."""
+        return {t: sums[t] * (self.world_size / self.counts[t]) for t in self.labelled if t in sums}
+
+    def values(self, sums: dict[str, Tensor], env: DistEnv) -> dict[str, Tensor]:
+        """The step's loss of each labelled task (its global masked mean) on the device; one all-reduce
+        of the step's detached loss sums, nothing read back."""
+        tasks = [t for t in self.labelled if t in sums]
+        if not tasks:
+            return {}
+        table = torch.stack([sums[t].detach().double() for t in tasks])
         all_reduce_sum(table, env)
-        total, count = table.unbind(1)
-        scale = env.world_size / count.clamp_min(1)
-        losses = {t: sums[t] * scale[i].to(sums[t].dtype) for i, t in enumerate(tasks)}
-        return cls(tasks, losses, total / count.clamp_min(1), count)
-
-    def labelled(self) -> dict[str, Tensor]:
-        return {t: self.counts[i] > 0 for i, t in enumerate(self.tasks)}
-
-    def device_values(self) -> dict[str, Tensor]:
-        return {t: self.values[i] for i, t in enumerate(self.tasks)}
-
-    def finite(self) -> Tensor:
-        return torch.isfinite(self.values).all()
-
-    def on_host(self) -> tuple[dict[str, Tensor], dict[str, float]]:
-        """The losses and float values of the tasks labelled on some rank: one host sync.
-
-        Every rank gets the same task set, so balancers run the same collectives."""
-        values, counts = torch.stack([self.values, self.counts]).tolist()
-        kept = [t for t, n in zip(self.tasks, counts, strict=True) if n > 0]
-        return {t: self.losses[t] for t in kept}, {t: values[self.tasks.index(t)] for t in kept}
+        return {t: table[i] / self.counts[t] for i, t in enumerate(tasks)}

@@ -1,30 +1,20 @@
-"""Non-finite steps: skipped exactly on the host path, counted on the device on the sync-free one.
+"""Non-finite steps: counted on the host where the step read its losses, on the device otherwise.
 
-A balancer that reads host values already paid the sync, so its step is skipped exactly
-(:meth:`NonFiniteWatch.skipped`). Whether to skip is a host decision, so the sync-free step
-cannot skip one: a step whose global loss is NaN/Inf has its gradients zeroed instead (the
-parameters then move only by the optimizer's momentum and weight decay). The counts, and the first bad step's values,
-stay on the device until :meth:`NonFiniteWatch.check` reads them back at a log step.
+Either way the step is skipped exactly (:mod:`.skip`). A balancer that reads host values already
+paid the sync, so its skips are counted at once (:meth:`NonFiniteWatch.skipped`); on the
+sync-free step the counts, and the first bad step's values, stay on the device until
+:meth:`NonFiniteWatch.check` reads them back at a log step.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import NonFiniteLossError
-
-
-def zero_if_nonfinite(parameters: Iterable[nn.Parameter], finite: Tensor) -> None:
-    """Zero every gradient unless ``finite`` (a device bool), with no host read."""
-    bad = ~finite
-    for p in parameters:
-        if p.grad is not None:
-            p.grad.masked_fill_(bad, 0.0)  # in place, one pass; not a multiply: NaN * 0 is NaN
 
 
 def describe(tasks: list[str], values: list[float], what: str = "loss") -> str:
@@ -40,7 +30,7 @@ def too_many(step: int, described: str, in_a_row: int, what: str = "loss") -> No
 
 class NonFiniteWatch:
     """``observe`` each step's finiteness on the device; ``check`` at log steps warns about the
-    zeroed steps and raises once more than ``limit`` came in a row."""
+    skipped steps and raises once more than ``limit`` came in a row."""
 
     def __init__(self, tasks: list[str], limit: int, device: torch.device) -> None:
         self.tasks, self.limit = tasks, limit
@@ -78,13 +68,13 @@ class NonFiniteWatch:
         return self.host_total + int(self.total)  # host sync: checkpoints and the summary only
 
     def check(self) -> None:
-        """Warn about the steps zeroed since the last check; raise past ``limit`` in a row (one host sync)."""
+        """Warn about the steps skipped since the last check; raise past ``limit`` in a row (one host sync)."""
         total, first, over = int(self.total), self.first.tolist(), self.over.tolist()  # host sync: log steps only
         if total > self.reported:
             warnings.warn(
                 f"skipping step {int(first[0])}: {describe(self.tasks, first[1:])} "
                 f"({total - self.reported} step(s) with a non-finite loss since the last log had their "
-                "gradients zeroed)",
+                "step skipped)",
                 RuntimeWarning,
                 stacklevel=3,
             )

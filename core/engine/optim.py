@@ -24,17 +24,29 @@ SCHEDULES: Registry[Callable[[int], float]] = Registry("schedule")
 
 @OPTIMIZERS.register("adamw")
 def adamw(
-    params: Iterable[Any], lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+    params: Iterable[Any],
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    fused: bool = True,
 ) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps)
+    """``fused``: one kernel per step that can also skip a non-finite step on the device (core.engine.skip)."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps, fused=fused)
 
 
 @OPTIMIZERS.register("sgd")
 def sgd(
-    params: Iterable[Any], lr: float, weight_decay: float, momentum: float = 0.9, nesterov: bool = True
+    params: Iterable[Any],
+    lr: float,
+    weight_decay: float,
+    momentum: float = 0.9,
+    nesterov: bool = True,
+    fused: bool = True,
 ) -> torch.optim.Optimizer:
+    """``fused``: as for ``adamw``."""
     return torch.optim.SGD(
-        params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov and momentum > 0
+        params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov and momentum > 0, fused=fused
     )
 
 

@@ -42,14 +42,15 @@ from .compiled import compile_model
 from .conclude import conclude
 from .ddp import unused_zero
 from .interrupt import graceful_interrupt
-from .losses import StepLosses
+from .losses import StepCounts
 from .metrics_log import RunLog, host_record, setup_record
-from .nonfinite import NonFiniteWatch, zero_if_nonfinite
+from .nonfinite import NonFiniteWatch
 from .optim import build_optimizer, build_scheduler
 from .precision import Precision
 from .progress import progress_bar
 from .rng import restore_rank_rng, rng_state, seed_everything
 from .rundir import RunDir, RunStatus
+from .skip import poison, step_unless
 from .strategy import STRATEGIES
 
 FORMAT = "jointtrain.trainer/2"
@@ -150,119 +151,137 @@ class Trainer:
         return any_rank(self.stop_requested, self.env)
 
     # -- one step --------------------------------------------------------------------------
-    def _batches(self, chosen: list[str]) -> dict[str, Any]:
-        """The next batch of each chosen source, its labels checked on the CPU (no device sync), moved."""
-        batches = {}
+    def _batches(self, chosen: list[str]) -> tuple[dict[str, Any], dict[str, int]]:
+        """The next CPU batch of each chosen source, its labels checked and counted (no device sync)."""
+        batches: dict[str, Any] = {}
+        counts: dict[str, int] = {}
         for name in chosen:
-            batch = next(self.streams[name])
+            batch = batches[name] = next(self.streams[name])
             for t in self.source_by_name[name].tasks:
-                self.model.tasks[t].validate_target(batch[self.model.tasks[t].label_key])
-            batches[name] = move(batch, self.env.device)
-        return batches
+                task, target = self.model.tasks[t], batch[self.model.tasks[t].label_key]
+                task.validate_target(target)
+                counts[t] = counts.get(t, 0) + task.count_labelled(target)
+        return batches, counts
 
-    def _forward(self, batches: dict[str, Any]) -> tuple[StepLosses, dict[str, Any], dict[str, dict[str, Any]]]:
-        """Backbone once per source, the heads of its tasks, and each task's global masked loss.
-
-        Returns (the step's losses, features, task outputs per source); no host sync.
-        """
+    def _forward(self, batches: dict[str, Any]) -> tuple[dict[str, torch.Tensor], Any, dict[str, dict[str, Any]]]:
+        """Backbone once per source, the heads of its tasks; each task's masked loss sum, on the device."""
         sums: dict[str, torch.Tensor] = {}
-        counts: dict[str, torch.Tensor] = {}
         inputs = {name: batch[self.source_by_name[name].input_key] for name, batch in batches.items()}
         with self.precision.autocast():
             features, outputs = self.forward_step(inputs, {name: self.source_by_name[name].tasks for name in batches})
             for name, batch in batches.items():
                 for t in self.source_by_name[name].tasks:
                     task = self.model.tasks[t]
-                    total, count = task.masked_loss(outputs[name][t], batch[task.label_key])
-                    sums[t], counts[t] = sums.get(t, 0.0) + total.float(), counts.get(t, 0) + count
-        return StepLosses.reduce(sums, counts, self.env), features, outputs
+                    total = task.masked_loss(outputs[name][t], batch[task.label_key])[0].float()
+                    sums[t] = sums[t] + total if t in sums else total
+        return sums, features, outputs
 
     def _backward(self, total: torch.Tensor, unused: torch.Tensor | None = None) -> None:
         if unused is not None:
             total = total + unused
-        self.precision.scaler.scale(total / self.config.grad_accum).backward()
+        self.precision.scaler.scale(total).backward()
+
+    def _balance(
+        self, losses: dict[str, torch.Tensor], values: Any, features: dict[str, Any], outputs: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """The balancer's backward of ``losses`` (a micro-batch's shares, or the whole step's)."""
+        zeros = [u for o in outputs if (u := unused_zero(o, losses)) is not None] if self.ddp else []
+        ctx = StepContext(
+            step=self.step,
+            backward=functools.partial(self._backward, unused=sum(zeros) if zeros else None),  # type: ignore[arg-type]
+            loss_values=values,
+            model=self.model,
+            features=features,
+            source_tasks={name: self.source_by_name[name].tasks for name in features},
+            env=self.env,
+            scaler=self.precision.scaler,
+        )
+        return self.balancer.backward(losses, ctx)
 
     def train_step(self) -> dict[str, Any]:
-        """One optimizer step over ``grad_accum`` micro-batches of the sampled sources.
+        """One optimizer step; its definition, as slow reference code: ``tests/core/engine/reference_step.py``.
 
-        The record's values may be device tensors: ``fit`` reads them back at log steps only.
-        A ``host_values`` balancer costs one host sync per micro-batch (its tasks and values are
-        floats); otherwise the step reads nothing back and a non-finite loss zeroes the step's
-        gradients instead of skipping it (``core.engine.nonfinite``).
+        Each task's loss is its masked mean over every labelled sample of the step's ``grad_accum``
+        micro-batches on every rank (:mod:`.losses`: counted on the CPU batches, so a task with no
+        label anywhere is known before the forward and its layers stay untouched). A balancer that
+        ``accumulates_linearly`` backpropagates each micro-batch as it comes; any other is called
+        once with the step's losses, every micro-batch's graph held until then. A step with a
+        non-finite loss is skipped exactly (:mod:`.skip`). The record's values may be device
+        tensors: ``fit`` reads them back at log steps only. A ``host_values`` balancer costs one
+        host read of the step's losses; otherwise nothing is read back (given a fused optimizer).
         """
         chosen = self.sampler.choose(self.step)
         self.optimizer.zero_grad(set_to_none=True)
-        host = self.balancer.host_values
-        logged: dict[str, list[torch.Tensor]] = {}
+        fetched = [self._batches(chosen) for _ in range(self.config.grad_accum)]
+        step_tasks = list(dict.fromkeys(t for name in chosen for t in self.source_by_name[name].tasks))
+        counts = StepCounts.gather(step_tasks, [c for _, c in fetched], self.env)
+        if not counts.labelled:  # no label of any task on any rank: every rank skips alike
+            self.scheduler.step()
+            return {"lr": self.scheduler.get_last_lr()[0]}
+        streaming = self.balancer.accumulates_linearly
         weights: dict[str, Any] = {}
-        batches: dict[str, Any] = {}
-        trained: set[str] = set()
-        finite = torch.ones((), dtype=torch.bool, device=self.env.device)
-        for i in range(self.config.grad_accum):
-            with self.strategy.accumulating(self.forward_step, last=i == self.config.grad_accum - 1):
-                batches = self._batches(chosen)
-                step, features, outputs = self._forward(batches)
-                if host:  # host sync: global counts pick the tasks that train, and the check is exact
-                    losses, values = step.on_host()
-                    bad = {t: v for t, v in values.items() if not math.isfinite(v)}
-                else:
-                    losses, values, bad = step.losses, step.device_values(), {}
-                    finite = finite & step.finite()
-                if self.ddp and (bad or not losses):
-                    self._backward(connected_zero(outputs))  # DDP's reducer must see every forward's backward
-                if bad:
-                    return self._skip(bad)
-                if not losses:
-                    continue  # no labelled sample of any task on any rank: every rank skips alike
-                ctx = StepContext(
-                    step=self.step,
-                    backward=functools.partial(
-                        self._backward, unused=unused_zero(outputs, losses) if self.ddp else None
-                    ),
-                    loss_values=values,
-                    model=self.model,
-                    features=features,
-                    source_tasks={name: self.source_by_name[name].tasks for name in batches},
-                    env=self.env,
-                    scaler=self.precision.scaler,
-                    grad_accum=self.config.grad_accum,
-                    labelled={} if host else step.labelled(),
-                )
-                try:
-                    weights = self.balancer.backward(losses, ctx)
-                except NonFiniteGradients as e:  # gradient-space methods check the task gradients
-                    return self._skip(e.values, what="gradient squared norm")
-            trained.update(losses)
-            for t in losses:  # NaN where unlabelled: left out of the logged mean
-                row = step.tasks.index(t)
-                logged.setdefault(t, []).append(torch.where(step.counts[row] > 0, step.values[row], math.nan))
-        for t in set(self.model.tasks) - trained:  # no labelled sample all step: no gradient, as without DDP
+        sums: dict[str, torch.Tensor] = {}  # the step's masked loss sums, graphs held unless streaming
+        features: dict[str, list[Any]] = {}
+        outputs: list[dict[str, Any]] = []
+        for i, (cpu, _) in enumerate(fetched):
+            with self.strategy.accumulating(self.forward_step, last=i == len(fetched) - 1):
+                part, feats, outs = self._forward(move(cpu, self.env.device))
+                if streaming:
+                    weights = self._balance(counts.losses(part), {}, {n: [f] for n, f in feats.items()}, [outs])
+                    part = {t: v.detach() for t, v in part.items()}
+            for t, v in part.items():
+                sums[t] = sums[t] + v if t in sums else v
+            for name, f in feats.items():
+                features.setdefault(name, []).append(f)
+            outputs.append(outs)
+        values = counts.values(sums, self.env)
+        loss_values: dict[str, Any] = values
+        if self.balancer.host_values:  # host sync: the balancer reads floats, and the skip is decided here
+            loss_values = dict(zip(values, torch.stack(list(values.values())).tolist(), strict=True))
+            bad = {t: v for t, v in loss_values.items() if not math.isfinite(v)}
+            if bad:
+                return self._skip(bad, outputs)
+            finite = torch.ones((), dtype=torch.bool, device=self.env.device)
+        else:
+            finite = torch.isfinite(torch.stack(list(values.values()))).all()
+            self.watch.observe(self.step, finite, values)
+        if not streaming:
+            try:
+                weights = self._balance(counts.losses(sums), loss_values, features, outputs)
+            except NonFiniteGradients as e:  # gradient-space methods check the task gradients
+                return self._skip(e.values, outputs, what="gradient squared norm")
+        for t in set(self.model.tasks) - set(counts.labelled):  # no label in the step: untouched
             for p in self.model.task_parameters(t):
                 p.grad = None
-        if not host:
-            zero_if_nonfinite([p for group in self.optimizer.param_groups for p in group["params"]], finite)
-            self.watch.observe(self.step, finite, step.device_values())
         self.watch.stepped()
-        grad_norm = self._optimizer_step()
-        self.balancer.after_step(lambda: self._recompute(batches))
-        record: dict[str, Any] = {f"loss/{t}": torch.stack(v).nanmean() for t, v in logged.items()}
+        grad_norm = self._optimizer_step(finite)
+        self.balancer.after_step(lambda: self._recompute([cpu for cpu, _ in fetched], counts))
+        record: dict[str, Any] = {f"loss/{t}": v for t, v in values.items()}
         record.update({f"weight/{t}": w for t, w in weights.items()})
         record["lr"] = self.scheduler.get_last_lr()[0]
         if grad_norm is not None:
             record["grad_norm"] = grad_norm
         return record
 
-    def _skip(self, bad: dict[str, float], what: str = "loss") -> dict[str, Any]:
+    def _skip(self, bad: dict[str, float], outputs: list[dict[str, Any]], what: str = "loss") -> dict[str, Any]:
+        """Skip the step exactly (host path): no parameter or optimizer state moves; the schedule
+        advances and an fp16 scaler lowers its scale, as on the device path."""
+        if self.ddp:  # DDP's reducer must see every forward's backward
+            self._backward(sum(connected_zero(o) for o in outputs))  # type: ignore[arg-type]
         self.optimizer.zero_grad(set_to_none=True)
+        self._optimizer_step(torch.zeros((), dtype=torch.bool, device=self.env.device))
         return self.watch.skipped(self.step, bad, what)
 
-    def _optimizer_step(self) -> torch.Tensor | None:
+    def _optimizer_step(self, finite: torch.Tensor) -> torch.Tensor | None:
+        """Average, unscale, L1, clip, then step unless ``finite`` is False (a device bool)."""
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         synced = {id(p) for p in self.balancer.synchronised_parameters()}  # already global: not averaged again
         if self.ddp:  # DDP / FSDP averaged the model's gradients during backward
             synced |= {id(p) for p in self.model.parameters()}
         average_gradients([p for p in params if id(p) not in synced], self.env)
         scaler = self.precision.scaler
+        if scaler.is_enabled():
+            poison(params, finite)  # the scaler skips and backs off, as for an overflow of its own
         scaler.unscale_(self.optimizer)
         if self.config.l1:
             for p in self.model.parameters():
@@ -271,14 +290,23 @@ class Trainer:
         grad_norm = None
         if self.config.clip_grad_norm:
             grad_norm = self.strategy.replicated(torch.nn.utils.clip_grad_norm_(params, self.config.clip_grad_norm))
-        scaler.step(self.optimizer)
+        if scaler.is_enabled():
+            scaler.step(self.optimizer)
+        else:
+            step_unless(self.optimizer, finite)
         scaler.update()
         self.scheduler.step()
         return grad_norm
 
     @torch.no_grad()
-    def _recompute(self, batches: dict[str, Any]) -> dict[str, float]:
-        return self._forward(batches)[0].on_host()[1]
+    def _recompute(self, fetched: list[dict[str, Any]], counts: StepCounts) -> dict[str, float]:
+        """The step's losses after the optimizer step, on the same micro-batches."""
+        sums: dict[str, torch.Tensor] = {}
+        for cpu in fetched:
+            for t, v in self._forward(move(cpu, self.env.device))[0].items():
+                sums[t] = sums[t] + v if t in sums else v
+        values = counts.values(sums, self.env)
+        return dict(zip(values, torch.stack(list(values.values())).tolist(), strict=True))
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self, split: str = "val", model: JointModel | None = None) -> Results:

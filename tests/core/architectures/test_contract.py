@@ -88,7 +88,6 @@ def test_gradient_spaces_are_exact(name):
             source_tasks={"s": list(TASKS)},
             env=DistEnv(device=torch.device("cpu")),
             scaler=None,
-            grad_accum=1,
         )
         balancer.backward(values, ctx)
         for (pname, p), g in zip(model.named_parameters(), expected, strict=True):

@@ -46,10 +46,10 @@ def _step(rank: int, world: int) -> dict[str, torch.Tensor]:
                     values[t] = float(
                         ((model.heads[t](model.backbone(x)).squeeze(1) - y[:, i]) ** 2)[labelled[t]].mean()
                     )
-                mask = labelled[t][share]
-                if mask.any():  # the trainer's scaling: averaging over ranks gives the global masked mean
-                    err = ((model.heads[t](z).squeeze(1) - y[share, i]) ** 2)[mask]
-                    losses[t] = err.sum() / int(labelled[t].sum()) * world
+                # every rank gets every task labelled somewhere (an exact, connected zero where not here),
+                # scaled so that averaging over ranks gives the global masked mean
+                err = (model.heads[t](z).squeeze(1) - y[share, i]) ** 2
+                losses[t] = torch.where(labelled[t][share], err, 0.0).sum() / int(labelled[t].sum()) * world
             ctx = StepContext(
                 step=0,
                 backward=lambda total: total.backward(),

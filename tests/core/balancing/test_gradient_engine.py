@@ -113,10 +113,10 @@ def test_params_update_is_the_aggregate_and_heads_get_their_plain_gradient(name:
     expected = build(name).aggregate(jac)
     method = setup(build(name, space="params", engine=engine))
     losses, z = forward(model)
-    method.backward(losses, context(model, losses, z, grad_accum=2))
-    assert torch.allclose(flat_grad(model.shared_parameters()), expected / 2, atol=1e-6)
+    method.backward(losses, context(model, losses, z))
+    assert torch.allclose(flat_grad(model.shared_parameters()), expected, atol=1e-6)
     for n, p in model.heads.named_parameters():
-        assert torch.allclose(p.grad, head_grads[n] / 2, atol=1e-6)  # type: ignore[arg-type]
+        assert torch.allclose(p.grad, head_grads[n], atol=1e-6)  # type: ignore[arg-type]
     assert method.synchronised_parameters() == []  # one process: nothing to skip
 
 

@@ -31,10 +31,9 @@ def _trainer(tmp_path, balancing: str = "ew", **overrides):
 
 
 def _label_checks(trainer, name, batch) -> int:
-    """What the task types' label checks cost: reads of the CPU batch, no device sync."""
+    """What the task types' label checks and counts cost: reads of the CPU batch, no device sync."""
     with HostSyncCounter() as checks:
-        for t in trainer.source_by_name[name].tasks:
-            trainer.model.tasks[t].validate_target(batch[trainer.model.tasks[t].label_key])
+        trainer._batches([name])
     return checks.total
 
 
@@ -68,23 +67,23 @@ def test_a_non_log_step_has_no_trainer_sync(tmp_path, case):
     assert all(isinstance(v, float) and math.isfinite(v) for k, v in logged.items() if k.startswith("loss/"))
 
 
-def test_a_host_values_balancer_costs_one_sync_per_micro_batch(tmp_path):
+def test_a_host_values_balancer_costs_one_sync_per_step(tmp_path):
     trainer, name, batch = _trainer(tmp_path, "dwa", **{"train.grad_accum": 2})
     assert trainer.balancer.host_values
     checks = _label_checks(trainer, name, batch)
     trainer.train_step()
     with HostSyncCounter() as step:
         trainer.train_step()
-    assert step.total - 2 * checks == step.calls["tolist"] == 2  # each micro-batch reads its loss table
+    assert step.total - 2 * checks == step.calls["tolist"] == 1  # the step's loss table, once
 
 
-def test_a_nonfinite_step_zeroes_the_gradients_and_the_log_step_reports_it(tmp_path):
+def test_a_nonfinite_step_is_skipped_and_the_log_step_reports_it(tmp_path):
     trainer = _trainer(tmp_path, **{"train.max_nonfinite_steps": 1})[0]
     head = trainer.model.heads["parity"].fc
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     with torch.no_grad():
         head.weight[0, 0] = math.inf
-    trainer.train_step()  # SGD without momentum: a zero gradient leaves every parameter as it was
+    trainer.train_step()  # skipped on the device: every parameter as it was
     for n, p in trainer.model.named_parameters():
         if n != "heads.parity.fc.weight":
             torch.testing.assert_close(p.detach(), before[n])
