@@ -123,7 +123,7 @@ class MLPBackbone(nn.Module):
         return list(self.widths)
 
     def stem(self, inputs: Tensor) -> Tensor:
-        return inputs.flatten(1).float()
+        return inputs.flatten(1).to(self.net[0].weight.dtype)  # integer or float64 features: the weights' dtype
 
     def block(self, index: int) -> nn.Module:
         if not 0 <= index < len(self.net) // _MLP_BLOCK:

@@ -1,8 +1,10 @@
 """Per-task evaluation, the model-selection score, and Δm against baselines.
 
-Model selection and Δm share one definition: each task's primary metric as a relative change from
-a reference, signed so that positive is better, averaged over tasks. A regression target in large
-units therefore weighs no more than an accuracy.
+Both average over tasks each task's change from a reference, signed so that positive is better, so
+a regression target in large units weighs no more than an accuracy. Δm (reports, comparisons) is
+the field's relative change. Model selection measures a bounded metric's change in units of its
+span instead: relative to a first validation near 0 (NER F1, mAP, exact match early on), one task
+would decide which checkpoint is kept.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from .data import Loading, Source, eval_loader
 from .distributed import DistEnv, all_reduce_sum
 from .errors import ConfigError
+from .metrics import Sense
 from .model import JointModel
 from .tree import tree_map
 
@@ -86,28 +89,49 @@ def evaluate(
     return results
 
 
+Senses = Mapping[str, Mapping[str, Sense]]
+
+
+def metric_senses(model: JointModel) -> dict[str, dict[str, Sense]]:
+    """Per task and metric (``loss`` included): its direction and span (``core.metrics.sense``)."""
+    return {name: {**task.metric_senses(), "loss": Sense(False, None)} for name, task in model.tasks.items()}
+
+
 def higher_is_better(model: JointModel) -> dict[str, dict[str, bool]]:
-    return {name: {**task.higher_is_better(), "loss": False} for name, task in model.tasks.items()}
+    return {t: {m: s.higher_is_better for m, s in v.items()} for t, v in metric_senses(model).items()}
 
 
-def selection_score(results: Results, reference: Results, directions: Mapping[str, Mapping[str, bool]]) -> float:
-    """Model-selection score: Δm of each task's primary metric against ``reference`` (the first
-    evaluation or declared baselines). Used for early stopping and the best checkpoints."""
-    primaries = {t: {m: v[m]} for t, v in reference.items() if (m := primary_metric(v)) in v}
-    return delta_m(results, primaries, directions, zero_reference="absolute")
+def selection_score(results: Results, reference: Results, senses: Senses) -> float:
+    """Model-selection score, in percent: per task, its primary metric's change from ``reference``
+    (the first evaluation or declared baselines), signed so that positive is better, averaged.
+
+    A bounded metric's change is counted in units of its span (accuracy, F1, AUROC, mAP: 1; a
+    correlation: 2), so a task that starts near 0 weighs like any other and the ranking of
+    checkpoints does not depend on the reference; an unbounded one's (MAE, loss) relative to the
+    reference, absolute where that is exactly 0. Used for early stopping and the best checkpoints.
+    """
+    terms = []
+    for task, ref in reference.items():
+        metric = primary_metric(ref)
+        if metric not in ref or metric not in results.get(task, {}):
+            continue
+        s, base = senses[task][metric], ref[metric]
+        scale = s.span or (abs(base) if base != 0 else 1.0)
+        terms.append((1 if s.higher_is_better else -1) * (results[task][metric] - base) / scale)
+    if not terms:
+        raise ValueError("no metric is shared between results and baselines")
+    return 100.0 * sum(terms) / len(terms)
 
 
-def monitored_value(
-    results: Results, monitor: str, reference: Results, directions: Mapping[str, Mapping[str, bool]]
-) -> float:
+def monitored_value(results: Results, monitor: str, reference: Results, senses: Senses) -> float:
     """What model selection maximises: ``"score"`` (:func:`selection_score`) or one ``"task/metric"``,
     negated where lower is better."""
     if monitor == "score":
-        return selection_score(results, reference, directions)
+        return selection_score(results, reference, senses)
     task, _, metric = monitor.partition("/")
     if task not in results or metric not in results[task]:
         raise ConfigError(f"monitor '{monitor}' is not among the validation results {sorted(results)}")
-    return results[task][metric] if directions[task][metric] else -results[task][metric]
+    return results[task][metric] if senses[task][metric].higher_is_better else -results[task][metric]
 
 
 def mean_results(runs: Sequence[Results]) -> Results:

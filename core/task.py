@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from .errors import ConfigError, DataError
+from .metrics import Sense, sense
 
 #: ``(output, target, reduction=...) -> loss``: ``reduction="none"`` gives one loss per entry
 LossFn = Callable[..., Tensor]
@@ -107,8 +108,12 @@ class Task:
     def primary_metric(self) -> str:
         return next(iter(self.metrics))
 
+    def metric_senses(self) -> dict[str, Sense]:
+        """Per metric: its direction and span (``core.metrics.sense``)."""
+        return {name: sense(factory()) for name, factory in self.metrics.items()}
+
     def higher_is_better(self) -> dict[str, bool]:
-        return {name: bool(factory().higher_is_better) for name, factory in self.metrics.items()}
+        return {name: s.higher_is_better for name, s in self.metric_senses().items()}
 
     def align(self, output: Any, target: Any) -> tuple[Any, Any]:
         """Output and target with matching leading shapes; task types squeeze or cast here."""

@@ -37,6 +37,7 @@ class BrierScore(Metric):
     """Mean squared error between the predicted probability and the 0/1 label."""
 
     higher_is_better = False
+    plot_lower_bound, plot_upper_bound = 0.0, 1.0  # its span, for model selection (core.metrics.sense)
     full_state_update = False
 
     def __init__(self) -> None:

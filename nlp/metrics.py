@@ -46,6 +46,7 @@ class EntityScore(Metric):
     """
 
     higher_is_better = True
+    plot_lower_bound, plot_upper_bound = 0.0, 1.0  # its span, for model selection (core.metrics.sense)
     full_state_update = False
 
     def __init__(self, label_names: Sequence[str], score: str = "f1") -> None:
@@ -79,6 +80,7 @@ class ExactMatch(Metric):
     """Share of generated strings equal to their reference (after stripping outer spaces)."""
 
     higher_is_better = True
+    plot_lower_bound, plot_upper_bound = 0.0, 1.0  # its span, for model selection (core.metrics.sense)
     full_state_update = False
 
     def __init__(self) -> None:

@@ -276,7 +276,8 @@ class GradientEngine:
                     out = out.clone()  # a view into the batched engine's [K, ...] output: do not keep it alive
                 _accumulate(p, out)
             return dict(zip(tasks, w.tolist(), strict=True))
-        jac = torch.empty(len(tasks), sum(p.numel() for p in shared), device=shared[0].device)
+        dtype = pieces[0][0].dtype if pieces and pieces[0] else torch.float32
+        jac = torch.empty(len(tasks), sum(p.numel() for p in shared), device=shared[0].device, dtype=dtype)
         for k in range(len(tasks)):  # fill the K x P Jacobian, releasing each task's pieces as it goes
             torch.cat([g.reshape(-1) for g in pieces[k]], out=jac[k])
             pieces[k] = []
@@ -366,7 +367,8 @@ def _applied(jac: Tensor, update: Tensor, gramian: Tensor) -> Tensor:
 
 
 def _as_float(g: Tensor) -> Tensor:
-    return g if g.dtype == torch.float32 else g.float()
+    """Half-precision gradients in float32; float32 and float64 ones as they are."""
+    return g if g.dtype in (torch.float32, torch.float64) else g.float()
 
 
 def _filled(grads: Sequence[Tensor | None], inputs: Sequence[Tensor], batch: int | None = None) -> list[Tensor]:

@@ -32,7 +32,7 @@ from ..distributed import (
     resolve_device,
 )
 from ..errors import CheckpointError, ConfigError
-from ..evaluation import Results, evaluate, higher_is_better, monitored_value, move
+from ..evaluation import Results, evaluate, metric_senses, monitored_value, move
 from ..io import load_state
 from ..model import JointModel
 from ..sampling import TaskSampler
@@ -120,7 +120,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, self.balancer, config)
         self.scheduler = build_scheduler(self.optimizer, config)
         self.precision = Precision(config.amp, self.env.device)
-        self.directions = higher_is_better(model)
+        self.senses = metric_senses(model)
         self.reference = reference
         self.checkpoints = CheckpointManager(
             self.run.checkpoints if self.run else Path("."),
@@ -318,7 +318,7 @@ class Trainer:
         """The monitored value (higher is better); the first validation result is the reference
         unless ``reference`` was given."""
         self.reference = self.reference or results
-        return monitored_value(results, self.config.monitor, self.reference, self.directions)
+        return monitored_value(results, self.config.monitor, self.reference, self.senses)
 
     # -- state -------------------------------------------------------------------------------
     def _model_states(self) -> dict[str, Any]:

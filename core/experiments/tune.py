@@ -36,7 +36,7 @@ import yaml
 from ..config import RunConfig, apply_overrides, from_dict, load_config, read_yaml
 from ..data import DataBundle, Source
 from ..errors import ConfigError
-from ..evaluation import Results, higher_is_better, mean_results, monitored_value
+from ..evaluation import Results, mean_results, metric_senses, monitored_value
 from ..io import atomic_write_json, atomic_write_text
 from .builder import Experiment
 
@@ -180,12 +180,12 @@ def tune(base: RunConfig, spec: TuneSpec, raw: dict[str, Any], log: Any = print)
     for i, (params, config) in enumerate(zip(settings, configs, strict=True)):
         results.append([fit(config, split) for split in splits])
         log(f"  [{i + 1}/{len(settings)}] trained {params}")
-    directions = higher_is_better(experiment.model(data))
+    senses = metric_senses(experiment.model(data))
     references = [mean_results([r[f] for r in results]) for f in range(len(splits))]
     trials = []
     for params, per_fold in zip(settings, results, strict=True):
         scores = [
-            monitored_value(r, base.train.monitor, ref, directions) for r, ref in zip(per_fold, references, strict=True)
+            monitored_value(r, base.train.monitor, ref, senses) for r, ref in zip(per_fold, references, strict=True)
         ]
         mean = float(np.mean(scores))
         std = float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0

@@ -3,11 +3,13 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torchmetrics import PearsonCorrCoef
 from torchmetrics.classification import BinaryAUROC
 
 from core.data import DictDataset, Loading, Source
 from core.engine.precision import Precision
-from core.evaluation import delta_m, evaluate, selection_score
+from core.evaluation import delta_m, evaluate, higher_is_better, metric_senses, monitored_value, selection_score
+from core.metrics import Sense
 from core.model import JointModel
 from core.task import Task
 
@@ -26,23 +28,51 @@ def test_delta_m_needs_a_shared_metric():
         delta_m({"seg": {"miou": 1.0}}, {"depth": {"abs_err": 1.0}}, DIRECTIONS)
 
 
-def test_selection_score_is_the_relative_change_of_primary_metrics():
+SENSES = {"seg": {"miou": Sense(True, 1.0), "acc": Sense(True, 1.0)}, "depth": {"abs_err": Sense(False, None)}}
+
+
+def test_selection_score_measures_bounded_metrics_in_their_span_and_unbounded_relatively():
     reference = {"seg": {"miou": 0.5, "acc": 0.8}, "depth": {"abs_err": 400.0}}
     results = {"seg": {"miou": 0.6, "acc": 0.1}, "depth": {"abs_err": 300.0}}
-    # seg's primary (miou) +20%; depth in large units -25% error = +25%: it counts no more than miou
-    assert selection_score(results, reference, DIRECTIONS) == pytest.approx((20.0 + 25.0) / 2)
+    # seg's primary (miou) +0.1 of its span = +10%; depth in large units -25% error = +25%
+    assert selection_score(results, reference, SENSES) == pytest.approx((10.0 + 25.0) / 2)
 
 
 def test_selection_score_of_a_zero_reference_uses_the_absolute_change():
-    assert selection_score({"depth": {"abs_err": 0.5}}, {"depth": {"abs_err": 0.0}}, DIRECTIONS) == pytest.approx(-50.0)
+    assert selection_score({"depth": {"abs_err": 0.5}}, {"depth": {"abs_err": 0.0}}, SENSES) == pytest.approx(-50.0)
 
 
 def test_raw_score_would_let_large_units_dominate():
     """The bug this replaces: the mean of raw metrics picks the model with the better regression alone."""
     reference = {"seg": {"miou": 0.5}, "depth": {"abs_err": 400.0}}
-    good_seg = {"seg": {"miou": 0.9}, "depth": {"abs_err": 390.0}}  # +80%, +2.5%
-    good_depth = {"seg": {"miou": 0.1}, "depth": {"abs_err": 380.0}}  # -80%, +5%
-    assert selection_score(good_seg, reference, DIRECTIONS) > selection_score(good_depth, reference, DIRECTIONS)
+    good_seg = {"seg": {"miou": 0.9}, "depth": {"abs_err": 390.0}}  # +40 points, +2.5%
+    good_depth = {"seg": {"miou": 0.1}, "depth": {"abs_err": 380.0}}  # -40 points, +5%
+    assert selection_score(good_seg, reference, SENSES) > selection_score(good_depth, reference, SENSES)
+
+
+def test_a_task_that_starts_near_zero_does_not_decide_the_checkpoint():
+    """The NLP demo's case: NER F1 near 0 at the first validation gave it an enormous weight (relative
+    change), and a first value of exactly 0 switched to absolute change: 0.0 and 1e-4 chose
+    different checkpoints. Bounded metrics now count in their span, whatever the reference."""
+    senses = {"sent": {"accuracy": Sense(True, 1.0)}, "ner": {"f1": Sense(True, 1.0)}}
+    early = {"sent": {"accuracy": 0.807}, "ner": {"f1": 0.40}}
+    late = {"sent": {"accuracy": 0.790}, "ner": {"f1": 0.41}}  # sentiment -1.7 points, NER +1
+    for first_ner in (0.0, 1e-4, 0.01):
+        reference = {"sent": {"accuracy": 0.5}, "ner": {"f1": first_ner}}
+        assert selection_score(early, reference, senses) > selection_score(late, reference, senses), first_ner
+
+
+@pytest.mark.parametrize("monitor", ["t/pearson", "score"])
+def test_pearson_counts_as_higher_is_better(monitor):
+    """torchmetrics' PearsonCorrCoef declares ``higher_is_better = None``: ``bool(None)`` made it
+    lower-is-better, so ``monitor: t/pearson`` kept the lowest of the validations."""
+    task = Task("t", nn.Linear(2, 1), nn.functional.mse_loss, {"pearson": PearsonCorrCoef}, "y")
+    model = JointModel(nn.Identity(), [task])
+    senses = metric_senses(model)
+    assert senses["t"]["pearson"] == Sense(True, 2.0) and higher_is_better(model)["t"]["pearson"] is True
+    reference = {"t": {"pearson": 0.5}}
+    scores = [monitored_value({"t": {"pearson": v}}, monitor, reference, senses) for v in (0.6, 0.9, 0.3)]
+    assert max(range(3), key=scores.__getitem__) == 1
 
 
 def test_bf16_evaluation_scores_float32_head_outputs():

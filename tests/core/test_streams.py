@@ -119,7 +119,7 @@ def _recording(trainer) -> list[list[int]]:
 
     def record(chosen):
         out = batches(chosen)
-        seen.append(out["train"]["id"].tolist())
+        seen.append(out[0]["train"]["id"].tolist())
         return out
 
     trainer._batches = record

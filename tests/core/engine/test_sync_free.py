@@ -93,3 +93,36 @@ def test_a_nonfinite_step_is_skipped_and_the_log_step_reports_it(tmp_path):
     trainer.train_step()
     with pytest.raises(NonFiniteLossError, match=r"step 1: task 'parity' .*2 step\(s\) in a row"):
         trainer.watch.check()
+
+
+@pytest.mark.parametrize("balancing", ["ew", "dwa", "upgrad"])
+@pytest.mark.parametrize("amp", ["off", "fp16"])
+def test_a_nonfinite_step_moves_nothing_and_the_fp16_scale_backs_off(tmp_path, balancing, amp):
+    """Parameters, AdamW moments and step counts stay as they were (before: the sync-free path zeroed
+    the gradients and AdamW still moved ~0.9 of a step on its momentum, decayed the weights and
+    counted the step; under fp16 the scaler saw finite zeros and kept its scale)."""
+    overrides = {
+        "train.optimizer": "adamw",
+        "train.weight_decay": 0.1,
+        "train.amp": amp,
+        "train.max_nonfinite_steps": 1,
+    }
+    trainer = _trainer(tmp_path, balancing, **overrides)[0]
+    trainer.train_step()  # a normal step: moments exist
+    trainer.step = 1
+    params = dict(trainer.model.named_parameters())
+    before = {n: p.detach().clone() for n, p in params.items()}
+    state = {n: {k: v.clone() for k, v in trainer.optimizer.state[p].items()} for n, p in params.items()}
+    scale = trainer.precision.scaler.get_scale() if amp == "fp16" else None
+    with torch.no_grad():
+        params["heads.parity.fc.weight"][0, 0] = math.inf
+    with pytest.warns(RuntimeWarning, match="skipping step 1"):
+        trainer.train_step()
+        trainer.watch.check()
+    for n, p in params.items():
+        if n != "heads.parity.fc.weight":
+            torch.testing.assert_close(p.detach(), before[n], rtol=0, atol=0, msg=n)
+        for k, v in state[n].items():
+            torch.testing.assert_close(trainer.optimizer.state[p][k], v, rtol=0, atol=0, msg=f"{n} {k}")
+    if amp == "fp16":
+        assert trainer.precision.scaler.get_scale() == scale * 0.5  # as GradScaler does for its own overflow
