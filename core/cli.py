@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError, JointTrainError
+from .errors import ConfigError, DataError, JointTrainError
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -65,7 +65,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from . import plugins
     from .data import DATASETS
     from .distributed import init_distributed
-    from .engine.rundir import RunDir, refuse_artifact_path
+    from .engine.rundir import RunDir
     from .evaluation import evaluate
     from .hub import resolve
     from .io import atomic_write_json
@@ -74,7 +74,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     path = resolve(args.path, args.revision)  # a hub id becomes its cached snapshot folder
     model_dir, (data_spec, loading, imports) = _model_dir_and_data(path, args.model)
     if args.out:
-        refuse_artifact_path(args.out)
+        check_out(Path(args.out), [], args.overwrite)
     plugins.load(imports)
     env = init_distributed(args.device)
     model = JointModel.from_pretrained(model_dir, map_location=env.device, trust_remote_code=args.trust_remote_code)
@@ -98,14 +98,63 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_out(out: Path, inputs: Sequence[Path], overwrite: bool) -> None:
+    """An output file never replaces an input, a run's own files or (without ``--overwrite``) any file."""
+    from .engine.rundir import RunDir, refuse_artifact_path
+
+    refuse_artifact_path(out)
+    target = out.resolve()
+    for given in inputs:
+        if given.exists() and (target == given.resolve() or given.resolve() in target.parents):
+            raise ConfigError(f"--out {out} would overwrite the input {given}; write the output elsewhere")
+    for run in (RunDir(folder) for folder in target.parents):
+        owned = [p.resolve() for p in (run.config, run.metrics, run.results_file, run.report, run.lock_file)]
+        if run.holds_run() and (target in owned or run.plots.resolve() in target.parents):
+            raise ConfigError(f"--out {out} is a file of the run {run.path}; write the output elsewhere")
+    if out.exists() and not overwrite:
+        raise ConfigError(f"--out {out} already exists; pass --overwrite to replace it or choose another name")
+
+
+def flat_record(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"grade": {"label": "b"}}`` -> ``{"grade.label": "b"}``; lists become JSON text (one CSV cell)."""
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            flat.update(flat_record(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, list) else value
+    return flat
+
+
+def write_predictions(out: Path, model_dir: Path, records: list[dict[str, Any]]) -> None:
+    """CSV when the name ends in ``.csv``, one JSON object a line for ``.jsonl``, a JSON document otherwise."""
+    import csv
+    import io
+
+    from .io import atomic_write_json, atomic_write_text
+
+    suffix = out.suffix.lower()
+    if suffix == ".csv":
+        rows = [flat_record(r) for r in records]
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        text = io.StringIO()
+        writer = csv.DictWriter(text, columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(out, text.getvalue())
+    elif suffix == ".jsonl":
+        atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
+    else:
+        atomic_write_json(out, {"model": str(model_dir), "predictions": records})
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .distributed import resolve_device
-    from .engine.rundir import refuse_artifact_path
-    from .io import atomic_write_json
     from .model import JointModel
     from .predict import PREDICTORS
 
-    refuse_artifact_path(args.out)
+    out = Path(args.out)
+    check_out(out, [Path(args.input)], args.overwrite)
     model_dir = Path(args.model)
     if (model_dir / "best" / "config.json").is_file():
         model_dir = model_dir / "best"
@@ -118,9 +167,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         revision=args.revision,
     )
     predictor = PREDICTORS.get(model.extra.get("predictor", "tensor"))
-    out = Path(args.out)
     records = predictor(model, Path(args.input), out)
-    atomic_write_json(out, {"model": str(model_dir), "predictions": records})
+    write_predictions(out, model_dir, records)
     print(f"{len(records)} prediction(s) written to {out}")
     return 0
 
@@ -218,6 +266,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=["train", "val", "test"])
     e.add_argument("--model", default="best", help="which model of a run directory: best (default) or final")
     e.add_argument("--out", help="write the JSON here (default: merged into the run's results.json)")
+    e.add_argument("--overwrite", action="store_true", help="replace --out if it exists (never an input or run file)")
     e.add_argument("--device", default="auto")
     e.add_argument("--trust-remote-code", action="store_true", help="allow import paths in the model's config.json")
     e.set_defaults(func=cmd_evaluate)
@@ -226,7 +275,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("model", help="model directory, run directory (its best/ model) or hub id (org/name)")
     r.add_argument("--revision", help="hub ids: branch, tag or commit (default main)")
     r.add_argument("input", help="input file (format depends on the model: .npy/.csv, image, text, records)")
-    r.add_argument("--out", default="predictions.json")
+    r.add_argument("--out", default="predictions.json", help="a .json (default), .jsonl or .csv file")
+    r.add_argument("--overwrite", action="store_true", help="replace --out if it exists (never an input or run file)")
     r.add_argument("--tasks", help="comma-separated subset of tasks")
     r.add_argument("--device", default="auto")
     r.add_argument("--trust-remote-code", action="store_true", help="allow import paths in the model's config.json")
