@@ -6,6 +6,7 @@ Everything heavy is imported inside the commands, so ``jointtrain --help`` answe
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import shlex
@@ -166,8 +167,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         trust_remote_code=args.trust_remote_code,
         revision=args.revision,
     )
-    predictor = PREDICTORS.get(model.extra.get("predictor", "tensor"))
-    records = predictor(model, Path(args.input), out)
+    name = model.extra.get("predictor", "tensor")
+    predictor = PREDICTORS.get(name)
+    options = {"min_score": args.min_score} if args.min_score is not None else {}
+    if options and "min_score" not in inspect.signature(predictor).parameters:
+        raise ConfigError(f"--min-score applies to models with a detection task; this one's predictor is '{name}'")
+    records = predictor(model, Path(args.input), out, **options)
     write_predictions(out, model_dir, records)
     print(f"{len(records)} prediction(s) written to {out}")
     return 0
@@ -278,6 +283,12 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="predictions.json", help="a .json (default), .jsonl or .csv file")
     r.add_argument("--overwrite", action="store_true", help="replace --out if it exists (never an input or run file)")
     r.add_argument("--tasks", help="comma-separated subset of tasks")
+    r.add_argument(
+        "--min-score",
+        type=float,
+        help="detection: leave out boxes scoring below this (default: every box the task decodes, down to its "
+        "score_threshold, 0.05 unless trained otherwise)",
+    )
     r.add_argument("--device", default="auto")
     r.add_argument("--trust-remote-code", action="store_true", help="allow import paths in the model's config.json")
     r.set_defaults(func=cmd_predict)

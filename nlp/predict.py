@@ -1,8 +1,11 @@
-"""``jointtrain predict MODEL texts.txt``: labels per task and entities with character spans.
+"""``jointtrain predict MODEL texts.txt`` / ``model.predict(["a text", ...])``: labels per task and
+entities with character spans.
 
-Inputs: ``.txt`` (one text per line), ``.jsonl`` / ``.json`` (objects with ``text`` and an
-optional ``text_pair``, or plain strings) or ``.csv`` (a ``text`` column). The tokenizer is the
-one saved inside the model directory, so prediction runs offline.
+Files: ``.txt`` (one text per line), ``.jsonl`` / ``.json`` (objects with ``text`` and an
+optional ``text_pair``, or plain strings) or ``.csv`` (a ``text`` column). In Python: a string, a
+list of strings, of ``(text, text_pair)`` pairs or of ``{"text", "text_pair"?}`` dicts, or a
+``pathlib.Path`` to such a file (a ``str`` is always a text). The tokenizer is the one saved
+inside the model directory, so prediction runs offline.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import csv
 import json
 import logging
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,8 +153,33 @@ def predict_records(model: JointModel, records: list[dict[str, str]], batch_size
     return results
 
 
+def text_records(inputs: Any) -> list[dict[str, str]]:
+    """Python inputs (see the module docstring) as records; errors name the item."""
+    if isinstance(inputs, Path):
+        return read_texts(inputs)
+    items = [inputs] if isinstance(inputs, (str, Mapping)) else inputs
+    if not isinstance(items, Sequence) or not items:
+        raise DataError(
+            "a text model reads a string, a non-empty list of strings, of (text, text_pair) pairs or of "
+            f"{{'text': ...}} dicts, or a pathlib.Path to a .txt/.jsonl/.json/.csv file; got {type(inputs).__name__}"
+        )
+    records = []
+    for i, item in enumerate(items):
+        if isinstance(item, (tuple, list)) and len(item) == 2:
+            item = {"text": item[0], "text_pair": item[1]}
+        record = {"text": item} if isinstance(item, str) else item
+        if not isinstance(record, Mapping) or not all(
+            isinstance(record.get(k, ""), str) for k in ("text", "text_pair")
+        ):
+            raise DataError(f"text input {i} is a {type(item).__name__}; give a string or a (text, text_pair) pair")
+        if not record.get("text", "").strip():
+            raise DataError(f"text input {i} is empty or has no 'text'")
+        records.append({k: record[k] for k in ("text", "text_pair") if record.get(k)})
+    return records
+
+
 @PREDICTORS.register("text")
 def predict_text(
-    model: JointModel, path: str | Path, out_path: Path | None = None, batch_size: int = 32
+    model: JointModel, inputs: Any, out_path: Path | None = None, batch_size: int = 32
 ) -> list[dict[str, Any]]:
-    return predict_records(model, read_texts(Path(path)), batch_size)
+    return predict_records(model, text_records(inputs), batch_size)

@@ -1,9 +1,10 @@
-"""``jointtrain predict RUN rows.csv`` for any model whose backbone carries a tabular schema:
-one record per row, ``{"row", "id"?, task: prediction}`` (the per-type schema of ``core.tasks``)."""
+"""``jointtrain predict RUN rows.csv`` (and ``model.predict(frame)``) for any model whose backbone
+carries a tabular schema: one record per row, ``{"row", "id"?, task: prediction}`` (the per-type
+schema of ``core.tasks``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,16 +46,35 @@ def row_records(model: JointModel, frame: pd.DataFrame, rows: range, out: dict[s
     ]
 
 
+def as_frame(inputs: Any) -> tuple[pd.DataFrame, str]:
+    """What a user has for a table model as a DataFrame, and how errors name it: a DataFrame, a
+    list of ``{column: value}`` records (or one record), or a table file (any format ``read_table`` reads)."""
+    import pandas as pd
+
+    if isinstance(inputs, pd.DataFrame):
+        return inputs.reset_index(drop=True), "the DataFrame"
+    if isinstance(inputs, (str, Path)):
+        return read_table(inputs), str(inputs)
+    if isinstance(inputs, Mapping):
+        inputs = [inputs]
+    if isinstance(inputs, Sequence) and inputs and all(isinstance(r, Mapping) for r in inputs):
+        return pd.DataFrame.from_records(list(inputs)), "the records"
+    raise DataError(
+        f"a table model reads a pandas DataFrame, a list of {{column: value}} records or a table file "
+        f"(.csv, .tsv, .parquet, .jsonl), not {type(inputs).__name__}"
+    )
+
+
 @PREDICTORS.register("table")
 def predict_table(
-    model: JointModel, path: str | Path, out_path: Path | None = None, batch_size: int = 512
+    model: JointModel, inputs: Any, out_path: Path | None = None, batch_size: int = 512
 ) -> list[dict[str, Any]]:
-    """Predictions for every row of a table file (any format ``read_table`` reads)."""
-    frame = read_table(path)
-    inputs = encode_rows(model, frame, str(path))
+    """Predictions for every row of a DataFrame, records or a table file."""
+    frame, source = as_frame(inputs)
+    encoded = encode_rows(model, frame, source)
     device = next(model.parameters()).device
     records: list[dict[str, Any]] = []
     for rows in row_batches(len(frame), batch_size):
-        batch = {k: v[rows.start : rows.stop].to(device) for k, v in inputs.items()}
+        batch = {k: v[rows.start : rows.stop].to(device) for k, v in encoded.items()}
         records += row_records(model, frame, rows, model.predict(batch))
     return records

@@ -142,3 +142,25 @@ def test_mismatched_tokenizer_in_saved_model(trained: Path, tmp_path: Path) -> N
     load_tokenizer(str(other)).save_pretrained(str(tmp_path / "model" / "tokenizer"))
     with pytest.raises(CheckpointError, match="different models"):
         JointModel.from_pretrained(tmp_path / "model")
+
+
+def test_predict_from_python_takes_strings(trained: Path, tmp_path: Path) -> None:
+    """``model.predict(["a sentence"])`` used to fail with a TypeError; it reads what the CLI reads."""
+    from core.errors import DataError
+
+    model = JointModel.from_pretrained(trained / "best")
+    texts = ["alice loves the movie in paris !", "bob hates this boring film"]
+    records = predict_records(model, [{"text": t} for t in texts])
+    out = model.predict(texts)
+    assert out == {t: [r[t] for r in records] for t in ("sentiment", "ner")}
+    assert model.predict(texts[0], tasks=["sentiment"]) == {"sentiment": out["sentiment"][:1]}
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
+    assert model.predict(tmp_path / "in.txt") == out  # a Path is a file, a str is a text
+    paired = model.predict([(texts[0], texts[1])])
+    assert paired["sentiment"] == [
+        r["sentiment"] for r in predict_records(model, [{"text": texts[0], "text_pair": texts[1]}])
+    ]
+    with pytest.raises(DataError, match=r"text input 1 is empty"):
+        model.predict(["fine", "  "])
+    with pytest.raises(DataError, match=r"text input 0 is a int; give a string"):
+        model.predict([3])
