@@ -62,6 +62,21 @@ def _model_dir_and_data(path: Path, model: str) -> tuple[Path, Any]:
     return path, (extra["data"], Loading(**extra.get("loading", {})), [])
 
 
+def labelled_sources(model: Any, path: Path) -> list[Any]:
+    """A labelled file the user gives, read by the model's domain (``core.predict.LABELLED``)."""
+    from .predict import LABELLED
+
+    name = model.extra.get("predictor", "tensor")
+    if name not in LABELLED.names():
+        raise ConfigError(
+            f"--data reads a labelled file for models whose predictor is one of {', '.join(LABELLED.names())}; "
+            f"this model's is '{name}': evaluate it on its own data's splits (--split) instead"
+        )
+    if not path.exists():
+        raise DataError(f"labelled file {path} does not exist")
+    return LABELLED.get(name)(model, path)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from . import plugins
     from .data import DATASETS
@@ -75,27 +90,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     path = resolve(args.path, args.revision)  # a hub id becomes its cached snapshot folder
     model_dir, (data_spec, loading, imports) = _model_dir_and_data(path, args.model)
     if args.out:
-        check_out(Path(args.out), [], args.overwrite)
+        check_out(Path(args.out), [Path(args.data)] if args.data else [], args.overwrite)
     plugins.load(imports)
     env = init_distributed(args.device)
     model = JointModel.from_pretrained(model_dir, map_location=env.device, trust_remote_code=args.trust_remote_code)
-    data = DATASETS.build(data_spec)
-    sources = {"train": data.train, "val": data.val, "test": data.test}[args.split]
+    if args.data:
+        sources, scored = labelled_sources(model, Path(args.data)), args.data
+    else:
+        data = DATASETS.build(data_spec)
+        sources, scored = {"train": data.train, "val": data.val, "test": data.test}[args.split], args.split
     if not sources:
         raise DataError(f"the data has no '{args.split}' split")
     results = evaluate(model, sources, loading, env)
     if env.is_main:
+        written = None
         if args.out:
-            atomic_write_json(args.out, {"tasks": results, "split": args.split, "model": str(model_dir)})
+            key = {"data": str(args.data)} if args.data else {"split": args.split}
+            atomic_write_json(args.out, {"tasks": results, **key, "model": str(model_dir)})
             written = args.out
-        elif model_dir == path:  # a bare model folder: never write into it
-            raise DataError(f"{path} is a model folder; pass --out FILE for the results")
-        else:  # a run directory: merged into results.json beside what training wrote
-            run = RunDir(path)
+        elif args.data is None:  # a file of the user's is not a split of the run: results.json stays as it is
+            if model_dir == path:  # a bare model folder: never write into it
+                raise DataError(f"{path} is a model folder; pass --out FILE for the results")
+            run = RunDir(path)  # a run directory: merged into results.json beside what training wrote
             run.update_results("models", args.model, args.split, value=results)
             written = f"{run.results_file} (models.{args.model}.{args.split})"
-        print(format_results(results, f"{args.split} metrics of {model_dir}"))
-        print(f"written: {written}")
+        print(format_results(results, f"{scored} metrics of {model_dir}"))
+        print(f"written: {written}" if written else "not written: pass --out FILE to keep them")
     return 0
 
 
@@ -269,6 +289,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("path", help="run directory, model directory or hub id (org/name)")
     e.add_argument("--revision", help="hub ids: branch, tag or commit (default main)")
     e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e.add_argument(
+        "--data", help="score a labelled file of yours instead of a split (a table model: .csv/.parquet/...)"
+    )
     e.add_argument("--model", default="best", help="which model of a run directory: best (default) or final")
     e.add_argument("--out", help="write the JSON here (default: merged into the run's results.json)")
     e.add_argument("--overwrite", action="store_true", help="replace --out if it exists (never an input or run file)")

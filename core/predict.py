@@ -20,9 +20,13 @@ from .errors import DataError
 from .registry import Registry
 
 if TYPE_CHECKING:
+    from .data import Source
     from .model import JointModel
 
 PREDICTORS: Registry[Callable[..., list[dict[str, Any]]]] = Registry("predictor", builtins=("core.tabular",))
+#: ``(model, path) -> sources``: a labelled file the user gives (``jointtrain evaluate MODEL --data FILE``),
+#: read with the model's own preprocessing and label names; registered under the predictor's name
+LABELLED: Registry[Callable[..., list[Source]]] = Registry("labelled file reader", builtins=("core.tabular",))
 
 
 def is_batch(inputs: Any) -> bool:

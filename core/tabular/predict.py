@@ -4,16 +4,20 @@ schema of ``core.tasks``)."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from core.data import Source
 from core.errors import DataError
 from core.model import JointModel
-from core.predict import PREDICTORS
+from core.predict import LABELLED, PREDICTORS
 
+from .dataset import TableDataset
+from .labels import label_columns, read_labels
 from .read import read_table
 from .schema import TabularSchema, warn_unknown
 
@@ -78,3 +82,33 @@ def predict_table(
         batch = {k: v[rows.start : rows.stop].to(device) for k, v in encoded.items()}
         records += row_records(model, frame, rows, model.predict(batch))
     return records
+
+
+@LABELLED.register("table")
+def labelled_table(model: JointModel, path: str | Path) -> list[Source]:
+    """A labelled table file scored by a saved model: its schema reads the features, each task type
+    reads the label column(s) the model's data spec names, with the class order of training."""
+    frame, source = as_frame(path)
+    encoded = encode_rows(model, frame, source)
+    labels, owners = {}, {}
+    specs = label_columns(model.extra.get("data", {}).get("labels") or {})
+    for label in specs:
+        task = model.tasks.get(label.task)
+        if task is None or not set(label.columns) & set(frame.columns):  # a head left out, or not labelled here
+            continue
+        names = task.label_names
+        if names and "classes" in inspect.signature(label.owner.encode_labels).parameters:
+            label.options.setdefault("classes", names)  # the model's order, not the new file's sorted values
+        values = read_labels(frame, label, source)
+        if names and values.updates.get("label_names", names) != names:
+            raise DataError(
+                f"{source}: task '{label.task}' has the labels {values.updates['label_names']} in column(s) "
+                f"{label.columns}, the model was trained on {names}"
+            )
+        labels[label.task], owners[label.task] = torch.as_tensor(values.values), label.owner
+    tasks = [t for t, y in labels.items() if owners[t].labelled_rows(y.numpy()).any()]
+    if not tasks:
+        wanted = ", ".join(f"{label.columns} (task '{label.task}')" for label in specs if label.task in model.tasks)
+        raise DataError(f"{source} labels none of the model's tasks; give label column(s): {wanted}")
+    dataset = TableDataset(encoded["numeric"], encoded["categorical"], labels, owners, source=source)
+    return [Source("table", dataset, tasks)]
