@@ -7,6 +7,7 @@ task, a PNG with the confident boxes drawn beside the JSON: ``<out stem>_<image 
 
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,16 @@ from torchvision.io import write_png
 from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import draw_bounding_boxes
 
+from core.data import Source
 from core.errors import ConfigError, DataError
 from core.model import JointModel
-from core.predict import PREDICTORS
+from core.predict import LABELLED, PREDICTORS
 
+from .data.coco import load_coco
+from .data.folders import load_csv, load_image_folder
 from .data.images import EXTENSIONS, read_image
+from .data.records import ClassSpec, ImageDataset, collate
+from .data.transforms import build_transform
 from .tasks import DetectionTask
 
 DRAW_MIN_SCORE = 0.3  # the picture shows confident boxes; the JSON lists every detection
@@ -103,3 +109,45 @@ def _draw(image: torch.Tensor, detections: list[dict[str, Any]], path: Path) -> 
     drawn = draw_bounding_boxes(big, boxes, labels=labels, colors="lime", width=2) if shown else big
     path.parent.mkdir(parents=True, exist_ok=True)
     write_png(drawn, str(path))
+
+
+@LABELLED.register("image")
+def labelled_images(model: JointModel, path: str | Path) -> list[Source]:
+    """Labelled images of the user's, read as training read them but with the model's class names: a
+    COCO file (.json, its boxes label the detection task), a CSV (an ``image`` column and a column per
+    image-level task) or a folder of class sub-folders (the model's one image-level task)."""
+    path = Path(path)
+    detection = next((t for t, task in model.tasks.items() if isinstance(task, DetectionTask)), None)
+    image_level = [t for t in model.tasks if t != detection]
+    multilabel = [t for t in image_level if model.tasks[t].spec.get("type") == "multilabel"]
+    if path.suffix.lower() == ".json":
+        if detection is None:
+            raise ConfigError(f"{path}: a COCO file labels a detection task; this model has none ({image_level})")
+        records, categories = load_coco(path, None, detection)
+        names = model.tasks[detection].label_names
+        if names and categories != names:
+            raise DataError(f"{path}: categories {categories} are not the model's {names} (same names, same ids order)")
+        tasks = [detection, *[t for t in image_level if any(r.labels.get(t) is not None for r in records)]]
+    elif path.suffix.lower() == ".csv":
+        with path.open(newline="") as f:
+            header = next(csv.reader(f), [])
+        tasks = [t for t in image_level if t in header]
+        if not tasks:
+            raise DataError(f"{path} has no column named after an image-level task ({', '.join(image_level)})")
+        records = load_csv(path, tasks, multilabel=multilabel)
+    elif path.is_dir():
+        if len(image_level) != 1:
+            raise DataError(
+                f"{path}: class sub-folders label one task, this model has {len(image_level)} image-level tasks "
+                f"({', '.join(image_level)}); give a CSV with an 'image' column and a column per task"
+            )
+        tasks, records = image_level, load_image_folder(path, image_level[0])
+    else:
+        raise DataError(f"{path}: give a COCO .json, a .csv (image + task columns) or a folder of class sub-folders")
+    classes = {t: ClassSpec(list(model.tasks[t].label_names or []), t in multilabel) for t in tasks if t != detection}
+    missing = [t for t, c in classes.items() if not c.names]
+    if missing:
+        raise DataError(f"tasks {missing} of this model record no class names, so labels by name cannot be read")
+    transform = build_transform(model.extra["image_size"])
+    dataset = ImageDataset(records, detection if detection in tasks else None, classes, transform)
+    return [Source(path.name, dataset, tasks, collate_fn=collate, input_key="image")]

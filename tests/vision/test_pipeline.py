@@ -132,3 +132,28 @@ def test_predict_cli_min_score(trained, tmp_path, capsys):
     (some,) = json.loads((tmp_path / "some.json").read_text())["predictions"]
     assert some["detection"] == [d for d in every["detection"] if d["score"] >= 0.3]
     assert min(d["score"] for d in every["detection"]) < 0.3  # the option changed something
+
+
+def test_evaluate_scores_a_labelled_coco_file_and_an_image_folder(trained, tmp_path, capsys):
+    """``jointtrain evaluate --data`` on the user's own COCO file: the metrics of the same images as a split."""
+    coco = _scene(trained).parent.parent / "test.json"
+    assert cli(["evaluate", str(trained), "--out", str(tmp_path / "split.json")]) == 0
+    assert cli(["evaluate", str(trained), "--data", str(coco), "--out", str(tmp_path / "file.json")]) == 0
+    split, scored = (json.loads((tmp_path / f).read_text())["tasks"] for f in ("split.json", "file.json"))
+    assert set(scored) == {"detection", "count"}
+    for task in scored:
+        assert scored[task] == pytest.approx(split[task], rel=1e-4), task
+
+    model = JointModel.from_pretrained(trained / "best")
+    predicted = model.predict(_scene(trained))["count"][0]["label"]
+    other = next(n for n in model.tasks["count"].label_names if n != predicted)
+    folder = tmp_path / "counts"
+    for name in (predicted, other):  # the same scene in two class folders: exactly one is right
+        (folder / name).mkdir(parents=True)
+        Image.open(_scene(trained)).save(folder / name / "scene.png")
+    assert cli(["evaluate", str(trained), "--data", str(folder), "--out", str(tmp_path / "f.json")]) == 0
+    assert json.loads((tmp_path / "f.json").read_text())["tasks"]["count"]["accuracy"] == pytest.approx(0.5)
+    (folder / "99").mkdir()
+    Image.open(_scene(trained)).save(folder / "99" / "scene.png")
+    assert cli(["evaluate", str(trained), "--data", str(folder)]) == 2
+    assert "task 'count' label(s) ['99'] are not among its classes" in capsys.readouterr().err
