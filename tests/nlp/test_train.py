@@ -164,3 +164,24 @@ def test_predict_from_python_takes_strings(trained: Path, tmp_path: Path) -> Non
         model.predict(["fine", "  "])
     with pytest.raises(DataError, match=r"text input 0 is a int; give a string"):
         model.predict([3])
+
+
+def test_evaluate_scores_a_labelled_file_of_the_users(trained: Path, tmp_path: Path, capsys) -> None:
+    """``jointtrain evaluate --data`` on a labelled JSONL: the metrics of the same examples as the test split."""
+    data = json.loads((trained / "best" / "config.json").read_text())["extra"]["data"]
+    out = {}
+    for name in ("reviews", "tweets"):
+        test_file = data["sources"][name]["data_files"]["test"]
+        assert cli(["evaluate", str(trained), "--data", test_file, "--out", str(tmp_path / f"{name}.json")]) == 0
+        out[name] = json.loads((tmp_path / f"{name}.json").read_text())["tasks"]
+    assert cli(["evaluate", str(trained), "--out", str(tmp_path / "split.json")]) == 0
+    split = json.loads((tmp_path / "split.json").read_text())["tasks"]
+    assert set(out["reviews"]) == {"sentiment"} and set(out["tweets"]) == {"ner"}
+    assert out["reviews"]["sentiment"] == pytest.approx(split["sentiment"], rel=1e-5)
+    assert out["tweets"]["ner"] == pytest.approx(split["ner"], rel=1e-5)
+    write_jsonl(tmp_path / "bad.jsonl", [{"text": "a good film", "label": "meh"}])
+    assert cli(["evaluate", str(trained), "--data", str(tmp_path / "bad.jsonl")]) == 2
+    assert "label 'meh' is not in the label list ['neg', 'pos']" in capsys.readouterr().err
+    write_jsonl(tmp_path / "no_text.jsonl", [{"review": "a good film", "label": "pos"}])
+    assert cli(["evaluate", str(trained), "--data", str(tmp_path / "no_text.jsonl")]) == 2
+    assert "column(s) ['text'] missing: the input of tasks ['sentiment']" in capsys.readouterr().err
