@@ -121,7 +121,11 @@ class JointModel(nn.Module):
         if expected is None or not isinstance(inputs, Tensor) or list(inputs.shape[1:]) == list(expected):
             return
         want = ", ".join(map(str, expected))
-        fix = f"one sample: x.reshape(1, {want})" if inputs.numel() == math.prod(expected) else "give those features"
+        fix = (
+            f"one sample: x.reshape(1, {want})"
+            if inputs.numel() == math.prod(expected)
+            else "give every sample the features the model was trained on, in the training order"
+        )
         raise DataError(
             f"inputs have shape {list(inputs.shape)}; this model expects [N, {want}] (N samples of "
             f"{want} values, as in training): {fix}"

@@ -146,7 +146,8 @@ def test_predict_names_the_valid_tasks():
 
 
 @pytest.mark.parametrize(
-    ("shape", "fix"), [((2, 10), r"give those features"), ((8,), r"one sample: x\.reshape\(1, 8\)")]
+    ("shape", "fix"),
+    [((2, 10), r"give every sample the features the model was trained on"), ((8,), r"one sample: x\.reshape\(1, 8\)")],
 )
 def test_predict_names_a_wrong_input_width_and_the_fix(shape, fix):
     from core.errors import DataError
