@@ -132,6 +132,8 @@ def check_out(out: Path, inputs: Sequence[Path], overwrite: bool) -> None:
         owned = [p.resolve() for p in (run.config, run.metrics, run.results_file, run.report, run.lock_file)]
         if run.holds_run() and (target in owned or run.plots.resolve() in target.parents):
             raise ConfigError(f"--out {out} is a file of the run {run.path}; write the output elsewhere")
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a file name (.json, .jsonl or .csv)")
     if out.exists() and not overwrite:
         raise ConfigError(f"--out {out} already exists; pass --overwrite to replace it or choose another name")
 

@@ -213,6 +213,10 @@ PREDICT_CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
         r"is a file of the run .*; write the output elsewhere",
     ),
     "predict onto an existing file": (_existing_out, r"p\.json already exists; pass --overwrite"),
+    "predict onto a folder": (
+        lambda t: ["predict", str(_trained(t)), str(t / "x.npy"), "--out", str(t), "--overwrite"],
+        r"is a folder; give a file name",
+    ),
     "predict from a mistyped run folder": (_predict_typo, r"rnu/best does not exist: there is no .*rnu; did you mean"),
     "detection threshold on a model without detection": (
         lambda t: ["predict", str(_trained(t)), str(t / "x.npy"), "--out", str(t / "p.json"), "--min-score", "0.5"],
