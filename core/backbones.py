@@ -31,6 +31,9 @@ class Backbone(Protocol):
       hub name replaced by the saved config). Without it the spec it was built from is saved.
     - ``save_extra(folder)`` / ``load_extra(folder)``: optional; files beside the weights
       (a tokenizer), written into and read from the model folder.
+    - ``default_head``: optional; the head a pooled task gets when its config names none. A
+      backbone whose features are not one vector (timm's feature maps) names the head that pools
+      them; without it, ``linear``.
     """
 
     out_dim: int
@@ -53,6 +56,10 @@ def load_extra(backbone: nn.Module, folder: Path) -> None:
     load = getattr(backbone, "load_extra", None)
     if callable(load):
         load(folder)
+
+
+def default_head(backbone: nn.Module) -> str:
+    return str(getattr(backbone, "default_head", "linear"))
 
 
 def feature_width(backbone: nn.Module) -> int:

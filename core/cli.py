@@ -6,6 +6,7 @@ Everything heavy is imported inside the commands, so ``jointtrain --help`` answe
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import shlex
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError, JointTrainError
+from .errors import ConfigError, DataError, JointTrainError
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -61,11 +62,26 @@ def _model_dir_and_data(path: Path, model: str) -> tuple[Path, Any]:
     return path, (extra["data"], Loading(**extra.get("loading", {})), [])
 
 
+def labelled_sources(model: Any, path: Path) -> list[Any]:
+    """A labelled file the user gives, read by the model's domain (``core.predict.LABELLED``)."""
+    from .predict import LABELLED
+
+    name = model.extra.get("predictor", "tensor")
+    if name not in LABELLED.names():
+        raise ConfigError(
+            f"--data reads a labelled file for models whose predictor is one of {', '.join(LABELLED.names())}; "
+            f"this model's is '{name}': evaluate it on its own data's splits (--split) instead"
+        )
+    if not path.exists():
+        raise DataError(f"labelled file {path} does not exist")
+    return LABELLED.get(name)(model, path)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from . import plugins
     from .data import DATASETS
     from .distributed import init_distributed
-    from .engine.rundir import RunDir, refuse_artifact_path
+    from .engine.rundir import RunDir
     from .evaluation import evaluate
     from .hub import resolve
     from .io import atomic_write_json
@@ -74,38 +90,94 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     path = resolve(args.path, args.revision)  # a hub id becomes its cached snapshot folder
     model_dir, (data_spec, loading, imports) = _model_dir_and_data(path, args.model)
     if args.out:
-        refuse_artifact_path(args.out)
+        check_out(Path(args.out), [Path(args.data)] if args.data else [], args.overwrite)
     plugins.load(imports)
     env = init_distributed(args.device)
     model = JointModel.from_pretrained(model_dir, map_location=env.device, trust_remote_code=args.trust_remote_code)
-    data = DATASETS.build(data_spec)
-    sources = {"train": data.train, "val": data.val, "test": data.test}[args.split]
+    if args.data:
+        sources, scored = labelled_sources(model, Path(args.data)), args.data
+    else:
+        data = DATASETS.build(data_spec)
+        sources, scored = {"train": data.train, "val": data.val, "test": data.test}[args.split], args.split
     if not sources:
         raise DataError(f"the data has no '{args.split}' split")
     results = evaluate(model, sources, loading, env)
     if env.is_main:
+        written = None
         if args.out:
-            atomic_write_json(args.out, {"tasks": results, "split": args.split, "model": str(model_dir)})
+            key = {"data": str(args.data)} if args.data else {"split": args.split}
+            atomic_write_json(args.out, {"tasks": results, **key, "model": str(model_dir)})
             written = args.out
-        elif model_dir == path:  # a bare model folder: never write into it
-            raise DataError(f"{path} is a model folder; pass --out FILE for the results")
-        else:  # a run directory: merged into results.json beside what training wrote
-            run = RunDir(path)
+        elif args.data is None:  # a file of the user's is not a split of the run: results.json stays as it is
+            if model_dir == path:  # a bare model folder: never write into it
+                raise DataError(f"{path} is a model folder; pass --out FILE for the results")
+            run = RunDir(path)  # a run directory: merged into results.json beside what training wrote
             run.update_results("models", args.model, args.split, value=results)
             written = f"{run.results_file} (models.{args.model}.{args.split})"
-        print(format_results(results, f"{args.split} metrics of {model_dir}"))
-        print(f"written: {written}")
+        print(format_results(results, f"{scored} metrics of {model_dir}"))
+        print(f"written: {written}" if written else "not written: pass --out FILE to keep them")
     return 0
+
+
+def check_out(out: Path, inputs: Sequence[Path], overwrite: bool) -> None:
+    """An output file never replaces an input, a run's own files or (without ``--overwrite``) any file."""
+    from .engine.rundir import RunDir, refuse_artifact_path
+
+    refuse_artifact_path(out)
+    target = out.resolve()
+    for given in inputs:
+        if given.exists() and (target == given.resolve() or given.resolve() in target.parents):
+            raise ConfigError(f"--out {out} would overwrite the input {given}; write the output elsewhere")
+    for run in (RunDir(folder) for folder in target.parents):
+        owned = [p.resolve() for p in (run.config, run.metrics, run.results_file, run.report, run.lock_file)]
+        if run.holds_run() and (target in owned or run.plots.resolve() in target.parents):
+            raise ConfigError(f"--out {out} is a file of the run {run.path}; write the output elsewhere")
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a file name (.json, .jsonl or .csv)")
+    if out.exists() and not overwrite:
+        raise ConfigError(f"--out {out} already exists; pass --overwrite to replace it or choose another name")
+
+
+def flat_record(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"grade": {"label": "b"}}`` -> ``{"grade.label": "b"}``; lists become JSON text (one CSV cell)."""
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            flat.update(flat_record(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, list) else value
+    return flat
+
+
+def write_predictions(out: Path, model_dir: Path, records: list[dict[str, Any]]) -> None:
+    """CSV when the name ends in ``.csv``, one JSON object a line for ``.jsonl``, a JSON document otherwise."""
+    import csv
+    import io
+
+    from .io import atomic_write_json, atomic_write_text
+
+    suffix = out.suffix.lower()
+    if suffix == ".csv":
+        rows = [flat_record(r) for r in records]
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        text = io.StringIO()
+        writer = csv.DictWriter(text, columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(out, text.getvalue())
+    elif suffix == ".jsonl":
+        atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
+    else:
+        atomic_write_json(out, {"model": str(model_dir), "predictions": records})
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .distributed import resolve_device
-    from .engine.rundir import refuse_artifact_path
-    from .io import atomic_write_json
     from .model import JointModel
     from .predict import PREDICTORS
 
-    refuse_artifact_path(args.out)
+    out = Path(args.out)
+    check_out(out, [Path(args.input)], args.overwrite)
     model_dir = Path(args.model)
     if (model_dir / "best" / "config.json").is_file():
         model_dir = model_dir / "best"
@@ -117,10 +189,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         trust_remote_code=args.trust_remote_code,
         revision=args.revision,
     )
-    predictor = PREDICTORS.get(model.extra.get("predictor", "tensor"))
-    out = Path(args.out)
-    records = predictor(model, Path(args.input), out)
-    atomic_write_json(out, {"model": str(model_dir), "predictions": records})
+    name = model.extra.get("predictor", "tensor")
+    predictor = PREDICTORS.get(name)
+    options = {"min_score": args.min_score} if args.min_score is not None else {}
+    if options and "min_score" not in inspect.signature(predictor).parameters:
+        raise ConfigError(f"--min-score applies to models with a detection task; this one's predictor is '{name}'")
+    records = predictor(model, Path(args.input), out, **options)
+    write_predictions(out, model_dir, records)
     print(f"{len(records)} prediction(s) written to {out}")
     return 0
 
@@ -216,8 +291,12 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("path", help="run directory, model directory or hub id (org/name)")
     e.add_argument("--revision", help="hub ids: branch, tag or commit (default main)")
     e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e.add_argument(
+        "--data", help="score a labelled file of yours instead of a split (a table model: .csv/.parquet/...)"
+    )
     e.add_argument("--model", default="best", help="which model of a run directory: best (default) or final")
     e.add_argument("--out", help="write the JSON here (default: merged into the run's results.json)")
+    e.add_argument("--overwrite", action="store_true", help="replace --out if it exists (never an input or run file)")
     e.add_argument("--device", default="auto")
     e.add_argument("--trust-remote-code", action="store_true", help="allow import paths in the model's config.json")
     e.set_defaults(func=cmd_evaluate)
@@ -226,8 +305,15 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("model", help="model directory, run directory (its best/ model) or hub id (org/name)")
     r.add_argument("--revision", help="hub ids: branch, tag or commit (default main)")
     r.add_argument("input", help="input file (format depends on the model: .npy/.csv, image, text, records)")
-    r.add_argument("--out", default="predictions.json")
+    r.add_argument("--out", default="predictions.json", help="a .json (default), .jsonl or .csv file")
+    r.add_argument("--overwrite", action="store_true", help="replace --out if it exists (never an input or run file)")
     r.add_argument("--tasks", help="comma-separated subset of tasks")
+    r.add_argument(
+        "--min-score",
+        type=float,
+        help="detection: leave out boxes scoring below this (default: every box the task decodes, down to its "
+        "score_threshold, 0.05 unless trained otherwise)",
+    )
     r.add_argument("--device", default="auto")
     r.add_argument("--trust-remote-code", action="store_true", help="allow import paths in the model's config.json")
     r.set_defaults(func=cmd_predict)

@@ -7,6 +7,7 @@ A hub id is only ever resolved to a local snapshot folder; what is loaded from i
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from collections.abc import Mapping
@@ -28,6 +29,25 @@ def is_repo_id(name: str) -> bool:
     return bool(_REPO_ID.match(name)) and ".." not in name
 
 
+def looks_like_hub_id(name: str) -> bool:
+    """A hub id that is not a mistyped local path: ``runs/dmeo`` is local when ``runs/`` exists."""
+    return is_repo_id(name) and not Path(name.split("/")[0]).is_dir()
+
+
+def missing_path(path: Path) -> str:
+    """Which part of ``path`` is missing, with the closest name beside it (a typo in a run folder)."""
+    found = Path(path.anchor)
+    parts = path.parts[1:] if path.anchor else path.parts
+    for i, part in enumerate(parts):
+        if not (found / part).exists():
+            names = [p.name for p in found.iterdir()] if found.is_dir() else []
+            close = difflib.get_close_matches(part, names, n=1)
+            hint = f"; did you mean {Path(path.anchor, *parts[:i], close[0], *parts[i + 1 :])}?" if close else ""
+            return f"{path} does not exist: there is no {found / part}{hint}"
+        found = found / part
+    return f"{path} does not exist"
+
+
 def library_version() -> str:
     try:
         return version(LIBRARY)
@@ -39,9 +59,11 @@ def resolve(name_or_path: str | Path, revision: str | None = None, cache_dir: st
     """A local model folder, or the snapshot of hub repo ``org/name`` at ``revision`` (downloaded once;
     with ``HF_HUB_OFFLINE=1`` only the local hub cache is read)."""
     path = Path(name_or_path)
-    if path.is_dir() or not is_repo_id(str(name_or_path)):
+    if path.exists() or not looks_like_hub_id(str(name_or_path)):
         if revision is not None:
             raise CheckpointError(f"revision={revision!r} applies to hub ids only, but {path} is a local path")
+        if not path.exists():
+            raise CheckpointError(missing_path(path))
         return path
     try:
         from huggingface_hub import snapshot_download

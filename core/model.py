@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -15,9 +16,10 @@ from torch import Tensor, nn
 from . import hub
 from .architectures import ARCHITECTURES
 from .backbones import BACKBONES, export_spec, load_extra, save_extra
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError, DataError
 from .io import atomic_write_dir
-from .registry import untrusted
+from .predict import PREDICTORS, is_batch
+from .registry import suggest, untrusted
 from .task import Task
 from .tasks import build_task
 from .tree import tree_map
@@ -64,7 +66,7 @@ class JointModel(nn.Module):
         return self.architecture.encode(self.backbone, inputs)
 
     def decode(self, features: Any, tasks: Iterable[str] | None = None) -> dict[str, Any]:
-        names = list(tasks if tasks is not None else self.tasks)
+        names = self.task_names(tasks)
         per_task = self.architecture.decode(features, names)
         dropped: dict[int, Any] = {}  # features read by several heads get one dropout draw, as before
         for feats in per_task.values():
@@ -75,16 +77,59 @@ class JointModel(nn.Module):
     def forward(self, inputs: Any, tasks: Iterable[str] | None = None) -> dict[str, Any]:
         return self.decode(self.encode(inputs), tasks)
 
+    def task_names(self, tasks: Iterable[str] | None = None) -> list[str]:
+        """``tasks`` as a list (None: all), each checked to be one of this model's."""
+        if tasks is None:
+            return list(self.tasks)
+        names = [tasks] if isinstance(tasks, str) else list(tasks)
+        for name in names:
+            if name not in self.tasks:
+                raise ConfigError(
+                    f"unknown task {name!r}.{suggest(str(name), list(self.tasks))} "
+                    f"This model's tasks: {', '.join(self.tasks)}"
+                )
+        return names
+
     @torch.no_grad()
-    def predict(self, inputs: Any, tasks: Iterable[str] | None = None) -> dict[str, list[Any]]:
-        """Per-task, per-sample JSON-friendly predictions in eval mode."""
+    def predict(self, inputs: Any, tasks: Iterable[str] | None = None, **options: Any) -> dict[str, list[Any]]:
+        """Per-task, per-sample JSON-friendly predictions in eval mode: ``{task: [one per sample]}``.
+
+        ``inputs`` is either a batch the backbone reads (a tensor or a mapping of tensors) or what
+        a user has, read by the model's predictor (``extra["predictor"]``, see ``core.predict``): a
+        DataFrame, ``{column: value}`` records or a table file for table models; a string, a list
+        of strings or of ``(text, text_pair)`` pairs for text models; image files or ``[C, H, W]``
+        tensors of any size for image models; ``options`` go to that predictor (``min_score``).
+        """
+        names = self.task_names(tasks)
+        if not is_batch(inputs):
+            records = PREDICTORS.get(self.extra.get("predictor", "tensor"))(self, inputs, **options)
+            return {name: [record[name] for record in records] for name in names}
+        if options:
+            raise ConfigError(f"{', '.join(options)}: options of the model's predictor, which a ready batch skips")
+        self.check_input_shape(inputs)
         was_training = self.training
         self.eval()
         try:
-            outputs = self(inputs, tasks)
+            outputs = self(inputs, names)
         finally:
             self.train(was_training)
         return {name: self.tasks[name].postprocess(out) for name, out in outputs.items()}
+
+    def check_input_shape(self, inputs: Any) -> None:
+        """A tensor batch whose sample shape is not the one the model was trained on (``input_shape``)."""
+        expected = self.extra.get("input_shape")
+        if expected is None or not isinstance(inputs, Tensor) or list(inputs.shape[1:]) == list(expected):
+            return
+        want = ", ".join(map(str, expected))
+        fix = (
+            f"one sample: x.reshape(1, {want})"
+            if inputs.numel() == math.prod(expected)
+            else "give every sample the features the model was trained on, in the training order"
+        )
+        raise DataError(
+            f"inputs have shape {list(inputs.shape)}; this model expects [N, {want}] (N samples of "
+            f"{want} values, as in training): {fix}"
+        )
 
     # -- parameter partition -----------------------------------------------------------------
     def shared_parameters(self) -> Iterator[nn.Parameter]:

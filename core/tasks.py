@@ -24,7 +24,7 @@ import numpy as np
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbones import feature_width
+from .backbones import default_head, feature_width
 from .errors import ConfigError, DataError
 from .heads import HEADS
 from .metrics import METRICS
@@ -80,8 +80,9 @@ def metric_factories(names: Sequence[str], kind: str, num_classes: int | None) -
     return {n: functools.partial(METRICS.get(n), kind, num_classes) for n in names}
 
 
-def _head(spec: str | dict[str, Any], backbone: nn.Module, out_dim: int) -> nn.Module:
-    return HEADS.build(spec, in_dim=feature_width(backbone), out_dim=out_dim)
+def _head(spec: str | dict[str, Any] | None, backbone: nn.Module, out_dim: int) -> nn.Module:
+    """``None``: the backbone's own default (``pooled`` on feature maps, ``linear`` on a vector)."""
+    return HEADS.build(spec or default_head(backbone), in_dim=feature_width(backbone), out_dim=out_dim)
 
 
 def check_label_names(label_names: Sequence[str] | None, count: int, task: str) -> list[str] | None:
@@ -321,7 +322,7 @@ def classification(
     name: str,
     backbone: nn.Module,
     num_classes: int,
-    head: str | dict[str, Any] = "linear",
+    head: str | dict[str, Any] | None = None,
     metrics: Sequence[str] = ("accuracy", "f1_macro"),
     label_key: str | None = None,
     weight: float = 1.0,
@@ -358,7 +359,7 @@ def bce_loss(pos_weight: float | None) -> Any:
 def binary(
     name: str,
     backbone: nn.Module,
-    head: str | dict[str, Any] = "linear",
+    head: str | dict[str, Any] | None = None,
     metrics: Sequence[str] = ("auroc", "accuracy"),
     label_key: str | None = None,
     weight: float = 1.0,
@@ -383,7 +384,7 @@ def multilabel(
     name: str,
     backbone: nn.Module,
     num_labels: int,
-    head: str | dict[str, Any] = "linear",
+    head: str | dict[str, Any] | None = None,
     metrics: Sequence[str] = ("auroc", "f1_macro"),
     label_key: str | None = None,
     weight: float = 1.0,
@@ -409,7 +410,7 @@ def regression(
     name: str,
     backbone: nn.Module,
     out_dim: int = 1,
-    head: str | dict[str, Any] = "linear",
+    head: str | dict[str, Any] | None = None,
     loss: str = "mse",
     metrics: Sequence[str] = ("mae", "pearson"),
     label_key: str | None = None,

@@ -1,8 +1,11 @@
-"""``jointtrain predict MODEL texts.txt``: labels per task and entities with character spans.
+"""``jointtrain predict MODEL texts.txt`` / ``model.predict(["a text", ...])``: labels per task and
+entities with character spans.
 
-Inputs: ``.txt`` (one text per line), ``.jsonl`` / ``.json`` (objects with ``text`` and an
-optional ``text_pair``, or plain strings) or ``.csv`` (a ``text`` column). The tokenizer is the
-one saved inside the model directory, so prediction runs offline.
+Files: ``.txt`` (one text per line), ``.jsonl`` / ``.json`` (objects with ``text`` and an
+optional ``text_pair``, or plain strings) or ``.csv`` (a ``text`` column). In Python: a string, a
+list of strings, of ``(text, text_pair)`` pairs or of ``{"text", "text_pair"?}`` dicts, or a
+``pathlib.Path`` to such a file (a ``str`` is always a text). The tokenizer is the one saved
+inside the model directory, so prediction runs offline.
 """
 
 from __future__ import annotations
@@ -11,15 +14,19 @@ import csv
 import json
 import logging
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from core.config import from_dict
+from core.data import Source
 from core.errors import CheckpointError, DataError
 from core.model import JointModel
-from core.predict import PREDICTORS
+from core.predict import LABELLED, PREDICTORS
 
+from .data import Collator, SourceSpec, TextDataset, encode_batch, parse_labels
 from .metrics import bio_spans
 from .tasks import TokenClassificationTask
 
@@ -149,8 +156,85 @@ def predict_records(model: JointModel, records: list[dict[str, str]], batch_size
     return results
 
 
+def text_records(inputs: Any) -> list[dict[str, str]]:
+    """Python inputs (see the module docstring) as records; errors name the item."""
+    if isinstance(inputs, Path):
+        return read_texts(inputs)
+    items = [inputs] if isinstance(inputs, (str, Mapping)) else inputs
+    if not isinstance(items, Sequence) or not items:
+        raise DataError(
+            "a text model reads a string, a non-empty list of strings, of (text, text_pair) pairs or of "
+            f"{{'text': ...}} dicts, or a pathlib.Path to a .txt/.jsonl/.json/.csv file; got {type(inputs).__name__}"
+        )
+    records = []
+    for i, item in enumerate(items):
+        if isinstance(item, (tuple, list)) and len(item) == 2:
+            item = {"text": item[0], "text_pair": item[1]}
+        record = {"text": item} if isinstance(item, str) else item
+        if not isinstance(record, Mapping) or not all(
+            isinstance(record.get(k, ""), str) for k in ("text", "text_pair")
+        ):
+            raise DataError(f"text input {i} is a {type(item).__name__}; give a string or a (text, text_pair) pair")
+        if not record.get("text", "").strip():
+            raise DataError(f"text input {i} is empty or has no 'text'")
+        records.append({k: record[k] for k in ("text", "text_pair") if record.get(k)})
+    return records
+
+
 @PREDICTORS.register("text")
 def predict_text(
-    model: JointModel, path: str | Path, out_path: Path | None = None, batch_size: int = 32
+    model: JointModel, inputs: Any, out_path: Path | None = None, batch_size: int = 32
 ) -> list[dict[str, Any]]:
-    return predict_records(model, read_texts(Path(path)), batch_size)
+    return predict_records(model, text_records(inputs), batch_size)
+
+
+#: the ``datasets`` builder reading a labelled file, by suffix
+BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+@LABELLED.register("text")
+def labelled_texts(model: JointModel, path: str | Path) -> list[Source]:
+    """A labelled file of the user's, read as the training source that labelled each task read its own
+    (same text / tokens / label columns), tokenised by the model's tokenizer, labels by the model's names."""
+    import datasets
+
+    path = Path(path)
+    builder = BUILDERS.get(path.suffix.lower())
+    if builder is None:
+        raise DataError(f"{path}: give a labelled {', '.join(BUILDERS)} file")
+    tokenizer = getattr(model.backbone, "tokenizer", None)
+    if tokenizer is None:
+        raise CheckpointError("this model has no tokenizer: load it with JointModel.from_pretrained(model_dir)")
+    data = datasets.load_dataset(builder, data_files=str(path), split="train")
+    sources, wanted = [], []
+    for name, raw in (model.extra.get("data", {}).get("sources") or {}).items():
+        spec: SourceSpec = from_dict(SourceSpec, raw, f"data.sources.{name}")
+        labels = {t: lab for t, lab in parse_labels(name, spec.labels).items() if t in model.tasks}
+        wanted += [f"'{lab.column}' (task '{t}')" for t, lab in labels.items()]
+        labels = {t: lab for t, lab in labels.items() if lab.column in data.column_names}
+        if not labels:
+            continue
+        info = {
+            t: {"column": lab.column, "kind": lab.kind, "names": model.tasks[t].label_names, "class_label": False}
+            for t, lab in labels.items()
+        }
+        absent = [c for c in (spec.tokens or spec.text, spec.text_pair) if c and c not in data.column_names]
+        if absent:
+            raise DataError(f"{path}: column(s) {absent} missing: the input of tasks {list(labels)}, as in training")
+        ids = spec.id if spec.id in data.column_names else None  # errors name rows by position without it
+        columns = {"text": spec.text, "text_pair": spec.text_pair, "tokens": spec.tokens, "id": ids}
+        kwargs = {"tokenizer": tokenizer, "max_length": int(model.extra.get("max_length", 128))}
+        encoded = data.map(
+            encode_batch,
+            batched=True,
+            with_indices=True,
+            remove_columns=data.column_names,
+            fn_kwargs={**kwargs, "columns": columns, "labels": info, "where": str(path)},
+        ).remove_columns("truncated")
+        kinds = {t: lab.kind for t, lab in labels.items()}
+        sources.append(Source(name, TextDataset(encoded, kinds), list(labels), Collator(tokenizer.pad_token_id, kinds)))
+    if not sources:
+        raise DataError(
+            f"{path} has none of the label columns the model was trained with: {', '.join(wanted) or '(none recorded)'}"
+        )
+    return sources

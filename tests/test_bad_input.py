@@ -188,3 +188,58 @@ def test_help_is_fast_because_it_imports_nothing_heavy():
     modules = out.strip().splitlines()[-1]
     for heavy in ("'torch'", "'timm'", "'transformers'", "'core.engine"):
         assert heavy not in modules, heavy
+
+
+# -- issue 21: predict / evaluate on a user's own files (the h2-predict block) -------------------------
+
+
+def _predict_typo(tmp_path: Path) -> list[str]:
+    run = _trained(tmp_path)
+    return ["predict", str(run.with_name("rnu") / "best"), str(tmp_path / "x.npy"), "--out", str(tmp_path / "p.json")]
+
+
+def _existing_out(tmp_path: Path) -> list[str]:
+    (tmp_path / "p.json").write_text("mine")
+    return ["predict", str(_trained(tmp_path)), str(tmp_path / "x.npy"), "--out", str(tmp_path / "p.json")]
+
+
+PREDICT_CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
+    "predict onto its own input": (
+        lambda t: ["predict", str(_trained(t)), str(t / "x.npy"), "--out", str(t / "x.npy"), "--overwrite"],
+        r"would overwrite the input .*x\.npy; write the output elsewhere",
+    ),
+    "predict onto a run's config": (
+        lambda t: ["predict", str(_trained(t)), str(t / "x.npy"), "--out", str(t / "run" / "config.yaml")],
+        r"is a file of the run .*; write the output elsewhere",
+    ),
+    "predict onto an existing file": (_existing_out, r"p\.json already exists; pass --overwrite"),
+    "predict onto a folder": (
+        lambda t: ["predict", str(_trained(t)), str(t / "x.npy"), "--out", str(t), "--overwrite"],
+        r"is a folder; give a file name",
+    ),
+    "predict from a mistyped run folder": (_predict_typo, r"rnu/best does not exist: there is no .*rnu; did you mean"),
+    "detection threshold on a model without detection": (
+        lambda t: ["predict", str(_trained(t)), str(t / "x.npy"), "--out", str(t / "p.json"), "--min-score", "0.5"],
+        r"--min-score applies to models with a detection task; this one's predictor is 'tensor'",
+    ),
+    "evaluate a labelled file with a model that cannot read one": (
+        lambda t: ["evaluate", str(_trained(t)), "--data", str(t / "x.npy")],
+        r"--data reads a labelled file for models whose predictor is one of .*table.*this model's is 'tensor'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(PREDICT_CASES))
+def test_predict_and_evaluate_bad_input_is_a_clear_message(tmp_path, capsys, case):
+    import re
+
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", np.zeros((2, 64), dtype=np.float32))
+    make, message = PREDICT_CASES[case]
+    argv = make(tmp_path)
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err, err
+    assert re.search(message, err, re.S), err

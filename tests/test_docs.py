@@ -82,3 +82,49 @@ def test_extending_example_trains_from_yaml(tmp_path, monkeypatch):
     raw["report"] = {"enabled": False}
     report = train(load_config(raw=raw))
     assert report["tasks"]["cultivar"]["accuracy"] > 0.8 and "mae" in report["tasks"]["alcohol"]
+
+
+def _trained_for_predict_snippets(root: Path) -> None:
+    """Tiny stand-ins for the runs the README's "Predict from Python" snippets load, at their paths."""
+    from core.cli import main
+    from tests.core.tabular.test_docs import patients
+    from tests.nlp.conftest import make_encoder
+    from tests.nlp.test_train import make_data, run_config
+    from tests.vision.helpers import vision_config
+
+    raw = yaml.safe_load(_block("Your own CSV", "yaml"))
+    patients().to_csv(root / "patients.csv", index=False)
+    raw["output_dir"] = str(root / "runs" / "patients")
+    raw["train"].update(max_steps=10, eval_every=0, progress=False)
+    raw["report"] = {"enabled": False}
+    (root / "patients.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["train", str(root / "patients.yaml")]) == 0
+    patients(20).drop(columns=["grade", "smoker", "bmi"]).to_csv(root / "new_rows.csv", index=False)
+
+    encoder = str(make_encoder(root / "encoder", extra_words=("gorgeous", "witty", "flew", "with")))
+    train(run_config(encoder, make_data(root / "text"), root / "runs" / "nlp_demo"))
+
+    config = vision_config(
+        root, root / "scenes", {"output_dir": str(root / "runs" / "vision_digits"), "report.enabled": False}
+    )
+    train(config)
+    scene = next((root / "scenes").glob("scenes-*/images/test_00000.png"))
+    (root / "scene.png").write_bytes(scene.read_bytes())
+
+
+def test_predict_from_python_snippets_run(tmp_path, monkeypatch, capsys):
+    """One snippet per domain: a table, text and image model each predict from what a user has."""
+    monkeypatch.chdir(tmp_path)
+    _trained_for_predict_snippets(tmp_path)
+    body = README.split("## Predict from Python", 1)[1].split("\n## ", 1)[0]
+    snippets = re.findall(r"```python\n(.*?)```", body, re.S)
+    assert len(snippets) == 3
+    outputs = []
+    for i, code in enumerate(snippets):
+        capsys.readouterr()
+        exec(compile(code, f"README-predict-{i}", "exec"), {})
+        outputs.append(capsys.readouterr().out)
+    table, text, image = outputs
+    assert "'probabilities': [" in table and "{'bmi': [{'value': " in table
+    assert text.split()[0] in ("neg", "pos") and "[" in text
+    assert image.split()[0] in ("1", "2", "3") and "[" in image

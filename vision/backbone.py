@@ -83,6 +83,7 @@ class TimmBackbone(nn.Module):
         self.channels: list[int] = list(self.body.feature_info.channels())
         self.strides: list[int] = list(self.body.feature_info.reduction())
         self.out_dim = self.channels[-1]  # pooled heads read the last stage
+        self.default_head = "pooled"  # features are maps: a head that expects a vector would fail in F.linear
 
     def forward(self, images: Tensor) -> list[Tensor]:
         return self.body(self._normalise(images))

@@ -146,3 +146,25 @@ def test_cli_evaluate_takes_a_hub_id(tmp_path: Path, offline: None, monkeypatch:
     results = json.loads(out.read_text())
     assert results["split"] == "test" and set(results["tasks"]) == {"digit", "parity"}
     assert main(["evaluate", "acme/digits"]) == 2  # never written into the cached snapshot: needs --out
+
+
+@pytest.mark.parametrize("typo", ["runs/dmeo/best", "runs/dmeo"])
+def test_a_mistyped_run_folder_is_missing_not_a_hub_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], typo: str
+) -> None:
+    """``runs/dmeo`` has a hub id's shape, but ``runs/`` is a local folder: the message says what is missing."""
+    import numpy as np
+
+    from core.cli import main
+
+    _model().save_pretrained(tmp_path / "runs" / "demo" / "best")
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "x.npy", np.zeros((2, 4), dtype=np.float32))
+    assert main(["predict", typo, "x.npy", "--out", "p.json"]) == 2
+    err = capsys.readouterr().err
+    assert f"{typo} does not exist: there is no runs/dmeo; did you mean {typo.replace('dmeo', 'demo')}?" in err
+    assert "hub" not in err.lower()
+    with pytest.raises(CheckpointError, match=r"does not exist: there is no runs/dmeo"):
+        JointModel.from_pretrained(typo)
+    assert main(["evaluate", typo, "--out", "e.json"]) == 2
+    assert "did you mean" in capsys.readouterr().err

@@ -124,3 +124,70 @@ def test_trusted_import_paths_load(tmp_path):
     with pytest.raises(ConfigError, match=r"core\.backbones:MLPBackbone"):
         JointModel.from_pretrained(tmp_path / "m")
     assert JointModel.from_pretrained(tmp_path / "m", trust_remote_code=True).tasks.keys() == {"a"}
+
+
+def _width_model() -> JointModel:
+    model = _model()
+    model.extra = {"predictor": "tensor", "input_shape": [8]}
+    return model
+
+
+def test_predict_reads_arrays_like_tensors():
+    model, x = _width_model(), torch.randn(3, 8)
+    expected = model.predict(x)
+    assert model.predict(x.numpy()) == expected
+    assert [p["index"] for p in model.predict(x.tolist())["a"]] == [p["index"] for p in expected["a"]]
+
+
+def test_predict_names_the_valid_tasks():
+    with pytest.raises(ConfigError, match=r"unknown task 'aa'\. Did you mean 'a'\? This model's tasks: a, b, c"):
+        _model().predict(torch.randn(2, 8), tasks=["aa"])
+    assert list(_model().predict(torch.randn(2, 8), tasks="b")) == ["b"]
+
+
+@pytest.mark.parametrize(
+    ("shape", "fix"),
+    [((2, 10), r"give every sample the features the model was trained on"), ((8,), r"one sample: x\.reshape\(1, 8\)")],
+)
+def test_predict_names_a_wrong_input_width_and_the_fix(shape, fix):
+    from core.errors import DataError
+
+    with pytest.raises(
+        DataError, match=rf"inputs have shape \[{', '.join(map(str, shape))}\]; this model expects \[N, 8\].*{fix}"
+    ):
+        _width_model().predict(torch.randn(*shape))
+
+
+def test_table_model_predicts_a_dataframe_records_and_a_file(tmp_path):
+    """``predict(DataFrame)`` used to fail with KeyError: 'numeric'."""
+    from core.cli import main
+    from core.config import load_config
+    from core.experiments.run import train
+    from tests.core.tabular.helpers import LABELS, issue_frame
+
+    issue_frame(60).to_csv(tmp_path / "train.csv", index=False)
+    raw = {
+        "output_dir": str(tmp_path / "run"),
+        "model": {"backbone": {"name": "tabular", "dim": 8}},
+        "tasks": {t: {} for t in LABELS},
+        "data": {"name": "table", "path": str(tmp_path / "train.csv"), "labels": LABELS},
+        "train": {"max_steps": 2, "eval_every": 0, "progress": False},
+        "report": {"enabled": False},
+    }
+    train(load_config(raw=raw))
+    model = JointModel.from_pretrained(tmp_path / "run" / "best")
+    new = issue_frame(5, seed=3).drop(columns=list(LABELS))
+    new.to_csv(tmp_path / "new.csv", index=False)
+    from_frame = model.predict(new)
+    assert set(from_frame) == set(LABELS) and len(from_frame["species"]) == 5
+    assert model.predict(new.to_dict("records")) == from_frame
+    assert model.predict(str(tmp_path / "new.csv"), tasks=["target"]) == {"target": from_frame["target"]}
+    assert main(["predict", str(tmp_path / "run"), str(tmp_path / "new.csv"), "--out", str(tmp_path / "p.json")]) == 0
+    cli = json.loads((tmp_path / "p.json").read_text())["predictions"]
+    assert [r["species"] for r in cli] == from_frame["species"]
+    from core.errors import DataError
+
+    with pytest.raises(DataError, match=r"the DataFrame: missing feature column\(s\) \['x3'\]"):
+        model.predict(new.drop(columns=["x3"]))
+    with pytest.raises(DataError, match=r"a table model reads a pandas DataFrame"):
+        model.predict(42)

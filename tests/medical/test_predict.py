@@ -46,7 +46,7 @@ def test_predict_cli_on_a_csv(tmp_path, capsys) -> None:
             assert p["label"] == int(p["probability"] >= p["threshold"])
 
     missing = write_csv(new.drop(columns=["creatinine"]), tmp_path / "missing.csv")
-    assert jointtrain(["predict", str(tmp_path / "run"), str(missing), "--out", str(out)]) == 2
+    assert jointtrain(["predict", str(tmp_path / "run"), str(missing), "--out", str(tmp_path / "p2.json")]) == 2
     assert "missing.csv: missing feature column(s) ['creatinine']" in capsys.readouterr().err
 
 

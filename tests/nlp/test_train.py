@@ -142,3 +142,46 @@ def test_mismatched_tokenizer_in_saved_model(trained: Path, tmp_path: Path) -> N
     load_tokenizer(str(other)).save_pretrained(str(tmp_path / "model" / "tokenizer"))
     with pytest.raises(CheckpointError, match="different models"):
         JointModel.from_pretrained(tmp_path / "model")
+
+
+def test_predict_from_python_takes_strings(trained: Path, tmp_path: Path) -> None:
+    """``model.predict(["a sentence"])`` used to fail with a TypeError; it reads what the CLI reads."""
+    from core.errors import DataError
+
+    model = JointModel.from_pretrained(trained / "best")
+    texts = ["alice loves the movie in paris !", "bob hates this boring film"]
+    records = predict_records(model, [{"text": t} for t in texts])
+    out = model.predict(texts)
+    assert out == {t: [r[t] for r in records] for t in ("sentiment", "ner")}
+    assert model.predict(texts[0], tasks=["sentiment"]) == {"sentiment": out["sentiment"][:1]}
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
+    assert model.predict(tmp_path / "in.txt") == out  # a Path is a file, a str is a text
+    paired = model.predict([(texts[0], texts[1])])
+    assert paired["sentiment"] == [
+        r["sentiment"] for r in predict_records(model, [{"text": texts[0], "text_pair": texts[1]}])
+    ]
+    with pytest.raises(DataError, match=r"text input 1 is empty"):
+        model.predict(["fine", "  "])
+    with pytest.raises(DataError, match=r"text input 0 is a int; give a string"):
+        model.predict([3])
+
+
+def test_evaluate_scores_a_labelled_file_of_the_users(trained: Path, tmp_path: Path, capsys) -> None:
+    """``jointtrain evaluate --data`` on a labelled JSONL: the metrics of the same examples as the test split."""
+    data = json.loads((trained / "best" / "config.json").read_text())["extra"]["data"]
+    out = {}
+    for name in ("reviews", "tweets"):
+        test_file = data["sources"][name]["data_files"]["test"]
+        assert cli(["evaluate", str(trained), "--data", test_file, "--out", str(tmp_path / f"{name}.json")]) == 0
+        out[name] = json.loads((tmp_path / f"{name}.json").read_text())["tasks"]
+    assert cli(["evaluate", str(trained), "--out", str(tmp_path / "split.json")]) == 0
+    split = json.loads((tmp_path / "split.json").read_text())["tasks"]
+    assert set(out["reviews"]) == {"sentiment"} and set(out["tweets"]) == {"ner"}
+    assert out["reviews"]["sentiment"] == pytest.approx(split["sentiment"], rel=1e-5)
+    assert out["tweets"]["ner"] == pytest.approx(split["ner"], rel=1e-5)
+    write_jsonl(tmp_path / "bad.jsonl", [{"text": "a good film", "label": "meh"}])
+    assert cli(["evaluate", str(trained), "--data", str(tmp_path / "bad.jsonl")]) == 2
+    assert "label 'meh' is not in the label list ['neg', 'pos']" in capsys.readouterr().err
+    write_jsonl(tmp_path / "no_text.jsonl", [{"review": "a good film", "label": "pos"}])
+    assert cli(["evaluate", str(trained), "--data", str(tmp_path / "no_text.jsonl")]) == 2
+    assert "column(s) ['text'] missing: the input of tasks ['sentiment']" in capsys.readouterr().err

@@ -54,3 +54,22 @@ def test_pretrained_weights_from_a_local_file(tmp_path):
 def test_unknown_model_name_suggests_close_ones():
     with pytest.raises(ConfigError, match="resnet10t"):
         TimmBackbone("resnet10")
+
+
+@pytest.mark.parametrize("task_type", ["classification", "binary", "multilabel", "regression"])
+def test_image_level_tasks_pool_the_feature_maps_without_naming_a_head(tmp_path, task_type):
+    """No ``head:`` on a timm backbone used to take ``linear`` on a list of maps: TypeError in F.linear."""
+    from core.model import JointModel
+    from core.tasks import build_task
+    from vision.heads import PooledHead
+
+    backbone = BACKBONES.build(TINY_BACKBONE)
+    sizes = {"classification": {"num_classes": 3}, "multilabel": {"num_labels": 4}}
+    task = build_task("scene", {"type": task_type, **sizes.get(task_type, {})}, backbone)
+    assert isinstance(task.head, PooledHead)
+    model = JointModel(backbone, [task], backbone_spec=backbone.export_spec()).eval()
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    assert len(model.predict(images)["scene"]) == 2
+    model.save_pretrained(tmp_path / "m")
+    loaded = JointModel.from_pretrained(tmp_path / "m").eval()
+    assert torch.equal(loaded(images)["scene"], model(images)["scene"])

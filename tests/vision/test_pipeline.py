@@ -100,3 +100,60 @@ def test_train_script_single_task_and_per_task_regime(tmp_path, scenes_root, cap
     report = RunDir(tmp_path / "run_count").summary()
     assert set(report["tasks"]) == {"count"}
     assert script.main(["--config", str(path), "--tasks", "colour"]) == 2
+
+
+def test_predict_from_python_takes_paths_and_tensors_of_any_size(trained):
+    """Image paths and [C, H, W] tensors go through the CLI's reading: resize, boxes in each image's pixels."""
+    from vision.data.images import read_image
+
+    model = JointModel.from_pretrained(trained / "best")
+    scene = _scene(trained)
+    by_path = model.predict(str(scene))
+    assert set(by_path) == {"detection", "count"} and len(by_path["count"]) == 1
+    image = read_image(scene)
+    big = torch.nn.functional.interpolate(image[None].float(), scale_factor=2.0)[0].round().to(torch.uint8)
+    both = model.predict([scene, big])
+    assert both["count"][0] == by_path["count"][0] and both["detection"][0] == by_path["detection"][0]
+    assert all(0 <= v <= 2 * image.shape[-1] for d in both["detection"][1] for v in d["box"])
+    assert model.predict(image) == model.predict([image])  # one [C, H, W] image
+    confident = model.predict(scene, min_score=0.5)["detection"][0]
+    assert all(d["score"] >= 0.5 for d in confident) and confident == [
+        d for d in by_path["detection"][0] if d["score"] >= 0.5
+    ]
+
+
+def test_predict_cli_min_score(trained, tmp_path, capsys):
+    """Detection used to write up to 100 boxes per image down to score 0.05, with no option."""
+    scene = _scene(trained)
+    args = ["predict", str(trained), str(scene)]
+    assert cli([*args, "--out", str(tmp_path / "all.json")]) == 0
+    assert cli([*args, "--out", str(tmp_path / "some.json"), "--min-score", "0.3"]) == 0
+    (every,) = json.loads((tmp_path / "all.json").read_text())["predictions"]
+    (some,) = json.loads((tmp_path / "some.json").read_text())["predictions"]
+    assert some["detection"] == [d for d in every["detection"] if d["score"] >= 0.3]
+    assert min(d["score"] for d in every["detection"]) < 0.3  # the option changed something
+
+
+def test_evaluate_scores_a_labelled_coco_file_and_an_image_folder(trained, tmp_path, capsys):
+    """``jointtrain evaluate --data`` on the user's own COCO file: the metrics of the same images as a split."""
+    coco = _scene(trained).parent.parent / "test.json"
+    assert cli(["evaluate", str(trained), "--out", str(tmp_path / "split.json")]) == 0
+    assert cli(["evaluate", str(trained), "--data", str(coco), "--out", str(tmp_path / "file.json")]) == 0
+    split, scored = (json.loads((tmp_path / f).read_text())["tasks"] for f in ("split.json", "file.json"))
+    assert set(scored) == {"detection", "count"}
+    for task in scored:
+        assert scored[task] == pytest.approx(split[task], rel=1e-4), task
+
+    model = JointModel.from_pretrained(trained / "best")
+    predicted = model.predict(_scene(trained))["count"][0]["label"]
+    other = next(n for n in model.tasks["count"].label_names if n != predicted)
+    folder = tmp_path / "counts"
+    for name in (predicted, other):  # the same scene in two class folders: exactly one is right
+        (folder / name).mkdir(parents=True)
+        Image.open(_scene(trained)).save(folder / name / "scene.png")
+    assert cli(["evaluate", str(trained), "--data", str(folder), "--out", str(tmp_path / "f.json")]) == 0
+    assert json.loads((tmp_path / "f.json").read_text())["tasks"]["count"]["accuracy"] == pytest.approx(0.5)
+    (folder / "99").mkdir()
+    Image.open(_scene(trained)).save(folder / "99" / "scene.png")
+    assert cli(["evaluate", str(trained), "--data", str(folder)]) == 2
+    assert "task 'count' label(s) ['99'] are not among its classes" in capsys.readouterr().err

@@ -62,7 +62,10 @@ def test_issue_csv_trains_from_a_config_and_predicts_a_csv(tmp_path: Path, capsy
     assert np.abs(values - truth.to_numpy()).mean() < 1.5
 
     new.drop(columns=["x3", *LABELS]).to_csv(tmp_path / "short.csv", index=False)
-    assert jointtrain(["predict", str(tmp_path / "run"), str(tmp_path / "short.csv"), "--out", str(out)]) == 2
+    assert (
+        jointtrain(["predict", str(tmp_path / "run"), str(tmp_path / "short.csv"), "--out", str(tmp_path / "p2.json")])
+        == 2
+    )
     assert "short.csv: missing feature column(s) ['x3']" in capsys.readouterr().err
 
 
