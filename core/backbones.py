@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError
@@ -130,7 +131,8 @@ class MLPBackbone(nn.Module):
         return list(self.widths)
 
     def stem(self, inputs: Tensor) -> Tensor:
-        return inputs.flatten(1).to(self.net[0].weight.dtype)  # integer or float64 features: the weights' dtype
+        dtype = next((p.dtype for p in self.parameters()), torch.float32)
+        return inputs.flatten(1).to(dtype)  # integer or float64 features: the weights' dtype
 
     def block(self, index: int) -> nn.Module:
         if not 0 <= index < len(self.net) // _MLP_BLOCK:
