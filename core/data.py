@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,11 @@ class Source:
     #: evaluation loaders kept across evaluations (``eval_loader``); not an ``__init__`` field, so a
     #: ``dataclasses.replace`` copy (another dataset or collate) starts without them
     eval_loaders: dict[tuple[Any, ...], DataLoader] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        twice = sorted({t for t in self.tasks if self.tasks.count(t) > 1})
+        if twice:
+            raise ConfigError(f"source '{self.name}' lists task(s) {twice} more than once; list each task once")
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -231,6 +237,13 @@ def check_sources(data: DataBundle, tasks: list[str]) -> None:
     untrained = set(tasks) - {t for s in data.train for t in s.tasks}
     if untrained:
         raise DataError(f"tasks {sorted(untrained)} have no training source")
+    unvalidated = [t for t in tasks if not any(t in s.tasks for s in data.val)]
+    if unvalidated:
+        warnings.warn(
+            f"tasks {unvalidated} have no validation labels: they are left out of model selection and early "
+            "stopping; give them validation data (rows labelled for them in the validation split)",
+            stacklevel=2,
+        )
 
 
 def labelled_sizes(data: DataBundle, label_keys: dict[str, str]) -> dict[str, int]:

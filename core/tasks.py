@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -261,6 +262,30 @@ class MultilabelTask(BinaryTask):
         ]
 
 
+#: a regression label further than this many interquartile ranges outside the quartiles is an outlier
+#: worth a warning (a placeholder such as -1e12 or 99999 for "unknown" becomes a training target)
+OUTLIER_IQRS = 50.0
+
+
+def _warn_outliers(values: np.ndarray, where: str) -> None:
+    """Warn, with the first row, about labels far outside the rest (they dominate a squared loss)."""
+    seen = values[~np.isnan(values)].astype(np.float64)
+    if len(seen) < 4:
+        return
+    q1, q3 = np.quantile(seen, [0.25, 0.75])
+    reach = OUTLIER_IQRS * (q3 - q1)
+    far = (values < q1 - reach) | (values > q3 + reach)
+    if reach > 0 and far.any():
+        row = int(np.flatnonzero(far)[0])
+        at = f"position {row}"
+        warnings.warn(
+            f"{where}: {int(far.sum())} label(s) lie more than {OUTLIER_IQRS:g} interquartile ranges outside "
+            f"the others ({values[row]:g} at {at}; the middle half lies in [{q1:g}, {q3:g}]); if they "
+            "mean 'unknown', leave the cells empty",
+            stacklevel=4,
+        )
+
+
 class RegressionTask(Task):
     """Float targets (NaN = missing). The loss sees targets standardised with the training split's
     mean and standard deviation (so raw scales like 1e4 train as well as 1); outputs are scaled back."""
@@ -280,6 +305,7 @@ class RegressionTask(Task):
         if bad.any():
             raise bad_value(where, raw, bad, "finite numbers")
         values[present] = np.array(parsed, dtype=np.float64)
+        _warn_outliers(values, where)
         return EncodedLabels(values, {"out_dim": 1})
 
     @classmethod

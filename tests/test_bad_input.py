@@ -12,8 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from core.cli import main
+from core.data import DictDataset, Source
+from core.errors import ConfigError
 from core.experiments.run import train
 from tests.core.helpers import toy_config
 
@@ -60,6 +63,29 @@ def _corrupt_model(tmp_path: Path) -> list[str]:
 
 def _unknown_config_key(tmp_path: Path) -> list[str]:
     return ["train", str(_config(tmp_path)), "--set", "train.max_step=10"]
+
+
+def _table_run(tmp_path: Path, rows: str, labels: str, tasks: str = "{y: {}}", name: str = "rows.csv") -> list[str]:
+    """``jointtrain train`` on a small table file ``rows`` (written as ``name``) with ``labels``."""
+    (tmp_path / name).write_text(rows)
+    config = f"""
+output_dir: {tmp_path / "run"}
+model: {{backbone: {{name: tabular, dim: 8, encoder: {{name: mlp, depth: 1}}}}}}
+tasks: {tasks}
+data: {{name: table, path: {name}, labels: {labels}}}
+loading: {{batch_size: 4}}
+train: {{max_steps: 2, eval_every: 0, progress: false}}
+report: {{enabled: false}}
+"""
+    return ["train", str(_yaml(tmp_path, config))]
+
+
+def _csv(labels: list[str], header: str = "x,z,y") -> str:
+    """A table with two numeric features and the label column ``y`` (one row per label, in order)."""
+    return header + "\n" + "".join(f"{i},{i % 3},{y}\n" for i, y in enumerate(labels))
+
+
+_CLASSES = [c for _ in range(10) for c in "abc"]  # 30 rows, 3 classes
 
 
 CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
@@ -112,6 +138,22 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
         lambda t: ["predict", str(_trained(t)), str(t / "x.npy"), "--out", str(t / "run" / "best" / "p.json")],
         r"inside the model folder .*; write predictions elsewhere",
     ),
+    "duplicate task key in a YAML config": (
+        lambda t: _table_run(t, _csv(["1", "0"] * 15), "{y: binary}", "{y: {type: binary}, y: {type: regression}}"),
+        r"run\.yaml: key 'y' is given twice in one mapping \(both on line 4\).*Remove or rename one",
+    ),
+    "duplicate label key in a YAML config": (
+        lambda t: _table_run(t, _csv(["1", "0"] * 15), "{y: binary, y: regression}"),
+        r"run\.yaml: key 'y' is given twice in one mapping \(both on line 5\)",
+    ),
+    "num_classes contradicted by the labels": (
+        lambda t: _table_run(t, _csv(_CLASSES), "{y: classification}", "{y: {num_classes: 5}}"),
+        r"task 'y': tasks\.y\.num_classes is 5 but the data's labels give 3; remove tasks\.y\.num_classes",
+    ),
+    "duplicate CSV header": (
+        lambda t: _table_run(t, _csv(_CLASSES, header="x,x,y"), "{y: classification}"),
+        r"rows\.csv: the header \(row 1\) names column 'x' twice \(columns 1 and 2\); rename or remove one",
+    ),
 }
 
 
@@ -130,6 +172,72 @@ def test_bad_input_is_a_clear_message(tmp_path, capsys, case):
     import re
 
     assert re.search(message, err, re.S), err
+
+
+def _without_validation_labels(tmp_path: Path) -> None:
+    from core.data import check_sources
+    from core.tabular.dataset import table
+
+    rows = [f"{i},{i % 3},{i % 2},{'' if split != 'train' else i % 2},{split}\n" for i, split in
+            enumerate(["train"] * 20 + ["val"] * 5 + ["test"] * 5)]  # fmt: skip
+    (tmp_path / "rows.csv").write_text("x,z,a,b,part\n" + "".join(rows))
+    check_sources(table(str(tmp_path / "rows.csv"), {"a": "binary", "b": "binary"}, split_column="part"), ["a", "b"])
+
+
+def _train_folder_only(tmp_path: Path) -> Any:
+    from PIL import Image
+
+    from vision.data.bundle import images
+
+    for shape in ("round", "square"):
+        (tmp_path / "train" / shape).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "train" / shape / "a.png")
+    source = {"name": "shapes", "format": "folder", "train": str(tmp_path / "train"), "task": "shape"}
+    return images([source], image_size=8)
+
+
+def _label_outlier(tmp_path: Path) -> Any:
+    from core.tabular.dataset import table
+
+    (tmp_path / "rows.csv").write_text(
+        _csv([f"{i % 7}.5" for i in range(2)] + ["-1e12"] + [f"{i % 7}.5" for i in range(27)])
+    )
+    return table(str(tmp_path / "rows.csv"), {"y": "regression"})
+
+
+#: bad input reaching the Python API (datasets, sources): ``(make(tmp_path), error or warning class, message)``
+API_CASES: dict[str, tuple[Callable[[Path], Any], type[Exception], str]] = {
+    "duplicate task in a Python Source": (
+        lambda t: Source("s", DictDataset({"inputs": torch.zeros(4, 2)}), ["a", "b", "a"]),
+        ConfigError,
+        r"source 's' lists task\(s\) \['a'\] more than once; list each task once",
+    ),
+    "a task without validation labels": (
+        _without_validation_labels,
+        UserWarning,
+        r"tasks \['b'\] have no validation labels: they are left out of model selection",
+    ),
+    "image folder source with only a train folder": (
+        _train_folder_only,
+        UserWarning,
+        r"data source 'shapes' gives no val and no test folder: its task\(s\) \['shape'\] are never validated "
+        r"\(model selection\) nor tested; add val: <folder> and test: <folder>",
+    ),
+    "regression label outlier": (
+        _label_outlier,
+        UserWarning,
+        r"rows\.csv: label column 'y': 1 label\(s\) lie more than 50 interquartile ranges outside the others "
+        r"\(-1e\+12 at position 2;",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(API_CASES))
+def test_bad_input_through_the_python_api_is_a_clear_message(tmp_path, case):
+    make, kind, message = API_CASES[case]
+    expect = pytest.warns if issubclass(kind, Warning) else pytest.raises
+    with expect(kind, match=message):
+        make(tmp_path)
 
 
 def test_yaml_12_floats_in_overrides_and_files(tmp_path):

@@ -61,8 +61,25 @@ def read_table(path: str | Path) -> pd.DataFrame:
             return pd.read_parquet(path)
         if fmt == "jsonl":
             return pd.read_json(path, lines=True)
-        return pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", low_memory=False)
+        sep = "\t" if fmt == "tsv" else ","
+        _check_header(pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str).iloc[0].tolist(), path)
+        return pd.read_csv(path, sep=sep, low_memory=False)
+    except DataError:
+        raise
     except ImportError as e:
         raise DataError(f"{path}: reading {fmt} needs an extra package: {e}") from e
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as e:
         raise DataError(f"{path} is not a readable {fmt} file: {e}") from e
+
+
+def _check_header(names: list[str], path: Path) -> None:
+    """Refuse a header naming a column twice: pandas would rename the second ``x.1`` and read it as
+    one more feature."""
+    seen: dict[str, int] = {}
+    for position, name in enumerate(names, start=1):
+        if name in seen:
+            raise DataError(
+                f"{path}: the header (row 1) names column '{name}' twice (columns {seen[name]} and {position}); "
+                "rename or remove one of them"
+            )
+        seen[name] = position
