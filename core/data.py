@@ -259,12 +259,18 @@ def labelled_sizes(data: DataBundle, label_keys: dict[str, str]) -> dict[str, in
 
 
 class DictDataset(Dataset):
-    """Samples from a dict of equal-length tensors: ``{"inputs": X, "task_a": y_a, ...}``."""
+    """Samples from a dict of equal-length tensors: ``{"inputs": X, "task_a": y_a, ...}``.
 
-    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+    Labels may be NaN (unknown); the input under ``input_key`` must be finite, or the first loss is
+    NaN and the run stops blaming the learning rate: non-finite inputs are refused here, with their
+    columns and rows."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], input_key: str = "inputs") -> None:
         lengths = {k: len(v) for k, v in tensors.items()}
         if len(set(lengths.values())) != 1:
             raise DataError(f"all tensors need the same length, got {lengths}")
+        if input_key in tensors:
+            check_finite(tensors[input_key], input_key)
         self.tensors = tensors
 
     def __len__(self) -> int:
@@ -275,3 +281,18 @@ class DictDataset(Dataset):
 
     def labelled_counts(self) -> dict[str, int]:
         return {k: int(label_mask(v).reshape(len(v), -1).any(1).sum()) for k, v in self.tensors.items()}
+
+
+def check_finite(inputs: torch.Tensor, key: str) -> None:
+    """Refuse NaN / inf in an input tensor [N, ...], naming its columns (flattened) and rows."""
+    if not inputs.is_floating_point():
+        return
+    bad = ~torch.isfinite(inputs.flatten(1) if inputs.ndim > 1 else inputs[:, None])
+    if bool(bad.any()):
+        rows, columns = bad.any(1).nonzero().flatten().tolist(), bad.any(0).nonzero().flatten().tolist()
+        raise DataError(
+            f"input '{key}' has {int(bad.sum())} NaN / inf value(s) in column(s) {columns[:10]} of row(s) "
+            f"{rows[:10]}{' ...' if len(rows) > 10 else ''} (counting from 0); inputs must be finite (only labels "
+            "may be NaN, meaning unknown): impute or drop them, or read the file with the table dataset, which "
+            "treats empty cells as missing"
+        )

@@ -14,6 +14,7 @@ import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -24,6 +25,8 @@ from torch.utils.data import Dataset
 from core.config import from_dict
 from core.data import DATASETS, DataBundle, Source
 from core.errors import ConfigError, DataError
+from core.registry import suggest
+from core.tabular.read import check_json_lines
 
 from .encoder import MINILM, load_tokenizer
 
@@ -275,11 +278,12 @@ def load_splits(
     name: str, spec: SourceSpec, val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, datasets.Dataset]:
     """The source's train/validation/test splits; missing ones are carved from train (seeded)."""
+    _check_files(name, spec)
     try:
         loaded = datasets.load_dataset(spec.path, spec.name, data_files=spec.data_files)
     except FileNotFoundError as e:
         raise DataError(f"data source '{name}': {e}") from e
-    except (ValueError, ConnectionError, OSError) as e:
+    except (ValueError, ConnectionError, OSError, datasets.exceptions.DatasetGenerationError) as e:
         raise DataError(f"data source '{name}': cannot load '{spec.path}' (offline or unknown?): {e}") from e
     names = {s: spec.splits.get(s, s) for s in SPLITS}
     if names["train"] not in loaded:
@@ -292,6 +296,43 @@ def load_splits(
         parts = out["train"].train_test_split(test_size=val_fraction, seed=seed + 1)
         out["train"], out["validation"] = parts["train"], parts["test"]  # train_test_split names it "test"
     return out
+
+
+def _files(spec: SourceSpec) -> list[str]:
+    files = spec.data_files
+    if files is None:
+        return []
+    if isinstance(files, str):
+        return [files]
+    if isinstance(files, dict):
+        return [f for v in files.values() for f in ([v] if isinstance(v, str) else v)]
+    return list(files)
+
+
+def _is_json_lines(file: str) -> bool:
+    return Path(file).suffix.lower() in (".jsonl", ".ndjson")
+
+
+def _check_files(name: str, spec: SourceSpec) -> None:
+    """A JSON-lines file with a broken line fails here naming file and line (the loader names neither)."""
+    for file in _files(spec):
+        if _is_json_lines(file) and Path(file).is_file():
+            try:
+                check_json_lines(Path(file))
+            except DataError as e:
+                raise DataError(f"data source '{name}': {e}") from None
+
+
+def _check_columns(name: str, split: str, data: datasets.Dataset, columns: dict[str, str | None]) -> None:
+    """Every column the source names (text, text pair, tokens, id) is in the split, or the error
+    lists the split's columns and the close one."""
+    for key, column in columns.items():
+        if column is not None and column not in data.column_names:
+            have = data.column_names
+            raise DataError(
+                f"data source '{name}' split '{split}': the {key} column '{column}' is not in the data; it has "
+                f"{have}.{suggest(column, have)} Set '{key}' to the column holding it"
+            )
 
 
 @DATASETS.register("text")
@@ -332,7 +373,11 @@ def text_data(
                 raise ConfigError(f"task '{task}' is labelled by two sources; give each task one source")
             feature = parts["train"].features.get(lab.column)
             if feature is None:
-                raise DataError(f"data source '{source_name}' has no column '{lab.column}' (task '{task}')")
+                have = parts["train"].column_names
+                raise DataError(
+                    f"data source '{source_name}' has no column '{lab.column}' (the label of task '{task}'); it "
+                    f"has {have}.{suggest(lab.column, have)}"
+                )
             if lab.kind == "generation":
                 label_info[task] = {"column": lab.column, "kind": lab.kind}
                 task_updates[task] = generation_updates(tok)
@@ -347,6 +392,7 @@ def text_data(
         kinds = {t: lab.kind for t, lab in labels.items()}
         for split, data in parts.items():
             where = f"data source '{source_name}' split '{split}'"
+            _check_columns(source_name, split, data, {**columns, "text": None if spec.tokens else spec.text})
             encoded = data.map(
                 encode_batch,
                 batched=True,

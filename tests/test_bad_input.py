@@ -6,7 +6,9 @@ checks the exit code 2 and the message. New failure modes get a row here so none
 
 from __future__ import annotations
 
+import functools
 import json
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import torch
 
 from core.cli import main
 from core.data import DictDataset, Source
-from core.errors import ConfigError
+from core.errors import ConfigError, DataError
 from core.experiments.run import train
 from tests.core.helpers import toy_config
 
@@ -154,6 +156,14 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
         lambda t: _table_run(t, _csv(_CLASSES, header="x,x,y"), "{y: classification}"),
         r"rows\.csv: the header \(row 1\) names column 'x' twice \(columns 1 and 2\); rename or remove one",
     ),
+    "header-only CSV": (
+        lambda t: _table_run(t, "x,z,y\n", "{y: classification}"),
+        r"rows\.csv has no data rows \(only \['x', 'z', 'y'\]\); add rows below the header",
+    ),
+    "truncated JSON-lines row": (
+        lambda t: _table_run(t, '{"x": 1, "y": 0}\n{"x": 2, "y": 1}\n{"x": 3, "y"\n', "{y: binary}", name="rows.jsonl"),
+        r"rows\.jsonl, line 3: not valid JSON .*fix or remove the line",
+    ),
 }
 
 
@@ -172,6 +182,37 @@ def test_bad_input_is_a_clear_message(tmp_path, capsys, case):
     import re
 
     assert re.search(message, err, re.S), err
+
+
+@functools.cache
+def _tokenizer() -> str:
+    """A tiny local BERT tokenizer (built once per session, no download)."""
+    from tests.nlp.conftest import make_encoder
+
+    return str(make_encoder(Path(tempfile.mkdtemp()) / "tiny_bert"))
+
+
+def _text(tmp_path: Path, files: dict[str, list[dict[str, Any]]], **source: Any) -> Any:
+    """``text_data`` over JSON-lines files ``{split: rows}`` labelling ``sentiment`` from ``label``."""
+    from nlp.data import text_data
+
+    paths = {}
+    for split, rows in files.items():
+        paths[split] = str(tmp_path / f"{split}.jsonl")
+        Path(paths[split]).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = {"path": "json", "data_files": paths, "labels": {"sentiment": "label"}, **source}
+    return text_data({"reviews": spec}, tokenizer=_tokenizer())
+
+
+_REVIEWS = [{"text": f"film {i} was good", "label": "pos" if i % 2 else "neg"} for i in range(20)]
+
+
+def _truncated_jsonl(tmp_path: Path) -> Any:
+    (tmp_path / "train.jsonl").write_text(json.dumps(_REVIEWS[0]) + "\n" + '{"text": "a good fi\n')
+    from nlp.data import text_data
+
+    spec = {"path": "json", "data_files": {"train": str(tmp_path / "train.jsonl")}, "labels": {"sentiment": "label"}}
+    return text_data({"reviews": spec}, tokenizer=_tokenizer())
 
 
 def _without_validation_labels(tmp_path: Path) -> None:
@@ -196,6 +237,12 @@ def _train_folder_only(tmp_path: Path) -> Any:
     return images([source], image_size=8)
 
 
+def _nan_inputs(tmp_path: Path) -> DictDataset:
+    inputs = torch.ones(6, 4)
+    inputs[[1, 4], 3] = float("nan")
+    return DictDataset({"inputs": inputs, "y": torch.zeros(6)})
+
+
 def _label_outlier(tmp_path: Path) -> Any:
     from core.tabular.dataset import table
 
@@ -211,6 +258,11 @@ API_CASES: dict[str, tuple[Callable[[Path], Any], type[Exception], str]] = {
         lambda t: Source("s", DictDataset({"inputs": torch.zeros(4, 2)}), ["a", "b", "a"]),
         ConfigError,
         r"source 's' lists task\(s\) \['a'\] more than once; list each task once",
+    ),
+    "non-finite input features": (
+        _nan_inputs,
+        DataError,
+        r"input 'inputs' has 2 NaN / inf value\(s\) in column\(s\) \[3\] of row\(s\) \[1, 4\].*impute or drop",
     ),
     "a task without validation labels": (
         _without_validation_labels,
@@ -228,6 +280,16 @@ API_CASES: dict[str, tuple[Callable[[Path], Any], type[Exception], str]] = {
         UserWarning,
         r"rows\.csv: label column 'y': 1 label\(s\) lie more than 50 interquartile ranges outside the others "
         r"\(-1e\+12 at position 2;",
+    ),
+    "text column typo": (
+        lambda t: _text(t, {"train": _REVIEWS}, text="txt"),
+        DataError,
+        r"split 'train': the text column 'txt' is not in the data; it has \['text', 'label'\]\. Did you mean 'text'\?",
+    ),
+    "truncated JSON-lines row of a text source": (
+        _truncated_jsonl,
+        DataError,
+        r"data source 'reviews': .*train\.jsonl, line 2: not valid JSON",
     ),
 }
 

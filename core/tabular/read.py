@@ -6,7 +6,11 @@ shipped inside an installed Python package (bundled demo data, read offline).
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import importlib.util
+import json
+import lzma
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,19 +61,50 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise DataError(f"table file {path} does not exist")
     fmt = table_format(path)
     try:
-        if fmt == "parquet":
-            return pd.read_parquet(path)
-        if fmt == "jsonl":
-            return pd.read_json(path, lines=True)
-        sep = "\t" if fmt == "tsv" else ","
-        _check_header(pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str).iloc[0].tolist(), path)
-        return pd.read_csv(path, sep=sep, low_memory=False)
-    except DataError:
-        raise
+        frame = _read(path, fmt)
     except ImportError as e:
         raise DataError(f"{path}: reading {fmt} needs an extra package: {e}") from e
+    except DataError:
+        raise
+    except pd.errors.EmptyDataError as e:
+        raise DataError(f"{path} is empty; give a header row and data rows") from e
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as e:
         raise DataError(f"{path} is not a readable {fmt} file: {e}") from e
+    if frame.empty:
+        raise DataError(f"{path} has no data rows (only {list(frame.columns) or 'nothing'}); add rows below the header")
+    return frame
+
+
+def _read(path: Path, fmt: str) -> pd.DataFrame:
+    import pandas as pd
+
+    if fmt == "parquet":
+        return pd.read_parquet(path)
+    if fmt == "jsonl":
+        check_json_lines(path)
+        return pd.read_json(path, lines=True)
+    sep = "\t" if fmt == "tsv" else ","
+    _check_header(pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str).iloc[0].tolist(), path)
+    return pd.read_csv(path, sep=sep, low_memory=False)
+
+
+def check_json_lines(path: Path) -> None:
+    """Name the first line that is not one JSON object (pandas' message names neither file nor line)."""
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix.lower(), open)
+    with opener(path, "rt", encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(
+                    f"{path}, line {number}: not valid JSON ({e.msg}, column {e.colno}); fix or remove the line"
+                ) from None
+            if not isinstance(value, dict):
+                raise DataError(
+                    f"{path}, line {number}: a JSON-lines table needs one object per line, got {type(value).__name__}"
+                )
 
 
 def _check_header(names: list[str], path: Path) -> None:
