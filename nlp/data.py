@@ -36,6 +36,9 @@ IGNORE = -100  # the position carries no label (padding, special and continuatio
 KINDS = ("class", "multilabel", "regression", "token", "generation")
 SPLITS = ("train", "validation", "test")
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+#: the column of each example's name as its file shows it (``line 5``), added before any split is
+#: carved so that messages name the row in the file, not a position after shuffling
+ROW = "__file_row__"
 
 
 @dataclass
@@ -98,7 +101,6 @@ def infer_names(column: Sequence[Any], kind: str) -> list[str]:
 
 def encode_batch(
     batch: dict[str, list[Any]],
-    indices: list[int],
     tokenizer: Any,
     max_length: int,
     columns: dict[str, Any],
@@ -106,11 +108,12 @@ def encode_batch(
     where: str,
     max_target_length: int = 64,
 ) -> dict[str, list[Any]]:
-    """Tokenise texts (or word lists) and encode labels; word tags go on first sub-tokens."""
-    ids = batch[columns["id"]] if columns["id"] else indices
+    """Tokenise texts (or word lists) and encode labels; word tags go on first sub-tokens. Examples are
+    named in messages by the ``id`` column, else by their row in the file (the :data:`ROW` column)."""
+    names = [f"example {v!r}" for v in batch[columns["id"]]] if columns["id"] else batch[ROW]
 
     def fail(i: int, problem: str) -> DataError:
-        return DataError(f"{where}, example {ids[i]!r}: {problem}")
+        return DataError(f"{where}, {names[i]}: {problem}")
 
     if columns["tokens"]:
         texts = batch[columns["tokens"]]
@@ -277,7 +280,8 @@ class Collator:
 def load_splits(
     name: str, spec: SourceSpec, val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, datasets.Dataset]:
-    """The source's train/validation/test splits; missing ones are carved from train (seeded)."""
+    """The source's train/validation/test splits, each example carrying its file row (:data:`ROW`);
+    missing ones are carved from train (seeded)."""
     _check_files(name, spec)
     try:
         loaded = datasets.load_dataset(spec.path, spec.name, data_files=spec.data_files)
@@ -288,7 +292,12 @@ def load_splits(
     names = {s: spec.splits.get(s, s) for s in SPLITS}
     if names["train"] not in loaded:
         raise DataError(f"data source '{name}' has no split '{names['train']}'; it has {list(loaded)}")
-    out = {s: loaded[names[s]] for s in SPLITS if names[s] in loaded}
+    row, first = _row_numbers(spec)
+    out = {
+        s: loaded[names[s]].add_column(ROW, [row.format(first + i) for i in range(len(loaded[names[s]]))])
+        for s in SPLITS
+        if names[s] in loaded
+    }
     if "test" not in out and test_fraction > 0:
         parts = out["train"].train_test_split(test_size=test_fraction, seed=seed)
         out["train"], out["test"] = parts["train"], parts["test"]
@@ -307,6 +316,17 @@ def _files(spec: SourceSpec) -> list[str]:
     if isinstance(files, dict):
         return [f for v in files.values() for f in ([v] if isinstance(v, str) else v)]
     return list(files)
+
+
+def _row_numbers(spec: SourceSpec) -> tuple[str, int]:
+    """How the source's files number their rows: a message's ``row`` format and the first data row's number.
+    Several files in one split are numbered on from one to the next (name one file per split to avoid it)."""
+    files = _files(spec)
+    if spec.path == "csv":
+        return "row {} (header = row 1)", 2
+    if spec.path == "json" and files and all(_is_json_lines(f) for f in files):
+        return "line {}", 1
+    return "example {} (the first is 0)", 0
 
 
 def _is_json_lines(file: str) -> bool:
@@ -328,7 +348,7 @@ def _check_columns(name: str, split: str, data: datasets.Dataset, columns: dict[
     lists the split's columns and the close one."""
     for key, column in columns.items():
         if column is not None and column not in data.column_names:
-            have = data.column_names
+            have = [c for c in data.column_names if c != ROW]
             raise DataError(
                 f"data source '{name}' split '{split}': the {key} column '{column}' is not in the data; it has "
                 f"{have}.{suggest(column, have)} Set '{key}' to the column holding it"
@@ -373,7 +393,7 @@ def text_data(
                 raise ConfigError(f"task '{task}' is labelled by two sources; give each task one source")
             feature = parts["train"].features.get(lab.column)
             if feature is None:
-                have = parts["train"].column_names
+                have = [c for c in parts["train"].column_names if c != ROW]
                 raise DataError(
                     f"data source '{source_name}' has no column '{lab.column}' (the label of task '{task}'); it "
                     f"has {have}.{suggest(lab.column, have)}"
@@ -396,7 +416,6 @@ def text_data(
             encoded = data.map(
                 encode_batch,
                 batched=True,
-                with_indices=True,
                 remove_columns=data.column_names,
                 fn_kwargs={
                     "tokenizer": tok,

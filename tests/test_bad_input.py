@@ -164,6 +164,10 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
         lambda t: _table_run(t, '{"x": 1, "y": 0}\n{"x": 2, "y": 1}\n{"x": 3, "y"\n', "{y: binary}", name="rows.jsonl"),
         r"rows\.jsonl, line 3: not valid JSON .*fix or remove the line",
     ),
+    "label error names the row as in the file": (
+        lambda t: _table_run(t, _csv(["1", "0", "1", "maybe"] + ["0", "1"] * 13), "{y: binary}"),
+        r"rows\.csv: label column 'y' has the value 'maybe' at row 5 \(header = row 1\)",
+    ),
 }
 
 
@@ -279,7 +283,7 @@ API_CASES: dict[str, tuple[Callable[[Path], Any], type[Exception], str]] = {
         _label_outlier,
         UserWarning,
         r"rows\.csv: label column 'y': 1 label\(s\) lie more than 50 interquartile ranges outside the others "
-        r"\(-1e\+12 at position 2;",
+        r"\(-1e\+12 at row 4 \(header = row 1\)",
     ),
     "text column typo": (
         lambda t: _text(t, {"train": _REVIEWS}, text="txt"),
@@ -290,6 +294,11 @@ API_CASES: dict[str, tuple[Callable[[Path], Any], type[Exception], str]] = {
         _truncated_jsonl,
         DataError,
         r"data source 'reviews': .*train\.jsonl, line 2: not valid JSON",
+    ),
+    "text error names the example's line in the file": (
+        lambda t: _text(t, {"train": [*_REVIEWS[:4], {"text": " ", "label": "pos"}, *_REVIEWS[4:]]}),
+        DataError,
+        r"split '(train|validation|test)', line 5: empty text in column 'text'",
     ),
 }
 

@@ -50,8 +50,27 @@ def resolve_path(path: str | Path) -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / inner
 
 
+#: how each format numbers its rows; ``read_table`` gives a frame these numbers as its index, so a row
+#: keeps its file number through every split and selection (the index name says which convention)
+ROW_NUMBERS = {
+    "csv": ("row {} (header = row 1)", 2),
+    "tsv": ("row {} (header = row 1)", 2),
+    "jsonl": ("line {}", 1),
+    "parquet": ("row {} (first row = 1)", 1),
+}
+
+
+def file_row(index: pd.Index, position: int) -> str:
+    """The row at ``position`` named as the file shows it (a frame from ``read_table``), else by its
+    index label (a DataFrame given in Python)."""
+    name = index.name
+    label = index[position]
+    return name.format(label) if isinstance(name, str) and "{}" in name else f"index {label!r}"
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
-    """The file as a DataFrame; empty cells are missing (NaN)."""
+    """The file as a DataFrame; empty cells are missing (NaN). Its index holds the file's row numbers
+    (:data:`ROW_NUMBERS`, :func:`file_row`)."""
     try:
         import pandas as pd
     except ImportError as e:
@@ -72,6 +91,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise DataError(f"{path} is not a readable {fmt} file: {e}") from e
     if frame.empty:
         raise DataError(f"{path} has no data rows (only {list(frame.columns) or 'nothing'}); add rows below the header")
+    name, first = ROW_NUMBERS[fmt]
+    frame.index = pd.RangeIndex(first, first + len(frame), name=name)
     return frame
 
 
