@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -280,8 +281,13 @@ class Collator:
 def load_splits(
     name: str, spec: SourceSpec, val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, datasets.Dataset]:
-    """The source's train/validation/test splits, each example carrying its file row (:data:`ROW`);
-    missing ones are carved from train (seeded)."""
+    """The source's train/validation/test splits, each example carrying its file row (:data:`ROW`).
+
+    A source that gives only train has validation and test carved from it (seeded). One that gives
+    validation is used as given: no test is carved from its train (that would shrink it behind the
+    user's back); a warning says its tasks go untested. One that gives test but no validation has
+    validation carved from train, with a warning.
+    """
     _check_files(name, spec)
     try:
         loaded = datasets.load_dataset(spec.path, spec.name, data_files=spec.data_files)
@@ -298,10 +304,22 @@ def load_splits(
         for s in SPLITS
         if names[s] in loaded
     }
-    if "test" not in out and test_fraction > 0:
+    if "validation" in out and "test" not in out:
+        warnings.warn(
+            f"data source '{name}' gives validation but no test split: its tasks are not tested (no test "
+            f"split is carved from train); add a test file (data_files: {{test: ...}}) to get test results",
+            stacklevel=3,
+        )
+    elif "test" not in out and test_fraction > 0:
         parts = out["train"].train_test_split(test_size=test_fraction, seed=seed)
         out["train"], out["test"] = parts["train"], parts["test"]
     if "validation" not in out and val_fraction > 0:
+        if names["test"] in loaded:
+            warnings.warn(
+                f"data source '{name}' gives test but no validation split: {val_fraction:.0%} of its train "
+                "split is held out for validation (val_fraction); add a validation file to use all of train",
+                stacklevel=3,
+            )
         parts = out["train"].train_test_split(test_size=val_fraction, seed=seed + 1)
         out["train"], out["validation"] = parts["train"], parts["test"]  # train_test_split names it "test"
     return out
@@ -372,7 +390,8 @@ def text_data(
     the log), ``max_target_length`` truncates generation targets; ``max_train_samples`` caps each
     training split (0 = all) for quick runs. Label names found in the data, and for generation
     tasks the tokenizer's size, special ids and the target vocabulary (the ids of the training
-    targets), go to the tasks through ``task_updates``.
+    targets), go to the tasks through ``task_updates``. A source's missing validation / test split is
+    carved from its train only as :func:`load_splits` says (never silently beside a given validation).
     """
     if not sources:
         raise ConfigError("data.sources is empty: give at least one dataset and the task labels it carries")

@@ -300,6 +300,11 @@ API_CASES: dict[str, tuple[Callable[[Path], Any], type[Exception], str]] = {
         DataError,
         r"split '(train|validation|test)', line 5: empty text in column 'text'",
     ),
+    "text test split carved silently from train": (
+        lambda t: _text(t, {"train": _REVIEWS, "validation": _REVIEWS[:6]}),
+        UserWarning,
+        r"data source 'reviews' gives validation but no test split: its tasks are not tested",
+    ),
 }
 
 
