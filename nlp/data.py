@@ -42,6 +42,12 @@ INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 ROW = "__file_row__"
 
 
+def label_column(task: str) -> str:
+    """Where a task's encoded labels are stored: never under a file column's name, since a task may be
+    named after its label column (``language: language``) and the tokenised set drops the file's columns."""
+    return f"label:{task}"
+
+
 @dataclass
 class LabelSpec:
     column: str
@@ -144,7 +150,7 @@ def encode_batch(
             encoded = [[] for _ in values]
             for i, row in zip(present, ids["input_ids"], strict=True):
                 encoded[i] = row
-            out[task] = encoded
+            out[label_column(task)] = encoded
             continue
         index = {n: j for j, n in enumerate(spec["names"])}
         for i, value in enumerate(values):
@@ -169,7 +175,7 @@ def encode_batch(
                 if name not in index:
                     raise fail(i, f"task '{task}': label {value!r} is not in the label list {spec['names']}")
                 encoded.append(index[name])
-        out[task] = encoded
+        out[label_column(task)] = encoded
     return out
 
 
@@ -237,7 +243,7 @@ class TextDataset(Dataset):
     def labelled_counts(self) -> dict[str, int]:
         counts = {}
         for task, kind in self.kinds.items():
-            column = self.data[task]
+            column = self.data[label_column(task)]
             if kind == "token":
                 counts[task] = sum(any(t >= 0 for t in row) for row in column)
             elif kind == "generation":
@@ -266,15 +272,16 @@ class Collator:
         pads = {"input_ids": self.pad_id, "attention_mask": 0, "token_type_ids": 0}
         batch: dict[str, Any] = {"inputs": {k: pad(k, v) for k, v in pads.items() if k in rows[0]}}
         for task, kind in self.kinds.items():
+            key = label_column(task)
             if kind == "token":
-                batch[task] = pad(task, IGNORE)
+                batch[task] = pad(key, IGNORE)
             elif kind == "generation":  # its own length; a sample without a target is a row of -100
-                width = max(1, *(len(r[task]) for r in rows))
-                batch[task] = torch.tensor([r[task] + [IGNORE] * (width - len(r[task])) for r in rows])
+                width = max(1, *(len(r[key]) for r in rows))
+                batch[task] = torch.tensor([r[key] + [IGNORE] * (width - len(r[key])) for r in rows])
             elif kind == "class":
-                batch[task] = torch.tensor([r[task] for r in rows], dtype=torch.long)
+                batch[task] = torch.tensor([r[key] for r in rows], dtype=torch.long)
             else:
-                batch[task] = torch.tensor([r[task] for r in rows], dtype=torch.float32)
+                batch[task] = torch.tensor([r[key] for r in rows], dtype=torch.float32)
         return batch
 
 
@@ -454,7 +461,7 @@ def text_data(
             encoded = encoded.remove_columns("truncated")
             if split == "train":
                 for task in (t for t, lab in labels.items() if lab.kind == "generation"):
-                    task_updates[task]["vocab"] = target_vocab(tok, encoded[task])
+                    task_updates[task]["vocab"] = target_vocab(tok, encoded[label_column(task)])
             splits[split].append(
                 Source(source_name, TextDataset(encoded, kinds), list(labels), Collator(tok.pad_token_id, kinds))
             )

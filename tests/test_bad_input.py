@@ -316,6 +316,19 @@ def test_bad_input_through_the_python_api_is_a_clear_message(tmp_path, case):
         make(tmp_path)
 
 
+def test_a_text_task_may_be_named_after_its_label_column(tmp_path):
+    """``language: language`` on a CSV used to fail with a TypeError when counting labelled examples."""
+    from nlp.data import text_data
+
+    rows = "text,language\n" + "".join(f"film {i},{'en' if i % 2 else 'fr'}\n" for i in range(12))
+    (tmp_path / "train.csv").write_text(rows)
+    spec = {"path": "csv", "data_files": {"train": str(tmp_path / "train.csv")}, "labels": {"language": "language"}}
+    bundle = text_data({"texts": spec}, tokenizer=_tokenizer(), val_fraction=0.25, test_fraction=0.25)
+    assert bundle.train[0].dataset.labelled_counts() == {"language": 6}
+    batch = bundle.train[0].collate_fn([bundle.train[0].dataset[i] for i in range(2)])
+    assert batch["language"].dtype == torch.long and set(batch["language"].tolist()) <= {0, 1}
+
+
 def test_yaml_12_floats_in_overrides_and_files(tmp_path):
     """``1e-3`` is a number (PyYAML alone reads it as a string, which the README's own example hit)."""
     from core.config import load_config
