@@ -25,7 +25,22 @@ from .registry import suggest
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML with YAML 1.2 floats: ``1e-3`` is a number (PyYAML's YAML 1.1 reads it as a string)."""
+    """YAML with YAML 1.2 floats: ``1e-3`` is a number (PyYAML's YAML 1.1 reads it as a string), and
+    duplicate keys refused (PyYAML keeps the last one: a task given twice silently takes its second spec)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                first, again = seen[key].start_mark.line + 1, key_node.start_mark.line + 1
+                lines = f"both on line {first}" if first == again else f"lines {first} and {again}"
+                raise ConfigError(
+                    f"{key_node.start_mark.name}: key '{key}' is given twice in one mapping ({lines}); YAML would "
+                    "keep only the last. Remove or rename one of them"
+                )
+            seen[key] = key_node
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
@@ -35,8 +50,14 @@ _Loader.add_implicit_resolver(
 )
 
 
-def parse_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)
+def parse_yaml(text: str, name: str = "<yaml>") -> Any:
+    """YAML text read with :class:`_Loader`; ``name`` (the file) is what errors call it."""
+    loader = _Loader(text)
+    loader.name = name
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 @dataclass
@@ -245,7 +266,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        raw = parse_yaml(path.read_text()) or {}
+        raw = parse_yaml(path.read_text(), str(path)) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from e
     if not isinstance(raw, Mapping):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,11 @@ class Source:
     #: evaluation loaders kept across evaluations (``eval_loader``); not an ``__init__`` field, so a
     #: ``dataclasses.replace`` copy (another dataset or collate) starts without them
     eval_loaders: dict[tuple[Any, ...], DataLoader] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        twice = sorted({t for t in self.tasks if self.tasks.count(t) > 1})
+        if twice:
+            raise ConfigError(f"source '{self.name}' lists task(s) {twice} more than once; list each task once")
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -231,6 +237,13 @@ def check_sources(data: DataBundle, tasks: list[str]) -> None:
     untrained = set(tasks) - {t for s in data.train for t in s.tasks}
     if untrained:
         raise DataError(f"tasks {sorted(untrained)} have no training source")
+    unvalidated = [t for t in tasks if not any(t in s.tasks for s in data.val)]
+    if unvalidated:
+        warnings.warn(
+            f"tasks {unvalidated} have no validation labels: they are left out of model selection and early "
+            "stopping; give them validation data (rows labelled for them in the validation split)",
+            stacklevel=2,
+        )
 
 
 def labelled_sizes(data: DataBundle, label_keys: dict[str, str]) -> dict[str, int]:
@@ -246,12 +259,18 @@ def labelled_sizes(data: DataBundle, label_keys: dict[str, str]) -> dict[str, in
 
 
 class DictDataset(Dataset):
-    """Samples from a dict of equal-length tensors: ``{"inputs": X, "task_a": y_a, ...}``."""
+    """Samples from a dict of equal-length tensors: ``{"inputs": X, "task_a": y_a, ...}``.
 
-    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+    Labels may be NaN (unknown); the input under ``input_key`` must be finite, or the first loss is
+    NaN and the run stops blaming the learning rate: non-finite inputs are refused here, with their
+    columns and rows."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], input_key: str = "inputs") -> None:
         lengths = {k: len(v) for k, v in tensors.items()}
         if len(set(lengths.values())) != 1:
             raise DataError(f"all tensors need the same length, got {lengths}")
+        if input_key in tensors:
+            check_finite(tensors[input_key], input_key)
         self.tensors = tensors
 
     def __len__(self) -> int:
@@ -262,3 +281,18 @@ class DictDataset(Dataset):
 
     def labelled_counts(self) -> dict[str, int]:
         return {k: int(label_mask(v).reshape(len(v), -1).any(1).sum()) for k, v in self.tensors.items()}
+
+
+def check_finite(inputs: torch.Tensor, key: str) -> None:
+    """Refuse NaN / inf in an input tensor [N, ...], naming its columns (flattened) and rows."""
+    if not inputs.is_floating_point():
+        return
+    bad = ~torch.isfinite(inputs.flatten(1) if inputs.ndim > 1 else inputs[:, None])
+    if bool(bad.any()):
+        rows, columns = bad.any(1).nonzero().flatten().tolist(), bad.any(0).nonzero().flatten().tolist()
+        raise DataError(
+            f"input '{key}' has {int(bad.sum())} NaN / inf value(s) in column(s) {columns[:10]} of row(s) "
+            f"{rows[:10]}{' ...' if len(rows) > 10 else ''} (counting from 0); inputs must be finite (only labels "
+            "may be NaN, meaning unknown): impute or drop them, or read the file with the table dataset, which "
+            "treats empty cells as missing"
+        )

@@ -308,5 +308,5 @@ def jsonl_shards(
     if val is not None:
         records = list(JsonlShards(files(val)).records())
         tensors = {k: torch.stack([r[k] for r in records]) for k in records[0]}
-        val_sources = [Source("val", DictDataset(tensors), list(tasks), input_key=input_key)]
+        val_sources = [Source("val", DictDataset(tensors, input_key), list(tasks), input_key=input_key)]
     return DataBundle(train=[train_source], val=val_sources)

@@ -53,11 +53,15 @@ def is_empty(value: Any) -> bool:
     return isinstance(value, str) and not value.strip()
 
 
-def bad_value(where: str, raw: np.ndarray, bad: np.ndarray, expected: str) -> DataError:
-    """The error for cells a task type cannot read: the first bad row, its value, how many, the fix."""
+def bad_value(
+    where: str, raw: np.ndarray, bad: np.ndarray, expected: str, row_name: Callable[[int], str] | None = None
+) -> DataError:
+    """The error for cells a task type cannot read: the first bad row, its value, how many, the fix.
+    ``row_name`` names a position as the file does (``row 5 (header = row 1)``)."""
     first = tuple(np.argwhere(bad)[0])
+    row = row_name(int(first[0])) if row_name is not None else f"position {first[0]} (the first is 0)"
     return DataError(
-        f"{where} has the value {raw[first]!r} at row {first[0]} ({int(bad.sum())} such cell(s)); "
+        f"{where} has the value {raw[first]!r} at {row} ({int(bad.sum())} such cell(s)); "
         f"labels must be {expected}, or empty (unknown)"
     )
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,6 +33,9 @@ from .registry import Registry
 from .task import EncodedLabels, Task, bad_value, is_empty, label_mask
 
 TASKS: Registry[Task] = Registry("task type")
+
+#: names a label's position as its file does (``row 5 (header = row 1)``), for messages
+RowName = Callable[[int], str]
 
 
 def task_type(type_name: str, task_class: type[Task]) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
@@ -110,7 +114,9 @@ class ClassificationTask(Task):
     """Single-label multi-class: integer targets in [0, num_classes), negative = missing."""
 
     @classmethod
-    def encode_labels(cls, raw: np.ndarray, where: str, classes: Sequence[Any] | None = None) -> EncodedLabels:
+    def encode_labels(
+        cls, raw: np.ndarray, where: str, classes: Sequence[Any] | None = None, row_name: RowName | None = None
+    ) -> EncodedLabels:
         """Integer class ids (negative = unknown) or any other values as class names, sorted
         unless ``classes`` fixes their order (and which values are valid)."""
         present = np.array([not is_empty(v) for v in raw])
@@ -128,7 +134,7 @@ class ClassificationTask(Task):
         lookup = {n: i for i, n in enumerate(names)}
         bad = present & np.array([t not in lookup for t in text])
         if bad.any():
-            raise bad_value(where, raw, bad, f"one of the classes {names}")
+            raise bad_value(where, raw, bad, f"one of the classes {names}", row_name)
         values[present] = [lookup[t] for t in text[present]]
         return EncodedLabels(values, {"num_classes": len(names), "label_names": names})
 
@@ -159,7 +165,9 @@ class ClassificationTask(Task):
 _BINARY_TEXT = {"1": 1.0, "0": 0.0, "1.0": 1.0, "0.0": 0.0, "true": 1.0, "false": 0.0, "yes": 1.0, "no": 0.0}
 
 
-def binary_values(raw: np.ndarray, where: str, positive: Any | None = None) -> tuple[np.ndarray, list[str] | None]:
+def binary_values(
+    raw: np.ndarray, where: str, positive: Any | None = None, row_name: RowName | None = None
+) -> tuple[np.ndarray, list[str] | None]:
     """float32 0/1 with NaN = unknown, and [negative, positive] names for yes/no or a declared positive.
 
     Without ``positive``: 1/0, true/false or yes/no (any case). With it: that value (any case) is 1
@@ -172,7 +180,9 @@ def binary_values(raw: np.ndarray, where: str, positive: Any | None = None) -> t
     if positive is None:
         bad = present & ~np.isin(text, list(_BINARY_TEXT))
         if bad.any():
-            raise bad_value(where, raw, bad, "1/0, true/false or yes/no (or set 'positive' to the positive value)")
+            raise bad_value(
+                where, raw, bad, "1/0, true/false or yes/no (or set 'positive' to the positive value)", row_name
+            )
         values[present] = [_BINARY_TEXT[t] for t in text[present]]
         return values, ["no", "yes"] if set(text[present]) == {"yes", "no"} else None
     pos = _text(positive).lower()
@@ -191,8 +201,10 @@ class BinaryTask(Task):
     """One logit; targets 0/1 (float, NaN = missing)."""
 
     @classmethod
-    def encode_labels(cls, raw: np.ndarray, where: str, positive: Any | None = None) -> EncodedLabels:
-        values, names = binary_values(raw, where, positive)
+    def encode_labels(
+        cls, raw: np.ndarray, where: str, positive: Any | None = None, row_name: RowName | None = None
+    ) -> EncodedLabels:
+        values, names = binary_values(raw, where, positive, row_name)
         return EncodedLabels(values, {"label_names": names} if names else {})
 
     def validate_target(self, target: Tensor) -> None:
@@ -230,7 +242,12 @@ class MultilabelTask(BinaryTask):
 
     @classmethod
     def encode_labels(
-        cls, raw: np.ndarray, where: str, separator: str | None = None, nothing: str = "-"
+        cls,
+        raw: np.ndarray,
+        where: str,
+        separator: str | None = None,
+        nothing: str = "-",
+        row_name: RowName | None = None,
     ) -> EncodedLabels:
         """Several columns of 0/1 cells ([N, K]; names = the columns, given by the data), or one
         column of ``separator``-joined label names: empty = unknown, ``nothing`` = no label."""
@@ -239,7 +256,7 @@ class MultilabelTask(BinaryTask):
                 raise ConfigError(
                     f"{where}: a multilabel task reads several 0/1 columns ('columns') or one column with a 'separator'"
                 )
-            return EncodedLabels(binary_values(raw, where)[0], {"num_labels": raw.shape[1]})
+            return EncodedLabels(binary_values(raw, where, row_name=row_name)[0], {"num_labels": raw.shape[1]})
         if raw.ndim != 1:
             raise ConfigError(f"{where}: 'separator' reads one column, not {raw.shape[1]}")
         present = np.array([not is_empty(v) for v in raw])
@@ -262,12 +279,36 @@ class MultilabelTask(BinaryTask):
         ]
 
 
+#: a regression label further than this many interquartile ranges outside the quartiles is an outlier
+#: worth a warning (a placeholder such as -1e12 or 99999 for "unknown" becomes a training target)
+OUTLIER_IQRS = 50.0
+
+
+def _warn_outliers(values: np.ndarray, where: str, row_name: RowName | None) -> None:
+    """Warn, with the first row, about labels far outside the rest (they dominate a squared loss)."""
+    seen = values[~np.isnan(values)].astype(np.float64)
+    if len(seen) < 4:
+        return
+    q1, q3 = np.quantile(seen, [0.25, 0.75])
+    reach = OUTLIER_IQRS * (q3 - q1)
+    far = (values < q1 - reach) | (values > q3 + reach)
+    if reach > 0 and far.any():
+        row = int(np.flatnonzero(far)[0])
+        at = row_name(row) if row_name is not None else f"position {row}"
+        warnings.warn(
+            f"{where}: {int(far.sum())} label(s) lie more than {OUTLIER_IQRS:g} interquartile ranges outside "
+            f"the others ({values[row]:g} at {at}; the middle half lies in [{q1:g}, {q3:g}]); if they "
+            "mean 'unknown', leave the cells empty",
+            stacklevel=4,
+        )
+
+
 class RegressionTask(Task):
     """Float targets (NaN = missing). The loss sees targets standardised with the training split's
     mean and standard deviation (so raw scales like 1e4 train as well as 1); outputs are scaled back."""
 
     @classmethod
-    def encode_labels(cls, raw: np.ndarray, where: str) -> EncodedLabels:
+    def encode_labels(cls, raw: np.ndarray, where: str, row_name: RowName | None = None) -> EncodedLabels:
         present = np.array([not is_empty(v) for v in raw])
         values = np.full(len(raw), np.nan, dtype=np.float32)
         parsed = []
@@ -279,8 +320,9 @@ class RegressionTask(Task):
         bad = present.copy()
         bad[present] = [p is None or not np.isfinite(p) for p in parsed]
         if bad.any():
-            raise bad_value(where, raw, bad, "finite numbers")
+            raise bad_value(where, raw, bad, "finite numbers", row_name)
         values[present] = np.array(parsed, dtype=np.float64)
+        _warn_outliers(values, where, row_name)
         return EncodedLabels(values, {"out_dim": 1})
 
     @classmethod

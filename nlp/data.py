@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -24,6 +26,8 @@ from torch.utils.data import Dataset
 from core.config import from_dict
 from core.data import DATASETS, DataBundle, Source
 from core.errors import ConfigError, DataError
+from core.registry import suggest
+from core.tabular.read import check_json_lines
 
 from .encoder import MINILM, load_tokenizer
 
@@ -33,6 +37,15 @@ IGNORE = -100  # the position carries no label (padding, special and continuatio
 KINDS = ("class", "multilabel", "regression", "token", "generation")
 SPLITS = ("train", "validation", "test")
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+#: the column of each example's name as its file shows it (``line 5``), added before any split is
+#: carved so that messages name the row in the file, not a position after shuffling
+ROW = "__file_row__"
+
+
+def label_column(task: str) -> str:
+    """Where a task's encoded labels are stored: never under a file column's name, since a task may be
+    named after its label column (``language: language``) and the tokenised set drops the file's columns."""
+    return f"label:{task}"
 
 
 @dataclass
@@ -95,7 +108,6 @@ def infer_names(column: Sequence[Any], kind: str) -> list[str]:
 
 def encode_batch(
     batch: dict[str, list[Any]],
-    indices: list[int],
     tokenizer: Any,
     max_length: int,
     columns: dict[str, Any],
@@ -103,11 +115,12 @@ def encode_batch(
     where: str,
     max_target_length: int = 64,
 ) -> dict[str, list[Any]]:
-    """Tokenise texts (or word lists) and encode labels; word tags go on first sub-tokens."""
-    ids = batch[columns["id"]] if columns["id"] else indices
+    """Tokenise texts (or word lists) and encode labels; word tags go on first sub-tokens. Examples are
+    named in messages by the ``id`` column, else by their row in the file (the :data:`ROW` column)."""
+    names = [f"example {v!r}" for v in batch[columns["id"]]] if columns["id"] else batch[ROW]
 
     def fail(i: int, problem: str) -> DataError:
-        return DataError(f"{where}, example {ids[i]!r}: {problem}")
+        return DataError(f"{where}, {names[i]}: {problem}")
 
     if columns["tokens"]:
         texts = batch[columns["tokens"]]
@@ -137,7 +150,7 @@ def encode_batch(
             encoded = [[] for _ in values]
             for i, row in zip(present, ids["input_ids"], strict=True):
                 encoded[i] = row
-            out[task] = encoded
+            out[label_column(task)] = encoded
             continue
         index = {n: j for j, n in enumerate(spec["names"])}
         for i, value in enumerate(values):
@@ -162,7 +175,7 @@ def encode_batch(
                 if name not in index:
                     raise fail(i, f"task '{task}': label {value!r} is not in the label list {spec['names']}")
                 encoded.append(index[name])
-        out[task] = encoded
+        out[label_column(task)] = encoded
     return out
 
 
@@ -230,7 +243,7 @@ class TextDataset(Dataset):
     def labelled_counts(self) -> dict[str, int]:
         counts = {}
         for task, kind in self.kinds.items():
-            column = self.data[task]
+            column = self.data[label_column(task)]
             if kind == "token":
                 counts[task] = sum(any(t >= 0 for t in row) for row in column)
             elif kind == "generation":
@@ -259,39 +272,112 @@ class Collator:
         pads = {"input_ids": self.pad_id, "attention_mask": 0, "token_type_ids": 0}
         batch: dict[str, Any] = {"inputs": {k: pad(k, v) for k, v in pads.items() if k in rows[0]}}
         for task, kind in self.kinds.items():
+            key = label_column(task)
             if kind == "token":
-                batch[task] = pad(task, IGNORE)
+                batch[task] = pad(key, IGNORE)
             elif kind == "generation":  # its own length; a sample without a target is a row of -100
-                width = max(1, *(len(r[task]) for r in rows))
-                batch[task] = torch.tensor([r[task] + [IGNORE] * (width - len(r[task])) for r in rows])
+                width = max(1, *(len(r[key]) for r in rows))
+                batch[task] = torch.tensor([r[key] + [IGNORE] * (width - len(r[key])) for r in rows])
             elif kind == "class":
-                batch[task] = torch.tensor([r[task] for r in rows], dtype=torch.long)
+                batch[task] = torch.tensor([r[key] for r in rows], dtype=torch.long)
             else:
-                batch[task] = torch.tensor([r[task] for r in rows], dtype=torch.float32)
+                batch[task] = torch.tensor([r[key] for r in rows], dtype=torch.float32)
         return batch
 
 
 def load_splits(
     name: str, spec: SourceSpec, val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, datasets.Dataset]:
-    """The source's train/validation/test splits; missing ones are carved from train (seeded)."""
+    """The source's train/validation/test splits, each example carrying its file row (:data:`ROW`).
+
+    A source that gives only train has validation and test carved from it (seeded). One that gives
+    validation is used as given: no test is carved from its train (that would shrink it behind the
+    user's back); a warning says its tasks go untested. One that gives test but no validation has
+    validation carved from train, with a warning.
+    """
+    _check_files(name, spec)
     try:
         loaded = datasets.load_dataset(spec.path, spec.name, data_files=spec.data_files)
     except FileNotFoundError as e:
         raise DataError(f"data source '{name}': {e}") from e
-    except (ValueError, ConnectionError, OSError) as e:
+    except (ValueError, ConnectionError, OSError, datasets.exceptions.DatasetGenerationError) as e:
         raise DataError(f"data source '{name}': cannot load '{spec.path}' (offline or unknown?): {e}") from e
     names = {s: spec.splits.get(s, s) for s in SPLITS}
     if names["train"] not in loaded:
         raise DataError(f"data source '{name}' has no split '{names['train']}'; it has {list(loaded)}")
-    out = {s: loaded[names[s]] for s in SPLITS if names[s] in loaded}
-    if "test" not in out and test_fraction > 0:
+    row, first = _row_numbers(spec)
+    out = {
+        s: loaded[names[s]].add_column(ROW, [row.format(first + i) for i in range(len(loaded[names[s]]))])
+        for s in SPLITS
+        if names[s] in loaded
+    }
+    if "validation" in out and "test" not in out:
+        warnings.warn(
+            f"data source '{name}' gives validation but no test split: its tasks are not tested (no test "
+            f"split is carved from train); add a test file (data_files: {{test: ...}}) to get test results",
+            stacklevel=3,
+        )
+    elif "test" not in out and test_fraction > 0:
         parts = out["train"].train_test_split(test_size=test_fraction, seed=seed)
         out["train"], out["test"] = parts["train"], parts["test"]
     if "validation" not in out and val_fraction > 0:
+        if names["test"] in loaded:
+            warnings.warn(
+                f"data source '{name}' gives test but no validation split: {val_fraction:.0%} of its train "
+                "split is held out for validation (val_fraction); add a validation file to use all of train",
+                stacklevel=3,
+            )
         parts = out["train"].train_test_split(test_size=val_fraction, seed=seed + 1)
         out["train"], out["validation"] = parts["train"], parts["test"]  # train_test_split names it "test"
     return out
+
+
+def _files(spec: SourceSpec) -> list[str]:
+    files = spec.data_files
+    if files is None:
+        return []
+    if isinstance(files, str):
+        return [files]
+    if isinstance(files, dict):
+        return [f for v in files.values() for f in ([v] if isinstance(v, str) else v)]
+    return list(files)
+
+
+def _row_numbers(spec: SourceSpec) -> tuple[str, int]:
+    """How the source's files number their rows: a message's ``row`` format and the first data row's number.
+    Several files in one split are numbered on from one to the next (name one file per split to avoid it)."""
+    files = _files(spec)
+    if spec.path == "csv":
+        return "row {} (header = row 1)", 2
+    if spec.path == "json" and files and all(_is_json_lines(f) for f in files):
+        return "line {}", 1
+    return "example {} (the first is 0)", 0
+
+
+def _is_json_lines(file: str) -> bool:
+    return Path(file).suffix.lower() in (".jsonl", ".ndjson")
+
+
+def _check_files(name: str, spec: SourceSpec) -> None:
+    """A JSON-lines file with a broken line fails here naming file and line (the loader names neither)."""
+    for file in _files(spec):
+        if _is_json_lines(file) and Path(file).is_file():
+            try:
+                check_json_lines(Path(file))
+            except DataError as e:
+                raise DataError(f"data source '{name}': {e}") from None
+
+
+def _check_columns(name: str, split: str, data: datasets.Dataset, columns: dict[str, str | None]) -> None:
+    """Every column the source names (text, text pair, tokens, id) is in the split, or the error
+    lists the split's columns and the close one."""
+    for key, column in columns.items():
+        if column is not None and column not in data.column_names:
+            have = [c for c in data.column_names if c != ROW]
+            raise DataError(
+                f"data source '{name}' split '{split}': the {key} column '{column}' is not in the data; it has "
+                f"{have}.{suggest(column, have)} Set '{key}' to the column holding it"
+            )
 
 
 @DATASETS.register("text")
@@ -311,7 +397,8 @@ def text_data(
     the log), ``max_target_length`` truncates generation targets; ``max_train_samples`` caps each
     training split (0 = all) for quick runs. Label names found in the data, and for generation
     tasks the tokenizer's size, special ids and the target vocabulary (the ids of the training
-    targets), go to the tasks through ``task_updates``.
+    targets), go to the tasks through ``task_updates``. A source's missing validation / test split is
+    carved from its train only as :func:`load_splits` says (never silently beside a given validation).
     """
     if not sources:
         raise ConfigError("data.sources is empty: give at least one dataset and the task labels it carries")
@@ -332,7 +419,11 @@ def text_data(
                 raise ConfigError(f"task '{task}' is labelled by two sources; give each task one source")
             feature = parts["train"].features.get(lab.column)
             if feature is None:
-                raise DataError(f"data source '{source_name}' has no column '{lab.column}' (task '{task}')")
+                have = [c for c in parts["train"].column_names if c != ROW]
+                raise DataError(
+                    f"data source '{source_name}' has no column '{lab.column}' (the label of task '{task}'); it "
+                    f"has {have}.{suggest(lab.column, have)}"
+                )
             if lab.kind == "generation":
                 label_info[task] = {"column": lab.column, "kind": lab.kind}
                 task_updates[task] = generation_updates(tok)
@@ -347,10 +438,10 @@ def text_data(
         kinds = {t: lab.kind for t, lab in labels.items()}
         for split, data in parts.items():
             where = f"data source '{source_name}' split '{split}'"
+            _check_columns(source_name, split, data, {**columns, "text": None if spec.tokens else spec.text})
             encoded = data.map(
                 encode_batch,
                 batched=True,
-                with_indices=True,
                 remove_columns=data.column_names,
                 fn_kwargs={
                     "tokenizer": tok,
@@ -370,7 +461,7 @@ def text_data(
             encoded = encoded.remove_columns("truncated")
             if split == "train":
                 for task in (t for t, lab in labels.items() if lab.kind == "generation"):
-                    task_updates[task]["vocab"] = target_vocab(tok, encoded[task])
+                    task_updates[task]["vocab"] = target_vocab(tok, encoded[label_column(task)])
             splits[split].append(
                 Source(source_name, TextDataset(encoded, kinds), list(labels), Collator(tok.pad_token_id, kinds))
             )

@@ -83,12 +83,13 @@ class Experiment:
         config = self.config
         backbone_spec = {**config.model.backbone, **data.backbone_updates}
         backbone = BACKBONES.build(backbone_spec)
-        for name, spec in config.tasks.items():
-            given, supplied = spec.get("type"), data.task_updates.get(name, {}).get("type")
-            if given and supplied and given != supplied:
-                raise ConfigError(
-                    f"task '{name}': tasks.{name}.type is '{given}' but the data labels it as '{supplied}'"
-                )
+        for name, spec in config.tasks.items():  # the data completes a task's spec; it never contradicts it
+            for key, supplied in data.task_updates.get(name, {}).items():
+                if key in spec and spec[key] != supplied:
+                    raise ConfigError(
+                        f"task '{name}': tasks.{name}.{key} is {spec[key]!r} but the data's labels give "
+                        f"{supplied!r}; remove tasks.{name}.{key} (the labels set it) or fix the labels"
+                    )
         tasks = [
             build_task(name, {**spec, **data.task_updates.get(name, {})}, backbone)
             for name, spec in config.tasks.items()

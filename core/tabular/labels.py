@@ -18,6 +18,8 @@ from core.registry import check_kwargs
 from core.task import EncodedLabels, Task
 from core.tasks import task_class
 
+from .read import file_row
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -50,7 +52,9 @@ def label_columns(labels: Mapping[str, str | Mapping[str, Any]]) -> list[LabelCo
         multi = "columns" in spec
         columns = list(spec.pop("columns")) if multi else [str(spec.pop("column", task))]
         label = LabelColumn(task, kind, columns, spec, multi)
-        check_kwargs(label.owner.encode_labels, {"raw": None, "where": None, **spec}, f"labels.{task} ({kind})")
+        check_kwargs(
+            label.owner.encode_labels, {"raw": None, "where": None, "row_name": None, **spec}, f"labels.{task} ({kind})"
+        )
         out.append(label)
     return out
 
@@ -67,7 +71,9 @@ def read_labels(frame: pd.DataFrame, label: LabelColumn, source: str) -> Encoded
     raw = cells.where(cells.notna(), None).to_numpy()
     names = f"columns {label.columns}" if label.multi_column else f"column '{label.columns[0]}'"
     given = raw if label.multi_column else raw[:, 0]
-    encoded = label.owner.encode_labels(given, f"{source}: label {names}", **label.options)
+    encoded = label.owner.encode_labels(
+        given, f"{source}: label {names}", row_name=lambda i: file_row(frame.index, i), **label.options
+    )
     if label.multi_column:
         encoded.updates.setdefault("label_names", list(label.columns))
     return encoded

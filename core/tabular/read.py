@@ -6,7 +6,11 @@ shipped inside an installed Python package (bundled demo data, read offline).
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import importlib.util
+import json
+import lzma
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,8 +50,27 @@ def resolve_path(path: str | Path) -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / inner
 
 
+#: how each format numbers its rows; ``read_table`` gives a frame these numbers as its index, so a row
+#: keeps its file number through every split and selection (the index name says which convention)
+ROW_NUMBERS = {
+    "csv": ("row {} (header = row 1)", 2),
+    "tsv": ("row {} (header = row 1)", 2),
+    "jsonl": ("line {}", 1),
+    "parquet": ("row {} (first row = 1)", 1),
+}
+
+
+def file_row(index: pd.Index, position: int) -> str:
+    """The row at ``position`` named as the file shows it (a frame from ``read_table``), else by its
+    index label (a DataFrame given in Python)."""
+    name = index.name
+    label = index[position]
+    return name.format(label) if isinstance(name, str) and "{}" in name else f"index {label!r}"
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
-    """The file as a DataFrame; empty cells are missing (NaN)."""
+    """The file as a DataFrame; empty cells are missing (NaN). Its index holds the file's row numbers
+    (:data:`ROW_NUMBERS`, :func:`file_row`)."""
     try:
         import pandas as pd
     except ImportError as e:
@@ -57,12 +80,62 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise DataError(f"table file {path} does not exist")
     fmt = table_format(path)
     try:
-        if fmt == "parquet":
-            return pd.read_parquet(path)
-        if fmt == "jsonl":
-            return pd.read_json(path, lines=True)
-        return pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", low_memory=False)
+        frame = _read(path, fmt)
     except ImportError as e:
         raise DataError(f"{path}: reading {fmt} needs an extra package: {e}") from e
+    except DataError:
+        raise
+    except pd.errors.EmptyDataError as e:
+        raise DataError(f"{path} is empty; give a header row and data rows") from e
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as e:
         raise DataError(f"{path} is not a readable {fmt} file: {e}") from e
+    if frame.empty:
+        raise DataError(f"{path} has no data rows (only {list(frame.columns) or 'nothing'}); add rows below the header")
+    name, first = ROW_NUMBERS[fmt]
+    frame.index = pd.RangeIndex(first, first + len(frame), name=name)
+    return frame
+
+
+def _read(path: Path, fmt: str) -> pd.DataFrame:
+    import pandas as pd
+
+    if fmt == "parquet":
+        return pd.read_parquet(path)
+    if fmt == "jsonl":
+        check_json_lines(path)
+        return pd.read_json(path, lines=True)
+    sep = "\t" if fmt == "tsv" else ","
+    _check_header(pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str).iloc[0].tolist(), path)
+    return pd.read_csv(path, sep=sep, low_memory=False)
+
+
+def check_json_lines(path: Path) -> None:
+    """Name the first line that is not one JSON object (pandas' message names neither file nor line)."""
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix.lower(), open)
+    with opener(path, "rt", encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(
+                    f"{path}, line {number}: not valid JSON ({e.msg}, column {e.colno}); fix or remove the line"
+                ) from None
+            if not isinstance(value, dict):
+                raise DataError(
+                    f"{path}, line {number}: a JSON-lines table needs one object per line, got {type(value).__name__}"
+                )
+
+
+def _check_header(names: list[str], path: Path) -> None:
+    """Refuse a header naming a column twice: pandas would rename the second ``x.1`` and read it as
+    one more feature."""
+    seen: dict[str, int] = {}
+    for position, name in enumerate(names, start=1):
+        if name in seen:
+            raise DataError(
+                f"{path}: the header (row 1) names column '{name}' twice (columns {seen[name]} and {position}); "
+                "rename or remove one of them"
+            )
+        seen[name] = position

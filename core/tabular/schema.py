@@ -32,6 +32,8 @@ from torch import Tensor
 
 from core.errors import ConfigError, DataError
 
+from .read import file_row
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -226,13 +228,14 @@ def parse_numeric(col: pd.Series, name: str, source: str, coerce: bool = False) 
         row = int(np.flatnonzero(bad)[0])
         if not coerce:
             raise DataError(
-                f"{source}: numeric column '{name}' has the non-numeric value {col.iloc[row]!r} at row {row} "
+                f"{source}: numeric column '{name}' has the non-numeric value {col.iloc[row]!r} at "
+                f"{file_row(col.index, row)} "
                 f"({int(bad.sum())} such row(s)); fix the value, leave it empty (missing), declare '{name}' "
                 f"categorical, or list it in 'coerce' to read such values as missing"
             )
         warnings.warn(
             f"{source}: numeric column '{name}': {int(bad.sum())} non-numeric value(s) read as missing "
-            f"(first: {col.iloc[row]!r} at row {row})",
+            f"(first: {col.iloc[row]!r} at {file_row(col.index, row)})",
             stacklevel=3,
         )
     return parsed.to_numpy(dtype=np.float64, na_value=np.nan)

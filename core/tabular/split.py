@@ -9,6 +9,8 @@ import numpy as np
 
 from core.errors import ConfigError, DataError
 
+from .read import file_row
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -39,7 +41,7 @@ def split_from_column(col: pd.Series, column: str, source: str) -> np.ndarray:
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise DataError(
-            f"{source}: split column '{column}' has the value {col.iloc[row]!r} at row {row} "
+            f"{source}: split column '{column}' has the value {col.iloc[row]!r} at {file_row(col.index, row)} "
             f"({int(bad.sum())} such row(s)); use train, val or test"
         )
     return mapped.to_numpy(dtype=object)

@@ -79,7 +79,7 @@ def test_non_numeric_value_names_column_row_and_file() -> None:
     frame = records_frame(6).astype({"creatinine": object})
     frame.loc[4, "creatinine"] = "high"
     with pytest.raises(
-        DataError, match=r"new.csv: numeric column 'creatinine' has the non-numeric value 'high' at row 4"
+        DataError, match=r"new.csv: numeric column 'creatinine' has the non-numeric value 'high' at index 4"
     ):
         schema.encode(frame, "new.csv")
 

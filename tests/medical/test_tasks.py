@@ -76,7 +76,8 @@ def test_bad_label_value_names_column_row_and_file(tmp_path) -> None:
     frame = records_frame(50).astype({"renal": object})
     frame.loc[7, "renal"] = "maybe"
     path = write_csv(frame, tmp_path / "bad.csv")
-    with pytest.raises(DataError, match=r"bad.csv: label column 'renal' has the value 'maybe' at row 7"):
+    message = r"bad.csv: label column 'renal' has the value 'maybe' at row 9 \(header = row 1\)"
+    with pytest.raises(DataError, match=message):
         records(str(path), ["renal"])
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import DataError
-from nlp.data import IGNORE, encode_batch, text_data
+from nlp.data import IGNORE, ROW, encode_batch, label_column, text_data
 from nlp.encoder import load_tokenizer
 
 from .conftest import write_jsonl
@@ -17,8 +17,7 @@ TOKENS = {"text": None, "text_pair": None, "tokens": "tokens", "id": None}
 
 def _encode(tiny_encoder: str, words: list[list[str]], tags: list[list[str]], max_length: int = 32) -> dict:
     return encode_batch(
-        {"tokens": words, "tags": tags},
-        list(range(len(words))),
+        {"tokens": words, "tags": tags, ROW: [f"line {i + 1}" for i in range(len(words))]},
         load_tokenizer(tiny_encoder),
         max_length,
         TOKENS,
@@ -33,23 +32,23 @@ def test_word_labels_go_on_first_sub_token(tiny_encoder: str) -> None:
     out = _encode(tiny_encoder, [words], [tags])
     tokens = tokenizer.convert_ids_to_tokens(out["input_ids"][0])
     assert tokens == ["[CLS]", "alice", "play", "##ing", "in", "paris", "[SEP]"]
-    assert out["ner"][0] == [IGNORE, 1, 0, IGNORE, 0, 3, IGNORE]
+    assert out[label_column("ner")][0] == [IGNORE, 1, 0, IGNORE, 0, 3, IGNORE]
     assert out["truncated"] == [False]
 
 
 def test_truncation_is_flagged_and_keeps_alignment(tiny_encoder: str) -> None:
     out = _encode(tiny_encoder, [["alice", "playing", "in", "paris"]], [["B-person", "O", "O", "B-geo-loc"]], 5)
     assert out["truncated"] == [True]
-    assert out["ner"][0] == [IGNORE, 1, 0, IGNORE, IGNORE]
+    assert out[label_column("ner")][0] == [IGNORE, 1, 0, IGNORE, IGNORE]
 
 
 def test_token_label_count_mismatch_names_the_example(tiny_encoder: str) -> None:
-    with pytest.raises(DataError, match=r"src, example 0: 2 words in column 'tokens' but 1 tags"):
+    with pytest.raises(DataError, match=r"src, line 1: 2 words in column 'tokens' but 1 tags"):
         _encode(tiny_encoder, [["alice", "went"]], [["B-person"]])
 
 
 def test_unknown_tag_names_the_example(tiny_encoder: str) -> None:
-    with pytest.raises(DataError, match=r"example 0: tag 'B-ORG' \(word 0\) is not in the tag list"):
+    with pytest.raises(DataError, match=r"line 1: tag 'B-ORG' \(word 0\) is not in the tag list"):
         _encode(tiny_encoder, [["alice"]], [["B-ORG"]])
 
 

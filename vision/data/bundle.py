@@ -7,6 +7,7 @@ a separate classification set (different images) is the one-dataset-per-task reg
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from .records import ClassSpec, ImageDataset, ImageRecord, collate
 from .transforms import Augment, build_transform, size_hw
 
 SPLITS = ("train", "val", "test")
+_CHECKED = {"val": "validated (model selection)", "test": "tested"}
 
 
 @dataclass
@@ -73,6 +75,15 @@ def images(
         raise ConfigError("the images dataset needs at least one entry in 'sources'")
     keep, label_names = tasks, label_names or {}
     specs = [from_dict(SourceSpec, s, f"data.sources[{i}]") for i, s in enumerate(sources)]
+    for s in specs:
+        absent = [split for split in ("val", "test") if not getattr(s, split)]
+        if absent:
+            warnings.warn(
+                f"data source '{s.name}' gives no {' and no '.join(absent)} {s.format}: its task(s) "
+                f"{_tasks_of(s)} are never {' nor '.join(_CHECKED[a] for a in absent)}; add "
+                f"{' and '.join(f'{a}: <{s.format}>' for a in absent)} to the source",
+                stacklevel=2,
+            )
     read = {(s.name, split): _read(s, getattr(s, split)) for s in specs for split in SPLITS if getattr(s, split)}
     source_tasks = {s.name: [t for t in _tasks_of(s) if keep is None or t in keep] for s in specs}
     # classes of every image-level task, from the training records of every source labelling it

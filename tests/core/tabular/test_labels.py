@@ -24,7 +24,8 @@ def test_string_classes_get_sorted_ids_and_names() -> None:
 def test_declared_classes_fix_order_and_refuse_other_values() -> None:
     out = ClassificationTask.encode_labels(cells("low", "high", None), "w", classes=["low", "mid", "high"])
     assert out.values.tolist() == [0, 2, -1] and out.updates["label_names"] == ["low", "mid", "high"]
-    with pytest.raises(DataError, match=r"t.csv: label column 'y' has the value 'hgih' at row 1 \(1 such cell"):
+    message = r"t.csv: label column 'y' has the value 'hgih' at position 1 \(the first is 0\) \(1 such cell"
+    with pytest.raises(DataError, match=message):
         ClassificationTask.encode_labels(cells("low", "hgih"), "t.csv: label column 'y'", classes=["low", "high"])
 
 
@@ -36,7 +37,7 @@ def test_integer_ids_as_pandas_floats_with_nan_and_negative_unknowns() -> None:
 
 
 def test_fractional_class_id_is_refused() -> None:
-    with pytest.raises(DataError, match=r"has the value 1.5 at row 1"):
+    with pytest.raises(DataError, match=r"has the value 1.5 at position 1 "):
         ClassificationTask.encode_labels(cells(1, 1.5, "x"), "w", classes=[0, 1])
 
 
@@ -56,7 +57,7 @@ def test_binary_reads_common_spellings_and_a_declared_positive() -> None:
     assert named.values.tolist() == [1, 0, 1] and named.updates == {"label_names": ["well", "Sick"]}
     with pytest.raises(DataError, match=r"holds 3 distinct values"):
         BinaryTask.encode_labels(cells("sick", "well", "dead"), "w", positive="sick")
-    with pytest.raises(DataError, match=r"w has the value 'maybe' at row 2 .* set 'positive'"):
+    with pytest.raises(DataError, match=r"w has the value 'maybe' at position 2 .* set 'positive'"):
         BinaryTask.encode_labels(cells(1, 0, "maybe"), "w")
 
 
@@ -75,9 +76,9 @@ def test_regression_refuses_words_and_infinities_and_learns_its_scale() -> None:
     out = RegressionTask.encode_labels(cells(1.5, None, "2", 10), "w")
     assert np.array_equal(out.values, [1.5, np.nan, 2.0, 10.0], equal_nan=True)
     assert RegressionTask.train_updates(out.values) == pytest.approx({"target_mean": 4.5, "target_std": 3.8944404})
-    with pytest.raises(DataError, match=r"w has the value 'abc' at row 1 .* finite numbers"):
+    with pytest.raises(DataError, match=r"w has the value 'abc' at position 1 .* finite numbers"):
         RegressionTask.encode_labels(cells(1.0, "abc"), "w")
-    with pytest.raises(DataError, match=r"has the value inf at row 0"):
+    with pytest.raises(DataError, match=r"has the value inf at position 0 "):
         RegressionTask.encode_labels(cells(float("inf"), 1.0), "w")
 
 

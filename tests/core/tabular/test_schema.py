@@ -19,7 +19,7 @@ def lab_frame(n: int = 50) -> pd.DataFrame:
 def test_stray_word_in_a_numeric_column_names_column_row_and_value() -> None:
     frame = lab_frame()
     frame.loc[[7, 30], "lab"] = "abc"
-    with pytest.raises(DataError, match=r"t.csv: numeric column 'lab' has the non-numeric value 'abc' at row 7 \(2"):
+    with pytest.raises(DataError, match=r"t.csv: numeric column 'lab' has the non-numeric value 'abc' at index 7 \(2"):
         TabularSchema.fit(frame, ["lab", "site"], source="t.csv")
     schema = TabularSchema.fit(frame, ["lab", "site"], categorical=["lab"], min_category_count=1)
     assert [c.name for c in schema.categorical] == ["lab", "site"]  # declared: the fix the message names

@@ -114,7 +114,7 @@ def test_split_column_and_relative_paths(tmp_path: Path, monkeypatch: pytest.Mon
         table("t.csv", LABELS, split_column="part", val_fraction=0.2)
     assert "part" not in bundle.backbone_updates["schema"]["categorical"]
     frame.loc[70, "part"] = "holdout"
-    with pytest.raises(DataError, match=r"split column 'part' has the value 'holdout' at row 70"):
+    with pytest.raises(DataError, match=r"split column 'part' has the value 'holdout' at index 70"):
         table_bundle(frame, LABELS, split_column="part")
 
 
