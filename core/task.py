@@ -133,6 +133,10 @@ class Task:
         """Raise DataError when labels are out of range; the trainer calls it on each CPU batch,
         before the batch moves to the device, so the check costs no device sync."""
 
+    def count_labelled(self, target: Any) -> int:
+        """The count ``masked_loss`` returns, read from the CPU batch before it moves (no device sync)."""
+        return int(label_mask(target).sum())
+
     def masked_loss(self, output: Any, target: Any) -> tuple[Tensor, Tensor]:
         """(sum of the per-entry losses over the labelled entries, their count), both on the device.
 

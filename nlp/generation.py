@@ -240,9 +240,17 @@ class GenerationTask(Task):
     max_new_tokens: int = 32
     num_beams: int = 1
 
+    @staticmethod
+    def _rows(target: Tensor) -> Tensor:
+        """Which rows carry a target (a row of -100, or no column at all, is a missing label)."""
+        return target[:, 0] >= 0 if target.shape[1] else target.new_zeros(len(target), dtype=torch.bool)
+
     def labelled(self, output: dict[str, Tensor], target: Tensor) -> tuple[dict[str, Tensor], Tensor, int]:
-        rows = target[:, 0] >= 0 if target.shape[1] else target.new_zeros(len(target), dtype=torch.bool)
+        rows = self._rows(target)
         return {k: v[rows] for k, v in output.items()}, target[rows], int(rows.sum())
+
+    def count_labelled(self, target: Tensor) -> int:
+        return int(self._rows(target).sum())
 
     def masked_loss(self, output: dict[str, Tensor], target: Tensor) -> tuple[Tensor, Tensor]:
         """The decoder runs on the labelled rows only: selecting them reads their count (one host sync)."""
