@@ -52,13 +52,13 @@ def _detection(root: Path) -> tuple[Task, Any, Callable[[bool], Any]]:
 
     backbone = TimmBackbone(**{k: v for k, v in TINY_BACKBONE.items() if k != "name"})
     task = build_task("t", {"type": "detection", "num_classes": 3, "channels": 16, "groups": 4}, backbone)
-    boxes = {"boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0]]), "labels": torch.tensor([1])}
+    boxes = {"boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0]]), "labels": torch.tensor([1])}
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}  # labelled: no object
 
     def target(some: bool) -> list[Any]:
         return [None, boxes, empty] if some else [None, None, None]
 
-    return task, task.head(backbone(torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8))), target
+    return task, task.head(backbone(torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8))), target
 
 
 def _tokens(some: bool) -> Tensor:
