@@ -4,7 +4,9 @@ A :class:`ShardedDataset` reads records shard by shard; it never indexes. Every 
 are shuffled with ``seed + epoch`` (the same order on every rank), rank ``r`` of ``W`` takes every
 W-th shard and its DataLoader workers split the rank's shards again (worker ``g`` of ``G`` takes
 every G-th), so no two workers of any rank read the same shard. Each worker batches its own
-records (the last incomplete batch of a worker is dropped, as map-style epochs drop theirs).
+records (the last incomplete batch of a worker is dropped, as map-style epochs drop theirs). An
+epoch in which no worker of a rank fills one batch raises a DataError naming the fix, where the
+stream would otherwise start epoch after epoch without yielding.
 
 The order of batches is fixed by construction, not by worker timing: the main process takes the
 workers' batches in a round robin over the groups, skipping exhausted ones. The stream position is
@@ -166,6 +168,7 @@ class _GroupReader(IterableDataset):
         self.epoch, self.skip, self.started = epoch, skip, False
 
     def __iter__(self) -> Iterator[tuple[str, int, Any]]:
+        """``("batch", group, batch)`` items, then ``("end", group, records read)`` per group."""
         if self.started:  # the next epoch, from its start
             self.epoch, self.skip = self.epoch + 1, [0] * len(self.skip)
         self.started = True
@@ -174,10 +177,12 @@ class _GroupReader(IterableDataset):
         for g in [info.id] if info is not None else range(len(groups)):
             records = itertools.chain.from_iterable(self.data.read(i) for i in groups[g])
             batches = iter(lambda records=records: list(itertools.islice(records, self.batch_size)), [])
-            for batch in itertools.islice(batches, self.skip[g], None):
-                if len(batch) == self.batch_size:
+            read = 0
+            for index, batch in enumerate(batches):
+                read += len(batch)
+                if index >= self.skip[g] and len(batch) == self.batch_size:
                     yield "batch", g, self.collate(batch)
-            yield "end", g, None
+            yield "end", g, read
 
 
 class ShardStream(Iterator[Any]):
@@ -213,6 +218,7 @@ class ShardStream(Iterator[Any]):
     def _reset_buffers(self) -> None:
         self.queues: list[deque[Any]] = [deque() for _ in range(self.groups)]
         self.ended = [False] * self.groups
+        self.read = [0] * self.groups  # records each group read this epoch (for the error below)
         self._iterator: Iterator[Any] | None = None
 
     def _pull(self) -> bool:
@@ -241,7 +247,7 @@ class ShardStream(Iterator[Any]):
         if kind == "batch":
             self.queues[group].append(batch)
         elif kind == "end":
-            self.ended[group] = True
+            self.ended[group], self.read[group] = True, batch
         return kind != "done"
 
     def __next__(self) -> Any:
@@ -253,6 +259,8 @@ class ShardStream(Iterator[Any]):
                 return self.queues[g].popleft()
             if self.ended[g]:
                 if all(self.ended) and not any(self.queues):  # the epoch is over: the next one
+                    if not any(self.taken):  # else every epoch alike would start the next, forever
+                        raise self._no_batch()
                     self.epoch, self.cursor, self.taken = self.epoch + 1, 0, [0] * self.groups
                     self._reset_buffers()
                     continue
@@ -260,6 +268,19 @@ class ShardStream(Iterator[Any]):
                 continue
             if not self._pull() and not all(self.ended):
                 raise DataError(f"training source '{self.source.name}': the loader ended before its groups did")
+
+    def _no_batch(self) -> DataError:
+        sizes = [len(shards) for shards in self.plan(self.epoch)]
+        workers = self.loading.num_workers or 0
+        return DataError(
+            f"training source '{self.source.name}': rank {self.rank} of {self.world_size} read no full batch "
+            f"in epoch {self.epoch}. Its {sum(sizes)} of {len(self.data.shards)} shard(s) went to {self.groups} "
+            f"loader worker(s) (loading.num_workers={workers}) as {sizes} shard(s) holding {self.read} record(s), "
+            f"and each worker batches only its own records, {self.loading.batch_size} at a time, dropping an "
+            f"incomplete last batch. Give every worker at least {self.loading.batch_size} records: lower "
+            "loading.num_workers (0 reads all of a rank's shards in one process), lower loading.batch_size, "
+            "or write fewer, larger shards"
+        )
 
     def _following(self, g: int) -> int:
         """The next group in the round that may still have batches."""

@@ -47,10 +47,12 @@ class PointerDecoder(BertGenerationDecoder):
     Its inputs and outputs are tokenizer ids, so transformers' ``generate`` (greedy, beam, caches)
     runs on it unchanged; inside, the embeddings and the softmax cover only ``vocab``, the ids the
     training targets use (a number decoder needs 38-78 of MiniLM's 30,522: an output layer
-    400-800x smaller, and no probability mass to unlearn on the rest). Ids outside it read and score as
-    ``[UNK]``. With ``config.copy`` (See et al., 2017, "Get To The Point"), a gate mixes that
-    softmax with an attention over the input tokens, whose mass goes to their ids: a name never seen
-    in a training target can still be written by pointing at it.
+    400-800x smaller, and no probability mass to unlearn on the rest). Ids outside it read as
+    ``[UNK]``, and without copy they also score as ``[UNK]`` (the decoder learns to write it). With
+    ``config.copy`` (See et al., 2017, "Get To The Point"), a gate mixes that softmax with an
+    attention over the input tokens, whose mass goes to their ids: a name never seen in a training
+    target can still be written by pointing at it, and an id outside the vocabulary scores only its
+    copy mass (as in ``scores``, what ``generate`` ranks).
     """
 
     def __init__(self, config: BertGenerationConfig, vocab: Tensor) -> None:
@@ -92,17 +94,21 @@ class PointerDecoder(BertGenerationDecoder):
         return probs.scatter_add(-1, sources, (1 - gate) * attention).clamp(min=1e-12).log()
 
     def nll(self, hidden: Tensor, memory: Tensor, mask: Tensor, source_ids: Tensor, labels: Tensor) -> Tensor:
-        """Mean negative log-likelihood of the labels (tokenizer ids, -100 ignored), without a full-vocab tensor."""
+        """Summed negative log-likelihood of the labels (tokenizer ids, -100 ignored) under the distribution
+        ``scores`` gives (with copy), without a full-vocab tensor."""
         local = self.local(labels)
         if not self.config.copy:
             logits = self.lm_head(hidden).float()
-            return F.cross_entropy(logits.flatten(0, 1), local.flatten(), ignore_index=IGNORE)
+            return F.cross_entropy(logits.flatten(0, 1), local.flatten(), ignore_index=IGNORE, reduction="sum")
         vocab, attention, gate = self.mix(hidden, memory, mask)
         keep = labels >= 0
-        from_vocab = vocab.gather(-1, local.clamp(min=0)[..., None])[..., 0]
+        index = local.clamp(min=0)
+        # an id outside the vocabulary reads as [UNK] but gets none of [UNK]'s softmax mass: only copies write it
+        written = self.vocab[index] == labels
+        from_vocab = vocab.gather(-1, index[..., None])[..., 0] * written
         copies = (attention * (source_ids[:, None, :] == labels[..., None])).sum(-1)
         p = gate[..., 0] * from_vocab + (1 - gate[..., 0]) * copies
-        return -(p.clamp(min=1e-12).log() * keep).sum() / keep.sum().clamp(min=1)
+        return -(p.clamp(min=1e-12).log() * keep).sum()
 
     def forward(  # the signature generate fills: tokenizer ids in, log-probabilities over them out
         self,
@@ -203,10 +209,13 @@ class DecoderHead(nn.Module):
             use_cache=False,
         ).last_hidden_state
 
-    def loss(self, output: Mapping[str, Tensor], target: Tensor) -> Tensor:
-        """Teacher forcing: the mean token negative log-likelihood of ``target[:, 1:]``, padding ignored."""
+    def loss(self, output: Mapping[str, Tensor], target: Tensor) -> tuple[Tensor, Tensor]:
+        """Teacher forcing: (the summed token negative log-likelihood of ``target[:, 1:]``, its token
+        count), padding ignored: sums add up across rows, micro-batches and ranks."""
         hidden = self._hidden(output, target[:, :-1])
-        return self.decoder.nll(hidden, output["memory"], output["mask"], output["ids"], target[:, 1:])
+        labels = target[:, 1:]
+        total = self.decoder.nll(hidden, output["memory"], output["mask"], output["ids"], labels)
+        return total, (labels >= 0).sum()
 
     def scores(self, output: Mapping[str, Tensor], inputs: Tensor) -> Tensor:
         """Log-probabilities over tokenizer ids of the token after each of ``inputs`` (teacher forcing)."""
@@ -240,16 +249,26 @@ class GenerationTask(Task):
     max_new_tokens: int = 32
     num_beams: int = 1
 
+    @staticmethod
+    def _rows(target: Tensor) -> Tensor:
+        """Which rows carry a target (a row of -100, or no column at all, is a missing label)."""
+        return target[:, 0] >= 0 if target.shape[1] else target.new_zeros(len(target), dtype=torch.bool)
+
     def labelled(self, output: dict[str, Tensor], target: Tensor) -> tuple[dict[str, Tensor], Tensor, int]:
-        rows = target[:, 0] >= 0 if target.shape[1] else target.new_zeros(len(target), dtype=torch.bool)
+        rows = self._rows(target)
         return {k: v[rows] for k, v in output.items()}, target[rows], int(rows.sum())
 
+    def count_labelled(self, target: Tensor) -> int:
+        return int((target[:, 1:] >= 0)[self._rows(target)].sum())
+
     def masked_loss(self, output: dict[str, Tensor], target: Tensor) -> tuple[Tensor, Tensor]:
-        """The decoder runs on the labelled rows only: selecting them reads their count (one host sync)."""
+        """(summed token NLL, target token count) over the labelled rows: a token-level mean whatever
+        the split into rows, micro-batches or ranks. The decoder runs on the labelled rows only:
+        selecting them reads their count (one host sync)."""
         output, target, count = self.labelled(output, target)
         if count == 0:  # a zero whose graph reaches the outputs, so every rank runs the same backward
             return connected_zero(output), target.new_zeros(())
-        return self._loss(output, target) * count, target.new_tensor(count)
+        return self._loss(output, target)
 
     def validate_target(self, target: Tensor) -> None:
         vocab = self.head.decoder.config.tokenizer_size
@@ -260,7 +279,7 @@ class GenerationTask(Task):
                 f"{vocab} tokens; the data and the model use different tokenizers"
             )
 
-    def _loss(self, output: dict[str, Tensor], target: Tensor) -> Tensor:
+    def _loss(self, output: dict[str, Tensor], target: Tensor) -> tuple[Tensor, Tensor]:
         return self.head.loss(output, target)
 
     def decode(self, ids: Tensor) -> list[str]:

@@ -36,6 +36,9 @@ class DetectionTask(Task):
         subset = {k: (v[keep] if k in PER_IMAGE else v) for k, v in output.items()}
         return subset, [target[i] for i in keep], len(keep)
 
+    def count_labelled(self, target: Sequence[Target]) -> int:
+        return sum(t is not None for t in target)
+
     def masked_loss(self, output: dict[str, Tensor], target: Sequence[Target]) -> tuple[Tensor, Tensor]:
         """Which images carry boxes is a host-side list: the count needs no device read."""
         output, target, count = self.labelled(output, target)

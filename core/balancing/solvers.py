@@ -24,6 +24,10 @@ def scipy_optimize() -> Any:
     return scipy.optimize
 
 
+#: a diagonal entry of the trace-normalised Gramian at or below this is a zero row (d = sqrt of it < 1e-150)
+_ZERO = 1e-300
+
+
 def normalized(gramian: Tensor, eps: float = 1e-30) -> np.ndarray:
     """``G / trace(G)`` in float64 (the weights of scale-invariant methods do not change)."""
     g = gramian.detach().double().cpu().numpy()
@@ -37,7 +41,7 @@ def jacobi(gramian: Tensor) -> tuple[np.ndarray, np.ndarray]:
     the gradients' norms span many orders of magnitude (rows of zero norm get ``d = 1``)."""
     g = normalized(gramian)
     d = np.sqrt(np.clip(np.diag(g), 0.0, None))
-    d = np.where(d > 1e-150, d, 1.0)
+    d = np.where(d * d > _ZERO, d, 1.0)
     return g / d[:, None] / d[None, :], d
 
 
@@ -60,8 +64,8 @@ def min_norm_simplex(gramian: Tensor) -> Tensor:
     if not g.any():
         return torch.full((k,), 1.0 / k, dtype=torch.float64)
     diag = np.diag(g)
-    if (diag <= 1e-300).any():  # a zero gradient is the min-norm point
-        return torch.from_numpy((diag <= 1e-300) / float((diag <= 1e-300).sum()))
+    if (diag <= _ZERO).any():  # a zero gradient is the min-norm point
+        return torch.from_numpy((diag <= _ZERO) / float((diag <= _ZERO).sum()))
     cos, d = jacobi(gramian)
     a = np.vstack([factor(cos), 1.0 / d[None, :]])
     b = np.zeros(k + 1)
@@ -76,12 +80,20 @@ def project_dual_cone(gramian: Tensor, u: Tensor, ridge: float = 0.0) -> Tensor:
     the dual cone of J's rows (Jacobian descent, Prop. 1). In Jacobi-scaled variables
     ``y = D v = D u + x`` with ``x >= 0`` it is the NNLS ``min |A x + A D u|``, ``A^T A = C + ridge I``
     (the ridge makes the minimiser unique when G is rank-deficient).
+
+    A zero row of J (zero diagonal of G: a task whose gradient is exactly 0) enters no product, so
+    its ``v`` stays at its bound ``u`` (the ridge's choice, exactly) and the NNLS runs on the other
+    rows only: left in, its columns of ``A`` are only ``sqrt(ridge)`` long and the NNLS stopped at
+    tolerances that depend on where those rows sit (a row-order-dependent update).
     """
-    cos, d = jacobi(gramian)
-    a = factor(cos, ridge)
-    nnls = scipy_optimize().nnls
-    out = []
-    for row in u.detach().double().cpu().numpy().reshape(-1, cos.shape[0]):
-        x, _ = nnls(a, -a @ (d * row), maxiter=50 * cos.shape[0]) if cos.any() else (np.zeros_like(row), 0.0)
-        out.append(row + x / d)
-    return torch.from_numpy(np.stack(out)).reshape(u.shape)
+    rows = u.detach().double().cpu().numpy().reshape(-1, gramian.shape[0])
+    out = rows.copy()
+    live = torch.from_numpy(np.diag(normalized(gramian)) > _ZERO)
+    if live.any():
+        cos, d = jacobi(gramian[live][:, live])
+        a = factor(cos, ridge)
+        nnls, index = scipy_optimize().nnls, live.numpy()
+        for row, v in zip(rows, out, strict=True):
+            x, _ = nnls(a, -a @ (d * row[index]), maxiter=50 * len(d))
+            v[index] = row[index] + x / d
+    return torch.from_numpy(out).reshape(u.shape)

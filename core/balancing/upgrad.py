@@ -21,7 +21,8 @@ class UPGrad(Weighting):
     On a rank-deficient Gramian the QP has a whole face of minimisers; ``ridge * I`` added to the
     cosine matrix (relative to each task's own norm; torchjd adds 1e-4 to the trace-normalised Gramian) picks the
     minimum-norm one, so the weights stay bounded, permutation-invariant and stable from float32 to
-    float64 inputs.
+    float64 inputs. A zero row (a task whose gradient is exactly 0 this step) gets its bound ``1/K``
+    and leaves the other rows' weights as they are without it, whatever the row order.
 
     Args:
         ridge: relative diagonal regulariser of the Jacobi-scaled Gramian (0 = exact, unregularised QP).

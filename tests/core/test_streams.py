@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,37 @@ def test_a_stream_refuses_a_resume_with_other_workers_and_too_few_shards(tmp_pat
         _stream(paths[:2], world_size=3)
     with pytest.raises(DataError, match="'train' is a stream; evaluation reads indexable sources"):
         eval_loader(Source("train", JsonlShards(paths), ["parity"]), Loading())
+
+
+def test_a_rank_whose_workers_cannot_fill_one_batch_raises_instead_of_spinning(tmp_path):
+    """4 shards of 6 records, batch 8, 4 workers: each worker holds 6 records, so no batch is ever full."""
+    stream = _stream(write_shards(tmp_path, [6] * 4), workers=4, batch=8)
+    outcome: list[BaseException] = []
+
+    def first_batch() -> None:
+        try:
+            next(stream)
+        except BaseException as e:  # handed to the test thread
+            outcome.append(e)
+
+    thread = threading.Thread(target=first_batch, daemon=True)
+    thread.start()
+    thread.join(120)
+    if thread.is_alive():
+
+        def stop() -> bool:
+            raise RuntimeError("stopped by the test")
+
+        stream._pull = stop  # ends the spin: a failing run leaves no busy thread behind
+        thread.join(30)
+        pytest.fail("the stream started epoch after epoch without yielding or raising")
+    assert len(outcome) == 1 and isinstance(outcome[0], DataError), outcome
+    message = str(outcome[0])
+    for fact in ("rank 0 of 1", "4 of 4 shard(s)", "4 loader worker(s)", "[6, 6, 6, 6] record(s)", "8 at a time"):
+        assert fact in message, message
+    assert "lower loading.num_workers" in message and "lower loading.batch_size" in message
+    # one process reads all 24 records of the rank: the same data streams
+    assert [len(b) for b in _epoch(_stream(write_shards(tmp_path, [6] * 4), workers=0, batch=8))] == [8] * 3
 
 
 def test_a_hugging_face_streaming_dataset_is_sharded_by_its_files(tmp_path):

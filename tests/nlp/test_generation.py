@@ -91,13 +91,39 @@ def test_the_loss_is_the_teacher_forced_scores_negative_log_likelihood(tiny_enco
     for copy in (False, True):
         task = _task(encoder, vocab=vocab, head={"copy": copy, "dropout": 0.0})
         output = task.head(_features(encoder, ["alice went to paris", "bob loves london"]))
-        target = _targets(encoder, ["alice paris", "paris"])  # in vocabulary: both losses score it alike
-        scores = task.head.scores(output, target[:, :-1])
-        expected = torch.nn.functional.nll_loss(scores.flatten(0, 1), target[:, 1:].flatten(), ignore_index=-100)
-        torch.testing.assert_close(task.head.loss(output, target), expected)
+        # in vocabulary: both decoders score it alike; "london" is outside it, in the second input:
+        # the pointer-generator writes it only by copying (no share of [UNK]'s softmax mass)
+        for texts in (["alice paris", "paris"], ["alice paris", "london"]) if copy else (["alice paris", "paris"],):
+            target = _targets(encoder, texts)
+            scores = task.head.scores(output, target[:, :-1])
+            labels = target[:, 1:].flatten()
+            expected = torch.nn.functional.nll_loss(scores.flatten(0, 1), labels, ignore_index=-100, reduction="sum")
+            total, count = task.head.loss(output, target)
+            torch.testing.assert_close(total, expected)
+            assert int(count) == int((labels >= 0).sum())
         london = tokenizer.convert_tokens_to_ids("london")  # outside the vocabulary: only a copy writes it
         start = torch.full((2, 1), task.spec["bos_token_id"])
         assert (task.head.scores(output, start)[1, 0, london].exp() > 0) == copy
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_the_loss_is_a_token_sum_that_adds_up_across_row_splits(tiny_encoder: str, copy: bool) -> None:
+    """(sum, count) over target tokens: two halves of a batch add up to the whole batch's token mean
+    (a row mean weighted by rows would not: the rows hold 3, 2 and 5 target tokens, [SEP] included)."""
+    torch.manual_seed(0)
+    encoder = HFEncoder(tiny_encoder).eval()
+    task = _task(encoder, head={"copy": copy, "dropout": 0.0})
+    texts = ["alice went to paris", "bob loves london", "the movie was great", "bob"]
+    output = task.head(_features(encoder, texts))
+    target = _targets(encoder, ["alice paris", "bob", None, "the movie was great"])
+    total, count = task.masked_loss(output, target)
+    assert int(count) == task.count_labelled(target) == 3 + 2 + 5
+    halves = [
+        task.masked_loss({k: v[part] for k, v in output.items()}, target[part]) for part in (slice(0, 2), slice(2, 4))
+    ]
+    torch.testing.assert_close(sum(t for t, _ in halves), total)
+    assert sum(int(c) for _, c in halves) == int(count)
+    torch.testing.assert_close(task.loss(output, target), sum(t for t, _ in halves) / sum(c for _, c in halves))
 
 
 def make_sources(root: Path, n: int = 32, shared: bool = False) -> dict[str, Any]:
