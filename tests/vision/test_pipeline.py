@@ -102,6 +102,15 @@ def test_train_script_single_task_and_per_task_regime(tmp_path, scenes_root, cap
     assert script.main(["--config", str(path), "--tasks", "colour"]) == 2
 
 
+def _close(a, b) -> bool:
+    """Equal predictions up to float rounding (batches of 1 and 2 take different kernels)."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
+    return a == pytest.approx(b, abs=1e-5) if isinstance(a, float) else a == b
+
+
 def test_predict_from_python_takes_paths_and_tensors_of_any_size(trained):
     """Image paths and [C, H, W] tensors go through the CLI's reading: resize, boxes in each image's pixels."""
     from vision.data.images import read_image
@@ -113,9 +122,9 @@ def test_predict_from_python_takes_paths_and_tensors_of_any_size(trained):
     image = read_image(scene)
     big = torch.nn.functional.interpolate(image[None].float(), scale_factor=2.0)[0].round().to(torch.uint8)
     both = model.predict([scene, big])
-    assert both["count"][0] == by_path["count"][0] and both["detection"][0] == by_path["detection"][0]
+    assert _close(both["count"][0], by_path["count"][0]) and _close(both["detection"][0], by_path["detection"][0])
     assert all(0 <= v <= 2 * image.shape[-1] for d in both["detection"][1] for v in d["box"])
-    assert model.predict(image) == model.predict([image])  # one [C, H, W] image
+    assert _close(model.predict(image), model.predict([image]))  # one [C, H, W] image
     confident = model.predict(scene, min_score=0.5)["detection"][0]
     assert all(d["score"] >= 0.5 for d in confident) and confident == [
         d for d in by_path["detection"][0] if d["score"] >= 0.5
