@@ -344,12 +344,17 @@ def _files(spec: SourceSpec) -> list[str]:
 
 
 def _row_numbers(spec: SourceSpec) -> tuple[str, int]:
-    """How the source's files number their rows: a message's ``row`` format and the first data row's number.
-    Several files in one split are numbered on from one to the next (name one file per split to avoid it)."""
-    files = _files(spec)
-    if spec.path == "csv":
+    """How the source's files number their rows (:func:`row_numbers`). Several files in one split are
+    numbered on from one to the next (name one file per split to avoid it)."""
+    return row_numbers(spec.path, _files(spec))
+
+
+def row_numbers(builder: str, files: Sequence[str]) -> tuple[str, int]:
+    """How files read by a ``datasets`` builder number their rows: a message's ``row`` format and the
+    first data row's number."""
+    if builder == "csv":
         return "row {} (header = row 1)", 2
-    if spec.path == "json" and files and all(_is_json_lines(f) for f in files):
+    if builder == "json" and files and all(_is_json_lines(f) for f in files):
         return "line {}", 1
     return "example {} (the first is 0)", 0
 

@@ -26,7 +26,7 @@ from core.errors import CheckpointError, DataError
 from core.model import JointModel
 from core.predict import LABELLED, PREDICTORS
 
-from .data import Collator, SourceSpec, TextDataset, encode_batch, parse_labels
+from .data import ROW, Collator, SourceSpec, TextDataset, encode_batch, parse_labels, row_numbers
 from .metrics import bio_spans
 from .tasks import TokenClassificationTask
 
@@ -206,6 +206,8 @@ def labelled_texts(model: JointModel, path: str | Path) -> list[Source]:
     if tokenizer is None:
         raise CheckpointError("this model has no tokenizer: load it with JointModel.from_pretrained(model_dir)")
     data = datasets.load_dataset(builder, data_files=str(path), split="train")
+    row, first = row_numbers(builder, [str(path)])
+    data = data.add_column(ROW, [row.format(first + i) for i in range(len(data))])  # errors name file rows
     sources, wanted = [], []
     for name, raw in (model.extra.get("data", {}).get("sources") or {}).items():
         spec: SourceSpec = from_dict(SourceSpec, raw, f"data.sources.{name}")
@@ -221,13 +223,12 @@ def labelled_texts(model: JointModel, path: str | Path) -> list[Source]:
         absent = [c for c in (spec.tokens or spec.text, spec.text_pair) if c and c not in data.column_names]
         if absent:
             raise DataError(f"{path}: column(s) {absent} missing: the input of tasks {list(labels)}, as in training")
-        ids = spec.id if spec.id in data.column_names else None  # errors name rows by position without it
+        ids = spec.id if spec.id in data.column_names else None  # errors name file rows without it
         columns = {"text": spec.text, "text_pair": spec.text_pair, "tokens": spec.tokens, "id": ids}
         kwargs = {"tokenizer": tokenizer, "max_length": int(model.extra.get("max_length", 128))}
         encoded = data.map(
             encode_batch,
             batched=True,
-            with_indices=True,
             remove_columns=data.column_names,
             fn_kwargs={**kwargs, "columns": columns, "labels": info, "where": str(path)},
         ).remove_columns("truncated")
