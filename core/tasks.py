@@ -37,11 +37,21 @@ TASKS: Registry[Task] = Registry("task type")
 #: names a label's position as its file does (``row 5 (header = row 1)``), for messages
 RowName = Callable[[int], str]
 
+#: ``(model, sources, loading, tasks) -> {task: fitted values}``: what a task type can only decide
+#: on a trained model (post-hoc calibration, decision thresholds), fitted in place on held-out data
+Calibration = Callable[[Any, Sequence[Any], Any, Sequence[str]], dict[str, Any]]
 
-def task_type(type_name: str, task_class: type[Task]) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
+
+def task_type(
+    type_name: str, task_class: type[Task], calibrate: Calibration | None = None
+) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
     """Register a task factory under ``type_name``; its bound arguments (defaults filled, minus
     ``name`` and ``backbone``) become the task's ``spec``. A factory puts into ``task.spec`` only
-    values it resolved itself (``pos_weight: auto`` -> the number), which take precedence."""
+    values it resolved itself (``pos_weight: auto`` -> the number), which take precedence.
+
+    ``calibrate`` is the type's stage after training: every run fits it on the validation split
+    for the best model's tasks of this type before that model is saved for users and tested
+    (see :func:`calibrate_tasks`)."""
 
     def decorator(factory: Callable[..., Task]) -> Callable[..., Task]:
         signature = inspect.signature(factory)
@@ -56,6 +66,7 @@ def task_type(type_name: str, task_class: type[Task]) -> Callable[[Callable[...,
             return task
 
         build.task_class = task_class  # type: ignore[attr-defined]
+        build.calibrate = calibrate  # type: ignore[attr-defined]
         TASKS.register(type_name)(build)
         return build
 
@@ -68,6 +79,26 @@ def task_class(type_name: str) -> type[Task]:
     if cls is None:
         raise ConfigError(f"task type '{type_name}' is not registered with core.tasks.task_type; it cannot read labels")
     return cls
+
+
+def calibration_stages(model: Any) -> dict[Calibration, list[str]]:
+    """The calibration stages of ``model``'s task types, each with the tasks it fits."""
+    stages: dict[Calibration, list[str]] = {}
+    for name, task in model.tasks.items():
+        type_name = task.spec.get("type")
+        stage = getattr(TASKS.get(type_name), "calibrate", None) if type_name else None
+        if stage is not None:
+            stages.setdefault(stage, []).append(name)
+    return stages
+
+
+def calibrate_tasks(model: Any, sources: Sequence[Any], loading: Any) -> dict[str, Any]:
+    """Fit every calibration stage of ``model`` on ``sources`` (the validation split), in place;
+    returns what each task fitted (empty when no task type has a stage)."""
+    fitted: dict[str, Any] = {}
+    for stage, names in calibration_stages(model).items():
+        fitted.update(stage(model, sources, loading, names))
+    return fitted
 
 
 def _jsonable(value: Any) -> Any:

@@ -101,4 +101,8 @@ def fit_disease(
         thr = float(threshold)
     else:
         thr = THRESHOLDS.get(threshold)(probs, y, target_sensitivity)
+        below = probs[probs < thr]
+        # a rule's threshold is a validation probability: halfway down to the next one keeps every
+        # validation decision and does not flip that patient when the model computes p in float32
+        thr = float((thr + below.max()) / 2) if len(below) else thr
     return {"scale": a, "bias": b, "threshold": thr, "val_n": len(y), "val_positives": positives}

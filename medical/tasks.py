@@ -5,10 +5,11 @@ floats, NaN = unknown: core's masking keeps unknown labels out of the loss and t
 training split's positive / negative counts go into the spec (``pos_weight: auto``).
 
 The head carries the calibration (p = sigmoid(a * z + b)) and the decision threshold as
-buffers, fitted on validation data by :func:`medical.calibration.calibrate`; until then they
-are the identity and 0.5. Metrics and predictions use calibrated probabilities; a prediction
-is core's binary record plus the threshold, ``{"label", "probability", "threshold"}``, where
-label is the decision at that threshold.
+buffers, fitted on the validation split by :func:`medical.calibration.calibrate`, the type's
+calibration stage, which every run fits after training; until then they are the identity and
+0.5. Metrics and predictions use calibrated probabilities; a prediction is core's binary record
+plus the threshold, ``{"label", "probability", "threshold"}``, where label is the decision at
+that threshold.
 """
 
 from __future__ import annotations
@@ -17,36 +18,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from core.errors import ConfigError
 from core.heads import HEADS
 from core.tasks import BinaryTask, bce_loss, check_label_names, metric_factories, task_type
 
+from .calibration import DiseaseHead, calibrate
 from .calibrators import CALIBRATORS, THRESHOLDS
-
-
-class DiseaseHead(nn.Module):
-    """One logit per patient from any registered head, plus its calibration and threshold."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-        self.register_buffer("scale", torch.tensor(1.0))
-        self.register_buffer("bias", torch.tensor(0.0))
-        self.register_buffer("threshold", torch.tensor(0.5))
-
-    def forward(self, features: Tensor) -> Tensor:
-        return self.inner(features)  # raw logits: the loss trains on these
-
-    def probability(self, logits: Tensor) -> Tensor:
-        return torch.sigmoid(self.scale.to(logits) * logits.float() + self.bias.to(logits))
-
-    def set_calibration(self, scale: float, bias: float, threshold: float) -> None:
-        self.scale.fill_(scale)
-        self.bias.fill_(bias)
-        self.threshold.fill_(threshold)
 
 
 class DiseaseTask(BinaryTask):
@@ -82,7 +61,7 @@ def resolve_pos_weight(name: str, pos_weight: float | str | None, label_counts: 
     return label_counts["negative"] / label_counts["positive"]
 
 
-@task_type("disease", DiseaseTask)
+@task_type("disease", DiseaseTask, calibrate=calibrate)
 def disease(
     name: str,
     backbone: nn.Module,
