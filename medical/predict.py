@@ -13,8 +13,7 @@ import torch
 from core.errors import DataError
 from core.model import JointModel
 from core.predict import PREDICTORS
-from core.tabular import read_table
-from core.tabular.predict import encode_rows, row_batches, row_records
+from core.tabular.predict import as_frame, encode_rows, row_batches, row_records
 
 from .data import image_paths
 from .imaging import load_image
@@ -23,29 +22,31 @@ from .imaging import load_image
 @PREDICTORS.register("records")
 def predict_records(
     model: JointModel,
-    path: str | Path,
+    inputs: Any,
     out_path: Path | None = None,
     batch_size: int = 512,
     strict_images: bool = False,
 ) -> list[dict[str, Any]]:
-    """Predictions for every row of a table file; label columns, if present, are ignored."""
-    path = Path(path)
-    frame = read_table(path)
+    """Predictions for every row of a table (a file, a DataFrame or records: ``core.tabular.predict.as_frame``);
+    label columns, if present, are ignored. Relative image paths are read beside the file (else the
+    working folder)."""
+    frame, where = as_frame(inputs)
+    folder = Path(inputs).parent if isinstance(inputs, (str, Path)) else Path.cwd()
     modalities = getattr(model.backbone, "modalities", None)
     if modalities is None:
         name = type(model.backbone).__name__
         raise DataError(f"the 'records' predictor needs a 'records' backbone, this model has {name}")
-    inputs = encode_rows(model, frame, str(path)) if "tabular" in modalities else {}
+    encoded = encode_rows(model, frame, where) if "tabular" in modalities else {}
     extra = model.extra
     images = None
     if "image" in modalities:
-        paths, _ = image_paths(frame, extra["image_column"], path.parent, str(path), strict_images)
+        paths, _ = image_paths(frame, extra["image_column"], folder, where, strict_images)
         size, channels = extra["image_size"], extra["image_channels"]
-        images = [load_image(p, size, channels, strict_images, f"{path} row {row}: ") for row, p in enumerate(paths)]
+        images = [load_image(p, size, channels, strict_images, f"{where} row {row}: ") for row, p in enumerate(paths)]
     device = next(model.parameters()).device
     records: list[dict[str, Any]] = []
     for rows in row_batches(len(frame), batch_size):
-        batch = {k: v[rows.start : rows.stop].to(device) for k, v in inputs.items()}
+        batch = {k: v[rows.start : rows.stop].to(device) for k, v in encoded.items()}
         if images is not None:
             blank = torch.zeros(channels, size, size, dtype=torch.uint8)
             batch["image"] = torch.stack([images[r] if images[r] is not None else blank for r in rows]).to(device)

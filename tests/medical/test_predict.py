@@ -5,6 +5,7 @@ import pytest
 from core.cli import main as jointtrain
 from core.config import load_config
 from core.experiments.run import train
+from core.model import JointModel
 from medical.thyroid import GROUPS, group_labels
 
 from .helpers import records_frame, write_csv
@@ -38,6 +39,11 @@ def test_predict_cli_on_a_csv(tmp_path, capsys) -> None:
             p = r[disease]
             assert 0 <= p["probability"] <= 1 and p["threshold"] == pytest.approx(fitted[disease]["threshold"])
             assert p["label"] == int(p["probability"] >= p["threshold"])
+
+    model = JointModel.from_pretrained(tmp_path / "run" / "best")  # from Python: the DataFrame itself
+    with pytest.warns(UserWarning, match="unseen"):
+        from_frame = model.predict(new)
+    assert [r["label"] for r in from_frame["cardiac"]] == [r["cardiac"]["label"] for r in rows]
 
     missing = write_csv(new.drop(columns=["creatinine"]), tmp_path / "missing.csv")
     assert jointtrain(["predict", str(tmp_path / "run"), str(missing), "--out", str(tmp_path / "p2.json")]) == 2
