@@ -1,10 +1,11 @@
 """Generic tabular data: preprocessing fitted on the training split, the ``tabular`` backbone
-(residual MLP / FT-Transformer encoders), the ``table`` dataset and the ``table`` predictor.
+(residual MLP / FT-Transformer encoders), the ``table`` dataset and the ``table`` predictor, and
+the generated ``near_linear`` dataset.
 
 pandas is imported only where a table is read (``core`` imports with torch alone).
 """
 
-from . import backbone, dataset, encoders, predict
+from . import backbone, dataset, encoders, predict, synthetic
 from .dataset import PreparedTable, TableDataset, prepare_table, table_bundle
 from .read import read_table
 from .schema import TabularSchema
@@ -19,5 +20,6 @@ __all__ = [
     "predict",
     "prepare_table",
     "read_table",
+    "synthetic",
     "table_bundle",
 ]

@@ -27,14 +27,17 @@ class TabularInputs(nn.Module):
         left = torch.zeros(len(schema.numeric), self.n_bins)
         width = torch.ones(len(schema.numeric), self.n_bins)
         valid = torch.zeros(len(schema.numeric), self.n_bins)
+        centre = torch.zeros(len(schema.numeric), self.n_bins)
         for i, c in enumerate(schema.numeric):
             e = torch.tensor(c.edges, dtype=torch.float32)
             k = len(c.edges) - 1
             if k > 0:
                 left[i, :k], width[i, :k], valid[i, :k] = e[:-1], (e[1:] - e[:-1]).clamp_min(1e-12), 1.0
+                centre[i, : len(c.bin_means)] = torch.tensor(c.bin_means, dtype=torch.float32)
         self.register_buffer("bin_left", left)
         self.register_buffer("bin_width", width)
         self.register_buffer("bin_valid", valid)
+        self.register_buffer("bin_centre", centre, persistent=False)  # from the schema JSON, as the edges
         sizes = [RESERVED + len(c.vocab) for c in schema.categorical]
         offsets = torch.tensor([0, *np.cumsum(sizes)[:-1].tolist()] if sizes else [], dtype=torch.long)
         self.register_buffer("offsets", offsets)
@@ -47,7 +50,7 @@ class TabularInputs(nn.Module):
         missing = torch.isnan(x)
         x = torch.where(missing, self.median, x)
         x = torch.minimum(torch.maximum(x, self.lo), self.hi)
-        bins = ((x.unsqueeze(-1) - self.bin_left) / self.bin_width).clamp(0, 1) * self.bin_valid
+        bins = (((x.unsqueeze(-1) - self.bin_left) / self.bin_width).clamp(0, 1) - self.bin_centre) * self.bin_valid
         x = torch.where(self.log, torch.log1p(x.clamp_min(0)), x)
         return (x - self.mean) / self.std, missing.float(), bins
 

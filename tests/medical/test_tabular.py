@@ -44,10 +44,15 @@ def test_numeric_impute_indicator_clip_standardise() -> None:
     # missing -> median; an outlier is clipped to the training maximum before standardising
     expected = (torch.tensor([col.median, 2.0, col.hi]) - col.mean) / col.std
     assert torch.allclose(values[:, 0], expected.float())
-    # piecewise-linear bins: all ones up to the value's bin, a fraction inside it, zeros above
-    assert bins[2, 0].tolist() == [1.0] * (len(col.edges) - 1)
-    assert bins[0, 0].tolist() == bins[0, 0].sort(descending=True).values.tolist()
-    assert 0 < bins[1, 0].sum() < len(col.edges) - 1
+    # piecewise-linear bins: all ones up to the value's bin, a fraction inside it, zeros above,
+    # each centred on its training mean
+    k = len(col.edges) - 1
+    assert torch.allclose(bins[2, 0] + inputs.bin_centre[0, :k], torch.ones(k))
+    plain = bins[0, 0] + inputs.bin_centre[0, :k]
+    assert plain.tolist() == plain.sort(descending=True).values.tolist()
+    assert 0 < (bins[1, 0] + inputs.bin_centre[0, :k]).sum() < k
+    seen, _, _ = schema.encode(train.dropna())
+    assert torch.allclose(inputs.numeric(seen)[2].mean(0), torch.zeros(1, k), atol=1e-6)
 
 
 def test_skewed_non_negative_lab_is_log_transformed() -> None:
