@@ -43,12 +43,10 @@ class StepCounts:
         """A micro-batch's share of each labelled task's step loss, from its masked loss sums."""
         return {t: sums[t] * (self.world_size / self.counts[t]) for t in self.labelled if t in sums}
 
-    def values(self, sums: dict[str, Tensor], env: DistEnv) -> dict[str, Tensor]:
-        """The step's loss of each labelled task (its global masked mean) on the device; one all-reduce
-        of the step's detached loss sums, nothing read back."""
-        tasks = [t for t in self.labelled if t in sums]
-        if not tasks:
-            return {}
+    def values(self, sums: dict[str, Tensor], env: DistEnv) -> Tensor:
+        """The step's loss of each labelled task (its global masked mean), in :attr:`labelled`'s order,
+        on the device: one all-reduce of the step's detached loss sums, nothing read back."""
+        tasks = self.labelled
         table = torch.stack([sums[t].detach().double() for t in tasks])
         all_reduce_sum(table, env)
-        return {t: table[i] / self.counts[t] for i, t in enumerate(tasks)}
+        return table / torch.tensor([self.counts[t] for t in tasks], dtype=torch.float64, device=table.device)

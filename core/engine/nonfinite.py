@@ -29,56 +29,67 @@ def too_many(step: int, described: str, in_a_row: int, what: str = "loss") -> No
 
 
 class NonFiniteWatch:
-    """``observe`` each step's finiteness on the device; ``check`` at log steps warns about the
-    skipped steps and raises once more than ``limit`` came in a row."""
+    """Counts skipped steps; raises once more than ``limit`` came in a row.
 
-    def __init__(self, tasks: list[str], limit: int, device: torch.device) -> None:
-        self.tasks, self.limit = tasks, limit
-        zero = torch.zeros((), dtype=torch.float64, device=device)
-        self.in_a_row, self.total, self.reported = zero.clone(), zero.clone(), 0
-        self.first = torch.full((1 + len(tasks),), -1.0, dtype=torch.float64, device=device)  # step, values
-        self.over = torch.full((2 + len(tasks),), -1.0, dtype=torch.float64, device=device)  # step, run, values
-        self.host_in_a_row = self.host_total = 0  # the exact skips of the host path
+    The host path reports each exact skip as it happens (:meth:`skipped`, then :meth:`stepped`).
+    The sync-free path hands over each step's device loss row (:meth:`observe`, no work on the
+    device); :meth:`check` reads the rows since the last log step back at once, warns about the
+    skipped steps and raises where a run of them went past ``limit``.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_a_row = self.total = 0
+        self.pending: list[tuple[int, list[str], Tensor]] = []  # (step, tasks, loss row) not read back yet
 
     def skipped(self, step: int, bad: dict[str, float], what: str = "loss") -> dict[str, int]:
         """Count an exactly skipped step (host path); raise past ``limit`` in a row, else warn."""
-        self.host_in_a_row += 1
-        self.host_total += 1
+        self.in_a_row += 1
+        self.total += 1
         described = describe(list(bad), list(bad.values()), what)
-        if self.host_in_a_row > self.limit:
-            raise too_many(step, described, self.host_in_a_row, what)
+        if self.in_a_row > self.limit:
+            raise too_many(step, described, self.in_a_row, what)
         warnings.warn(f"skipping step {step}: {described}", RuntimeWarning, stacklevel=3)
         return {"skipped_nonfinite": self.count()}
 
     def stepped(self) -> None:
-        """An optimizer step was taken: the host path's run of skipped steps is over."""
-        self.host_in_a_row = 0
+        """An optimizer step was taken (host path): the run of skipped steps is over."""
+        self.in_a_row = 0
 
-    def observe(self, step: int, finite: Tensor, values: dict[str, Tensor]) -> None:
-        bad, zero = ~finite, self.total.new_zeros(())
-        row = torch.stack([values[t].double() if t in values else zero for t in self.tasks])
-        self.in_a_row = torch.where(bad, self.in_a_row + 1, 0.0)
-        self.total = self.total + bad.double()
-        at = torch.full((1,), float(step), dtype=torch.float64, device=zero.device)
-        self.first = torch.where(bad & (self.first[0] < 0), torch.cat([at, row]), self.first)
-        crossed = (self.in_a_row > self.limit) & (self.over[0] < 0)
-        self.over = torch.where(crossed, torch.cat([at, self.in_a_row[None], row]), self.over)
+    def observe(self, step: int, tasks: list[str], row: Tensor) -> None:
+        """The sync-free step's losses, on the device; read back at the next :meth:`check`."""
+        self.pending.append((step, tasks, row))
 
     def count(self) -> int:
-        return self.host_total + int(self.total)  # host sync: checkpoints and the summary only
+        """Skipped steps so far (reads the pending rows back: checkpoints and the summary only)."""
+        self.check()
+        return self.total
 
     def check(self) -> None:
         """Warn about the steps skipped since the last check; raise past ``limit`` in a row (one host sync)."""
-        total, first, over = int(self.total), self.first.tolist(), self.over.tolist()  # host sync: log steps only
-        if total > self.reported:
+        if not self.pending:
+            return
+        rows = torch.cat([row.double() for _, _, row in self.pending]).tolist()  # host sync: log steps only
+        first = over = None
+        skipped = offset = 0
+        for step, tasks, row in self.pending:
+            values = rows[offset : offset + len(row)]
+            offset += len(row)
+            if all(math.isfinite(v) for v in values):
+                self.in_a_row = 0
+                continue
+            self.in_a_row += 1
+            skipped += 1
+            first = first or (step, tasks, values)
+            if self.in_a_row > self.limit and over is None:
+                over = too_many(step, describe(tasks, values), self.in_a_row)
+        self.pending, self.total = [], self.total + skipped
+        if first is not None:
             warnings.warn(
-                f"skipping step {int(first[0])}: {describe(self.tasks, first[1:])} "
-                f"({total - self.reported} step(s) with a non-finite loss since the last log had their "
-                "step skipped)",
+                f"skipping step {first[0]}: {describe(first[1], first[2])} ({skipped} step(s) with a non-finite "
+                "loss since the last log were skipped)",
                 RuntimeWarning,
                 stacklevel=3,
             )
-            self.reported = total
-            self.first.fill_(-1.0)
-        if over[0] >= 0:
-            raise too_many(int(over[0]), describe(self.tasks, over[2:]), int(over[1]))
+        if over is not None:
+            raise over

@@ -132,7 +132,7 @@ class Trainer:
         self.step = 0
         self.best_val: Results = {}
         self.evals_without_improvement = 0
-        self.watch = NonFiniteWatch(list(model.tasks), config.max_nonfinite_steps, self.env.device)
+        self.watch = NonFiniteWatch(config.max_nonfinite_steps)
         self.stop_requested = False  # set by Ctrl-C / SIGTERM: checkpoint at the step boundary and stop
 
     def request_stop(self) -> bool:
@@ -234,29 +234,30 @@ class Trainer:
             for name, f in feats.items():
                 features.setdefault(name, []).append(f)
             outputs.append(outs)
-        values = counts.values(sums, self.env)
-        loss_values: dict[str, Any] = values
+        labelled, table = counts.labelled, counts.values(sums, self.env)
         if self.balancer.host_values:  # host sync: the balancer reads floats, and the skip is decided here
-            loss_values = dict(zip(values, torch.stack(list(values.values())).tolist(), strict=True))
+            loss_values: dict[str, Any] = dict(zip(labelled, table.tolist(), strict=True))
             bad = {t: v for t, v in loss_values.items() if not math.isfinite(v)}
             if bad:
                 return self._skip(bad, outputs)
             finite = torch.ones((), dtype=torch.bool, device=self.env.device)
         else:
-            finite = torch.isfinite(torch.stack(list(values.values()))).all()
-            self.watch.observe(self.step, finite, values)
+            loss_values = dict(zip(labelled, table.unbind(), strict=True))
+            finite = torch.isfinite(table).all()
+            self.watch.observe(self.step, labelled, table)
         if not streaming:
             try:
                 weights = self._balance(counts.losses(sums), loss_values, features, outputs)
             except NonFiniteGradients as e:  # gradient-space methods check the task gradients
                 return self._skip(e.values, outputs, what="gradient squared norm")
-        for t in set(self.model.tasks) - set(counts.labelled):  # no label in the step: untouched
+        if self.balancer.host_values:
+            self.watch.stepped()
+        for t in set(self.model.tasks) - set(labelled):  # no label in the step: untouched
             for p in self.model.task_parameters(t):
                 p.grad = None
-        self.watch.stepped()
         grad_norm = self._optimizer_step(finite)
         self.balancer.after_step(lambda: self._recompute([cpu for cpu, _ in fetched], counts))
-        record: dict[str, Any] = {f"loss/{t}": v for t, v in values.items()}
+        record: dict[str, Any] = {f"loss/{t}": v for t, v in loss_values.items()}
         record.update({f"weight/{t}": w for t, w in weights.items()})
         record["lr"] = self.scheduler.get_last_lr()[0]
         if grad_norm is not None:
@@ -305,8 +306,7 @@ class Trainer:
         for cpu in fetched:
             for t, v in self._forward(move(cpu, self.env.device))[0].items():
                 sums[t] = sums[t] + v if t in sums else v
-        values = counts.values(sums, self.env)
-        return dict(zip(values, torch.stack(list(values.values())).tolist(), strict=True))
+        return dict(zip(counts.labelled, counts.values(sums, self.env).tolist(), strict=True))
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self, split: str = "val", model: JointModel | None = None) -> Results:
@@ -371,7 +371,7 @@ class Trainer:
         self.checkpoints.load_state_dict(state["checkpoints"])
         self.step, self.reference, self.best_val = int(state["step"]), state["reference"], state["best_val"]
         self.evals_without_improvement = int(state["evals_without_improvement"])
-        self.watch.host_total = int(state["nonfinite_total"])  # the device count restarts at 0
+        self.watch.total = int(state["nonfinite_total"])
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict[str, Any]:

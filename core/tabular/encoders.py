@@ -36,7 +36,7 @@ class Residual(nn.Module):
 class ResidualMLP(nn.Module):
     """Flattened inputs -> Linear -> residual blocks (LayerNorm, Linear, GELU, Dropout, Linear).
 
-    The input projection and the residual stream stay free of dropout and each block starts as
+    The input projection (by default) and the residual stream stay free of dropout and each block starts as
     the identity (its last Linear is zero): the encoder starts as a linear model of its inputs
     and keeps that path exact, so a near-linear target is learned to a ridge's error
     (scripts/bench_table_linear.py; dropout on the projection cost 1.5x a ridge's MAE).
@@ -45,17 +45,20 @@ class ResidualMLP(nn.Module):
         depth: residual blocks.
         expansion: hidden width of a block as a multiple of ``dim``.
         dropout: inside each block.
+        input_dropout: on the input projection; off by default (see above), while records with many
+            redundant lab values (the thyroid demo: macro AUPRC 0.903 with 0.1, 0.887 without) gain
+            from it.
         embedding_dim: width of each categorical column's embedding.
     """
 
     def __init__(
         self, schema: TabularSchema, dim: int, depth: int = 2, expansion: int = 2, dropout: float = 0.1,
-        embedding_dim: int = 8,
+        input_dropout: float = 0.0, embedding_dim: int = 8,
     ) -> None:  # fmt: skip
         super().__init__()
         self.inputs = TabularInputs(schema, embedding_dim)
         in_dim = (2 + self.inputs.n_bins) * self.inputs.n_numeric + self.inputs.n_categorical * embedding_dim
-        self.stem = nn.Sequential(nn.Linear(in_dim, dim))  # a Sequential: saved models name it stem.0
+        self.stem = nn.Sequential(nn.Linear(in_dim, dim), nn.Dropout(input_dropout))  # saved models name it stem.0
         self.blocks = nn.ModuleList(
             nn.Sequential(
                 nn.LayerNorm(dim),
