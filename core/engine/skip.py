@@ -3,9 +3,10 @@
 torch's fused optimizers (AdamW, Adam, SGD with ``fused=True``) take a ``found_inf`` tensor, the
 input ``GradScaler`` feeds them: where it is 1 the kernel leaves parameters, moments and step
 counts as they were, with nothing read back to the host. We use the same input for a non-finite
-loss. Any other optimizer costs one host read for the decision. Under fp16 the scaler makes the
-decision: :func:`poison` writes an ``inf`` where it looks, so it skips *and* lowers its scale,
-exactly as for an overflow of its own.
+loss on an accelerator. On the CPU, where reading a value costs no device sync, the host decides
+(the kernel's ``found_inf`` path cost ~12 % of a 10 ms step there: ``scripts/bench_step.py``);
+so does any other optimizer. Under fp16 the scaler makes the decision: :func:`poison` writes an
+``inf`` where it looks, so it skips *and* lowers its scale, exactly as for an overflow of its own.
 """
 
 from __future__ import annotations
@@ -17,15 +18,16 @@ import torch
 from torch import Tensor, nn
 
 
-def step_unless(optimizer: torch.optim.Optimizer, finite: Tensor) -> None:
-    """``optimizer.step()`` unless ``finite`` (a bool tensor on the parameters' device) is False."""
-    if getattr(optimizer, "_step_supports_amp_scaling", False):  # fused: the decision stays on the device
+def step_unless(optimizer: torch.optim.Optimizer, finite: Tensor, on_device: bool) -> None:
+    """``optimizer.step()`` unless ``finite`` (a bool tensor on the parameters' device) is False;
+    ``on_device``: decide without reading ``finite`` back where the optimizer can."""
+    if on_device and getattr(optimizer, "_step_supports_amp_scaling", False):  # fused: no read-back
         optimizer.grad_scale, optimizer.found_inf = None, (~finite).float()  # type: ignore[attr-defined]
         try:
             optimizer.step()
         finally:
             del optimizer.grad_scale, optimizer.found_inf  # type: ignore[attr-defined]
-    elif bool(finite):  # host sync: this optimizer cannot skip on the device
+    elif bool(finite):  # a host read: free on the CPU, a sync elsewhere (an optimizer that cannot skip)
         optimizer.step()
 
 

@@ -133,6 +133,7 @@ class Trainer:
         self.best_val: Results = {}
         self.evals_without_improvement = 0
         self.watch = NonFiniteWatch(config.max_nonfinite_steps)
+        self.skip_on_device = self.env.device.type != "cpu"  # core.engine.skip: on the CPU a read is free
         self.stop_requested = False  # set by Ctrl-C / SIGTERM: checkpoint at the step boundary and stop
 
     def request_stop(self) -> bool:
@@ -294,7 +295,7 @@ class Trainer:
         if scaler.is_enabled():
             scaler.step(self.optimizer)
         else:
-            step_unless(self.optimizer, finite)
+            step_unless(self.optimizer, finite, self.skip_on_device)
         scaler.update()
         self.scheduler.step()
         return grad_norm
