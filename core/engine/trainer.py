@@ -209,7 +209,8 @@ class Trainer:
         once with the step's losses, every micro-batch's graph held until then. A step with a
         non-finite loss is skipped exactly (:mod:`.skip`). The record's values may be device
         tensors: ``fit`` reads them back at log steps only. A ``host_values`` balancer costs one
-        host read of the step's losses; otherwise nothing is read back (given a fused optimizer).
+        host read of the step's losses; otherwise nothing is read back on an accelerator (the skip is
+        decided by the fused optimizer; on the CPU one free read decides).
         """
         chosen = self.sampler.choose(self.step)
         self.optimizer.zero_grad(set_to_none=True)
@@ -227,14 +228,15 @@ class Trainer:
         for i, (cpu, _) in enumerate(fetched):
             with self.strategy.accumulating(self.forward_step, last=i == len(fetched) - 1):
                 part, feats, outs = self._forward(move(cpu, self.env.device))
-                if streaming:
+                if streaming:  # backpropagated now: keep only the detached sums, no activation
                     weights = self._balance(counts.losses(part), {}, {n: [f] for n, f in feats.items()}, [outs])
                     part = {t: v.detach() for t, v in part.items()}
+                else:
+                    for name, f in feats.items():
+                        features.setdefault(name, []).append(f)
+                    outputs.append(outs)
             for t, v in part.items():
                 sums[t] = sums[t] + v if t in sums else v
-            for name, f in feats.items():
-                features.setdefault(name, []).append(f)
-            outputs.append(outs)
         labelled, table = counts.labelled, counts.values(sums, self.env)
         if self.balancer.host_values:  # host sync: the balancer reads floats, and the skip is decided here
             loss_values: dict[str, Any] = dict(zip(labelled, table.tolist(), strict=True))
