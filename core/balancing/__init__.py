@@ -17,6 +17,8 @@ from .aligned_mtl import AlignedMTL
 from .base import Balancer, BalancerSetup, LossBalancer, NonFiniteGradients, StepContext
 from .cagrad import CAGrad
 from .config import ConFIG
+from .cosmos import COSMOS
+from .cr_mogm import CRMOGM
 from .db_mtl import DBMTL
 from .dualproj import DualProj
 from .dwa import DynamicWeightAverage
@@ -34,7 +36,10 @@ from .imtl_l import IMTLL
 from .method import Aggregator, Method, Weighting
 from .mgda import MGDA
 from .moco import MoCo
+from .modo import MoDo
 from .nash_mtl import NashMTL
+from .pbi import PBI
+from .pcd import PCD
 from .pcgrad import PCGrad
 from .rlw import RandomLossWeighting
 from .sdmgrad import SDMGrad
@@ -52,6 +57,8 @@ for _name, _loss in {
     "famo": FAMO,
     "imtl_l": IMTLL,
     "stch": STCH,
+    "cosmos": COSMOS,
+    "pbi": PBI,
 }.items():
     BALANCERS.register(_name)(_loss)
 
@@ -74,6 +81,9 @@ METHODS: dict[str, type[Method]] = {
     "excess_mtl": ExcessMTL,
     "moco": MoCo,
     "sdmgrad": SDMGrad,
+    "pcd": PCD,
+    "modo": MoDo,
+    "cr_mogm": CRMOGM,
 }
 for _name, _method in METHODS.items():
     BALANCERS.register(_name)(GradientMethod(_method))
