@@ -4,7 +4,6 @@ Multi-Objective Learning", ICDM 2021, arXiv:2103.13392)."""
 from __future__ import annotations
 
 import math
-from typing import ClassVar
 
 from torch import Tensor
 
@@ -31,8 +30,6 @@ class COSMOS(LossBalancer):
         preference: ``r``, >= 0: one value per task in config order, or ``{task: value}``; all 1
             when omitted.
     """
-
-    state: ClassVar[str] = ""
 
     def __init__(self, lambda_: float = 1.0, preference: TaskVector | None = None) -> None:
         super().__init__()

@@ -13,7 +13,7 @@ from .sdmgrad import project_simplex
 
 
 class MoDo(Weighting):
-    """MGDA's weights followed by one projected gradient step per training step:
+    """Weights that take one projected gradient step per training step towards MGDA's min-norm weights:
 
     ``lambda <- Proj_simplex(lambda - gamma (G + rho I) lambda)``, update ``J^T lambda``,
 

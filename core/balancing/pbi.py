@@ -4,7 +4,6 @@ Algorithm Based on Decomposition", IEEE TEVC 2007, doi:10.1109/TEVC.2007.892759)
 from __future__ import annotations
 
 import math
-from typing import ClassVar
 
 from torch import Tensor
 
@@ -35,8 +34,6 @@ class PBI(LossBalancer):
         reference: the ideal point ``z`` (a lower bound of the losses): per task as ``preference``;
             0 when omitted.
     """
-
-    state: ClassVar[str] = ""
 
     def __init__(
         self, theta: float = 5.0, preference: TaskVector | None = None, reference: TaskVector | None = None

@@ -15,6 +15,8 @@ def per_task(method: str, name: str, value: TaskVector | None, tasks: list[str],
     """``value`` as ``{task: float}`` over ``tasks`` (``default`` everywhere when ``None``)."""
     if value is None:
         return dict.fromkeys(tasks, default)
+    if isinstance(value, str):
+        raise ConfigError(f"{method}: {name} must be a list of numbers or a mapping task -> number, got {value!r}")
     if isinstance(value, Mapping):
         unknown = sorted(set(value) - set(tasks))
         missing = [t for t in tasks if t not in value]
