@@ -111,3 +111,20 @@ def test_bad_configuration_is_refused(kwargs: dict[str, object], match: str) -> 
 def test_a_tau_per_secondary_task_must_cover_them_all() -> None:
     with pytest.raises(ConfigError, match="one value per secondary task"):
         build("pcd", tau=[0.1]).aggregate(_jac(0, k=3))
+
+
+def test_a_descent_trajectory_matches_torchjd_and_every_step_helps_the_secondary_tasks() -> None:
+    """Gradient descent on three conflicting quadratics, 60 steps: the trajectory is torchjd's, and
+    each step is a first-order descent direction for every secondary loss (PCD's guarantee; the
+    primary has none: it may pay for the others' progress)."""
+    from torchjd.aggregation import PCD as ReferencePCD
+
+    targets = torch.randn(3, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ours, reference = build("pcd", tau=0.1), ReferencePCD(tau=0.1)
+    x = expected = torch.zeros(5, dtype=torch.float64)
+    for _ in range(60):
+        jac = x - targets  # row k: the gradient of 1/2 |x - target_k|^2
+        update = ours.aggregate(jac)
+        assert (jac[1:] @ update > 0).all()
+        x, expected = x - 0.02 * update, expected - 0.02 * reference(expected - targets)
+    torch.testing.assert_close(x, expected, rtol=1e-9, atol=1e-12)
