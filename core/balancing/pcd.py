@@ -1,5 +1,5 @@
-"""PCD, priority-constrained descent (Varam et al., "Not All Objectives Are Born Equal", TMLR 2026,
-arXiv:2606.29521)."""
+"""PCD, priority-constrained descent ("Not All Objectives Are Born Equal: Priority-Constrained Descent
+for Hierarchical Multi-Objective Optimization", TMLR 2026, arXiv:2606.29521)."""
 
 from __future__ import annotations
 
