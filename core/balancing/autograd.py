@@ -67,21 +67,19 @@ from .layers import Layer, Prepared, Recorder, layer_gramian, plan, prepare, wei
 from .method import Aggregator, Method, Weighting
 
 SPACES = ("rep", "params")
-ENGINES = ("auto", "gramian", "loop", "batched")
+#: each engine and the methods it can run: the Gramian engine never forms the Jacobian
+ENGINES: dict[str, type[Method]] = {"auto": Method, "gramian": Weighting, "loop": Method, "batched": Method}
 
 
 def choose_engine(requested: str, method: Method) -> str:
     """The ``params`` engine for a method: ``auto`` is ``gramian`` for weightings, else ``loop``."""
     if requested not in ENGINES:
         raise ConfigError(f"unknown gradient engine '{requested}'; valid: {', '.join(ENGINES)}")
-    gramian_suffices = isinstance(method, Weighting)
-    if requested == "auto":
-        return "gramian" if gramian_suffices else "loop"
-    if requested == "gramian" and not gramian_suffices:
+    if not isinstance(method, ENGINES[requested]):
         raise ConfigError(
             f"{type(method).__name__} needs the whole Jacobian, not only its Gramian; use engine 'loop' or 'auto'"
         )
-    return requested
+    return {"auto": "gramian" if isinstance(method, Weighting) else "loop"}.get(requested, requested)
 
 
 def feature_tensors(features: Any) -> list[Tensor]:
@@ -181,7 +179,7 @@ class TaskAutograd:
             raise ConfigError(f"{type(method).__name__}: no shared parameter requires grad; nothing to balance")
         self.synchronised = []
         tasks = list(losses)
-        gather = self._rep if self.space == "rep" else self._params
+        gather = {"rep": self._rep, "params": self._params}[self.space]
         return self._finish(method, tasks, gather(method, [losses[t] for t in tasks], targets), targets, values, rows)
 
     # -- the tail both spaces share ----------------------------------------------------------

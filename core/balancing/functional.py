@@ -32,7 +32,7 @@ trainer's:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -154,10 +154,21 @@ class LoopBalancer(nn.Module):
             average_gradients([p for p in mine if id(p) not in synced], env)  # type: ignore[misc]
         self.steps += 1
         floats = {t: float(w) for t, w in applied.items()}  # host sync where a method keeps device weights
-        self.last_weights = (
-            torch.tensor([floats[t] for t in named], dtype=torch.float64) if positional and floats else floats
-        )
+        self.last_weights = floats
+        if positional:  # empty when the step is skipped for an fp16 overflow
+            self.last_weights = torch.tensor([floats[t] for t in named if t in floats], dtype=torch.float64)
         return self.last_weights
+
+    def after_step(self, recompute: Callable[[], Mapping[str, Tensor | float]]) -> None:
+        """Call after ``optimizer.step()`` with a function that re-evaluates this step's losses on
+        the same batch: methods that learn from the change (``famo``) need it; others ignore it."""
+        self.balancer.after_step(lambda: {str(t): float(v) for t, v in recompute().items()})
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"steps": self.steps}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.steps = int(state["steps"])
 
     def diagnostics(self) -> dict[str, float]:
         """The method's extra scalars of the last call (gradient-space: pairwise task-gradient cosines)."""

@@ -208,6 +208,22 @@ def test_state_survives_a_checkpoint() -> None:
     assert set(first.diagnostics()) == {"cos/a/b", "cos/a/c", "cos/b/c"}
 
 
+def test_famo_learns_from_the_losses_after_the_step() -> None:
+    model, (x, y) = Net(), data()
+    balancer = LoopBalancer("famo", shared=model.trunk, tasks=["a", "b", "c"])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):
+        optimizer.zero_grad()
+        balancer.backward(model.losses(x, y)[0])
+        optimizer.step()
+        with torch.no_grad():
+            balancer.after_step(lambda: model.losses(x, y)[0])
+    assert balancer.steps == 2 and len(set(balancer.last_weights.values())) == 3  # type: ignore[union-attr]
+    restored = LoopBalancer("famo", shared=model.trunk, tasks=["a", "b", "c"])
+    restored.load_state_dict(balancer.state_dict())
+    assert restored.steps == 2
+
+
 def test_learned_loss_weights_are_module_parameters() -> None:
     model = Net()
     balancer = LoopBalancer("uw", shared=model.trunk, tasks=["a", "b", "c"])
