@@ -65,6 +65,12 @@ class LoopBalancer(nn.Module):
         tasks: the task names (or their number, for positional losses) when known up front: methods
             with learned per-task parameters (``uw``, ``imtl``) create them here, so they exist when
             the optimizer is built and when a checkpoint is loaded. None: the first call's tasks.
+        independent_samples: per-sample losses (a 1-D tensor) come from samples that never interact
+            in the forward (no BatchNorm in training mode, no attention across the batch; samples
+            along dim 0 of every layer call). When the hooked layers hold every shared parameter,
+            the ``gramian`` engine then takes each layer's per-sample Gramian from one backward of
+            the summed losses instead of K (torchjd's ``batch_dim=0``); otherwise it changes nothing.
+            Wrong for a model whose samples interact: the Gramian would miss the cross terms.
         **method_kwargs: the method's hyperparameters.
     """
 
@@ -76,6 +82,7 @@ class LoopBalancer(nn.Module):
         engine: str = "auto",
         space: str | None = None,
         tasks: Sequence[str] | int | None = None,
+        independent_samples: bool = False,
         **method_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -88,7 +95,7 @@ class LoopBalancer(nn.Module):
         elif engine != "auto" or space is not None:
             raise ConfigError(f"'{name}' balances losses: engine and space apply to gradient-space methods only")
         self.balancer: Balancer = BALANCERS.build({"name": name, **kwargs})
-        self.space = space
+        self.space, self.independent_samples = space, independent_samples
         module = shared if isinstance(shared, nn.Module) else None
         params = list(module.parameters() if module is not None else shared)
         if not params or not all(isinstance(p, Tensor) and p.is_leaf for p in params):
@@ -146,6 +153,7 @@ class LoopBalancer(nn.Module):
             scaler=scaler,
             shared=self._shared,
             others=others,
+            independent_samples=self.independent_samples and isinstance(losses, Tensor),
         )
         applied = self.balancer.backward(dict(named), ctx)
         if env.enabled:  # complete the averaging a DDP wrapper would do, except what is already global

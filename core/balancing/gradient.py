@@ -130,6 +130,7 @@ class GradientBalancer(Balancer):
             scaler=ctx.scaler,
             env=ctx.env,
             module=ctx.model,
+            independent=ctx.independent_samples,
         )
 
     def synchronised_parameters(self) -> list[nn.Parameter]:

@@ -241,3 +241,55 @@ def weighted_gradients(prepared: Prepared, coef: list[float]) -> list[Tensor]:
     if module.bias is not None:
         out.append(combined.sum(0))  # type: ignore[union-attr]
     return out
+
+
+@dataclass
+class SampleRows:
+    """A planned layer for per-sample losses of independent samples: one backward's output gradients.
+
+    Sample k's loss reaches only the rows (positions) of sample k, so the gradient of the summed
+    losses w.r.t. those rows is sample k's own ``D_k`` there and zero elsewhere: the per-sample
+    Gramian needs one backward, not K (the per-example gradient inner-product trick).
+    """
+
+    layer: Layer
+    rows: Tensor  # P, N x I (float32)
+    grads: Tensor  # D, N x O: the summed losses' output gradients (float32)
+    sample: Tensor  # N: the sample (objective) of each row
+
+
+def sample_rows(layer: Layer, grads: list[Tensor], k: int, scale: Tensor | float) -> SampleRows:
+    """``grads[c]``: the summed losses' gradient w.r.t. the c-th call's output, whose first dimension
+    holds the K samples."""
+    module = layer.module
+    rows = torch.cat([patches(module, x.float()) for x in layer.inputs])
+    d = torch.cat([positions(module, g.float()) for g in grads]) / scale
+    per = [y.numel() // (k * module.weight.shape[0]) for y in layer.outputs]  # positions per sample
+    sample = torch.cat([torch.arange(k, device=rows.device).repeat_interleave(n) for n in per])
+    return SampleRows(layer, rows, d, sample)
+
+
+def sample_gramian(part: SampleRows, k: int) -> Tensor:
+    """The layer's K x K share: ``G_ij = sum over rows a of i, b of j of (P P^T)_ab (D D^T)_ab`` (float64)."""
+    n = part.rows.shape[0]
+    for dtype in (torch.float32, torch.float64):
+        rows, d = part.rows.to(dtype), part.grads.to(dtype)
+        inner = rows @ rows.T
+        if part.layer.module.bias is not None:
+            inner += 1
+        m = inner * (d @ d.T)
+        by_row = m.new_zeros(k, n).index_add_(0, part.sample, m)
+        gram = m.new_zeros(k, k).index_add_(1, part.sample, by_row)
+        if bool(torch.isfinite(gram).all()):
+            break
+    return gram.double()
+
+
+def sample_weighted_gradients(part: SampleRows, coef: Tensor) -> list[Tensor]:
+    """``sum_k coef_k G_k`` for the layer's weight (and bias): each row weighted by its sample's coefficient."""
+    module = part.layer.module
+    combined = part.grads * coef.to(part.grads)[part.sample][:, None]
+    out = [(combined.T @ part.rows).view_as(module.weight)]
+    if module.bias is not None:
+        out.append(combined.sum(0))
+    return out
