@@ -27,7 +27,9 @@ trainer's:
   built on a module takes the Gramian share of its ``Linear`` / ``Conv2d`` layers from their inputs
   and output gradients (per-example inner products without per-example weight gradients, see
   :mod:`.layers`), which is cheaper than K weight gradients wherever a layer's positions per step
-  are few against its weight's size: an MLP or a CNN's last stages on a small batch.
+  are few against its weight's size: an MLP or a CNN's last stages on a small batch. With
+  ``independent_samples=True`` (samples that never interact) and every shared parameter in such
+  layers, one backward of the summed losses replaces the K per-sample backwards.
 """
 
 from __future__ import annotations
