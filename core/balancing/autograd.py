@@ -367,11 +367,8 @@ class TaskAutograd:
         None (exact per-sample backwards instead) unless the hooked layers hold every shared parameter
         with the samples along their calls' first dimension."""
         k = len(losses)
-        layers = [
-            layer
-            for layer in plan(records, k, margin=math.inf)  # one backward serves them all: always cheaper
-            if all(y.shape[0] == k for y in layer.outputs)
-        ]
+        # one backward serves every layer, whatever its positions: each picks its cheaper product later
+        layers = [layer for layer in records if layer.intact() and all(y.shape[0] == k for y in layer.outputs)]
         covered = {id(p) for layer in layers for p in layer.params}
         if not layers or any(id(p) not in covered for p in targets.shared):
             return None
