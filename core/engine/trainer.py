@@ -1,9 +1,8 @@
 """The training loop: sample sources, forward, balance, step, evaluate, checkpoint. Top to bottom.
 
-With an ``out_dir`` the trainer owns a run directory (``core.engine.rundir``): it holds the lock,
-refuses a folder that already holds a run unless resuming, writes ``metrics.jsonl``, checkpoints,
-``best/`` and ``final/``, and at the end scores the best model and writes ``results.json`` and
-``report.md`` — the same artifacts as ``jointtrain train``.
+``fit`` runs the loop inside the run's lifecycle (:mod:`.lifecycle`): with an ``out_dir`` it owns
+a run directory and writes what ``jointtrain train`` writes (``config.yaml``, ``metrics.jsonl``,
+checkpoints, ``best/``, ``final/``, ``results.json``, the report); without one it writes nothing.
 """
 
 from __future__ import annotations
@@ -17,39 +16,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from ..balancing import Balancer, BalancerSetup, NonFiniteGradients, StepContext
 from ..config import ReportConfig, TrainConfig
 from ..data import DataBundle, Loading, labelled_sizes, open_stream
-from ..distributed import (
-    DistEnv,
-    any_rank,
-    average_gradients,
-    barrier,
-    connected_zero,
-    gather_objects,
-    resolve_device,
-)
-from ..errors import CheckpointError, ConfigError
+from ..distributed import DistEnv, any_rank, average_gradients, connected_zero, gather_objects, resolve_device
+from ..errors import CheckpointError
 from ..evaluation import Results, evaluate, metric_senses, monitored_value, move
-from ..io import load_state
 from ..model import JointModel
+from ..rundir.directory import RunStatus
 from ..sampling import TaskSampler
-from .checkpoints import CheckpointManager
 from .compatibility import check_combination
 from .compiled import compile_model
-from .conclude import conclude
+from .conclude import Scoring
 from .ddp import unused_zero
 from .interrupt import graceful_interrupt
+from .lifecycle import lifecycle
 from .losses import StepCounts
-from .metrics_log import RunLog, host_record, setup_record
 from .nonfinite import NonFiniteWatch
 from .optim import build_optimizer, build_scheduler
 from .precision import Precision
 from .progress import progress_bar
+from .records import host_record, setup_record
 from .rng import restore_rank_rng, rng_state, seed_everything
-from .rundir import RunDir, RunStatus
 from .skip import poison, step_unless
 from .strategy import STRATEGIES
 
@@ -79,8 +68,7 @@ class Trainer:
         run_config: dict[str, Any] | None = None,
         strategy: str = "ddp",
     ) -> None:
-        self.config, self.report = config, report or ReportConfig()
-        self.env = env or DistEnv(device=resolve_device(config.device))
+        self.config, self.env = config, env or DistEnv(device=resolve_device(config.device))
         self.loading = loading.resolved(self.env.device)  # workers and pinned memory on CUDA by default
         self.model = model.to(self.env.device)
         if config.channels_last and self.env.device.type == "cuda":
@@ -90,7 +78,6 @@ class Trainer:
         self.compiled = compile_model(self.model, config.compile, self.env.device)
         self.data, self.balancer, self.sampler = data, balancer, sampler
         check_combination(model, data, balancer, sampler)
-        self.run = RunDir(out_dir) if out_dir is not None else None
         self.run_config = run_config or {
             "train": dataclasses.asdict(config),
             "loading": dataclasses.asdict(loading),
@@ -98,7 +85,6 @@ class Trainer:
             "balancing": repr(balancer),
             "sampler": repr(sampler),
         }
-
         self.streams = {
             s.name: open_stream(s, self.loading, config.seed, self.env.rank, self.env.world_size) for s in data.train
         }
@@ -120,14 +106,12 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, self.balancer, config)
         self.scheduler = build_scheduler(self.optimizer, config)
         self.precision = Precision(config.amp, self.env.device)
-        self.senses = metric_senses(model)
-        self.reference = reference
-        self.checkpoints = CheckpointManager(
-            self.run.checkpoints if self.run else Path("."),
-            self.run.model("best") if self.run else Path("."),
-            config.keep_best,
-            write=self.run is not None and self.env.is_main,
+        self.senses, self.reference = metric_senses(model), reference
+        scoring = Scoring(
+            data, self.loading, self.env, self.precision.autocast, config.seed, config.monitor, report or ReportConfig()
         )
+        self.life = lifecycle(out_dir, scoring, config.keep_best)
+        self.run, self.checkpoints = self.life.run, self.life.checkpoints
 
         self.step = 0
         self.best_val: Results = {}
@@ -380,14 +364,20 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict[str, Any]:
         """Train until ``max_steps`` or early stopping; returns a summary (with the test results when
         there is a run directory)."""
-        c, main = self.config, self.env.is_main
-        writing = self.run.writing() if self.run is not None and main else contextlib.nullcontext()
-        with writing:
-            log = self._start(resume)
-            status = RunStatus.COMPLETED
-            start = time.perf_counter()
+        c, life = self.config, self.life
+        with life.running():
+            state = life.start(resume, self.run_config)
+            if state is not None:
+                self.load_state_dict(state)
+            else:
+                seed_everything(c.seed + self.env.rank)
+            amp, strategy = self.precision.dtype, self.strategy.name
+            setup = setup_record(list(self.model.tasks), self.sampler, self.balancer, self.env, strategy, amp, c)
+            life.begin(self.step, setup, self.run_config)
+            status, start = RunStatus.COMPLETED, time.perf_counter()
             self.model.train()
-            with graceful_interrupt(self.request_stop), progress_bar(self, c) as bar:
+            desc, show = f"train {'+'.join(self.model.tasks)}", c.progress and self.env.is_main
+            with graceful_interrupt(self.request_stop), progress_bar(c.max_steps, self.step, show, desc) as bar:
                 while self.step < c.max_steps:
                     record = self.train_step()
                     self.step += 1
@@ -396,13 +386,13 @@ class Trainer:
                         self.watch.check()
                         record = host_record(record, self.balancer, self.model.architecture)
                         bar.set_postfix({k[5:]: f"{v:.3f}" for k, v in record.items() if k[:5] == "loss/"}, False)
-                        log({"split": "train", "step": self.step, "time": time.perf_counter() - start, **record})
+                        life.log({"split": "train", "step": self.step, "time": time.perf_counter() - start, **record})
                     if (c.eval_every and self.step % c.eval_every == 0) or self.step == c.max_steps:
-                        self._validate(log)
+                        self._validate()
                         if self.step < c.max_steps and self.evals_without_improvement >= c.early_stopping_patience > 0:
                             status = RunStatus.EARLY_STOPPED
                             break
-                    if self._stop_agreed():
+                    if self._stop_agreed():  # checkpoint at the step boundary and stop
                         self._save(None)
                         status = RunStatus.INTERRUPTED
                         break
@@ -415,44 +405,14 @@ class Trainer:
                 "train_time_s": time.perf_counter() - start,
             }
             if status.finished:
-                self._save_model("final")
-                if not self.data.val:  # no validation split: the final model is the best we know
-                    self._save_model("best")
-                if self.run is not None:
-                    summary = conclude(self, summary)
-            log.close()
+                summary = life.finish(summary, lambda: self.strategy.whole(self.model, self.env), self.reference)
         return summary
 
-    def _start(self, resume: bool) -> RunLog:
-        """Check the run directory, load or seed the state, and open the log."""
-        run, main = self.run, self.env.is_main
-        if resume:
-            if run is None:
-                raise ConfigError("resume needs an out_dir holding checkpoints/last.pt")
-            state = load_state(run.last_checkpoint)
-            changes = run.check_resume(state.get("run_config", {}), self.run_config)
-            self.load_state_dict(state)
-        elif run is not None and main:
-            run.check_new()
-        if not resume:
-            seed_everything(self.config.seed + self.env.rank)
-        barrier(self.env)
-        log = RunLog(self.run if main else None)
-        if run is not None and main:
-            run.write_config(yaml.safe_dump(self.run_config, sort_keys=False))
-        if resume:
-            dropped = log.truncate_after(self.step)
-            log({"split": "resume", "step": self.step, "changes": changes, "dropped_records": dropped})
-        else:
-            log(setup_record(self))
-        return log
-
-    def _validate(self, log: RunLog) -> None:
+    def _validate(self) -> None:
         """Score the validation split, keep the best checkpoints, count evaluations without improvement."""
         results = self.evaluate("val") if self.data.val else {}
         score = self.score(results) if results else None
-        if results:
-            log({"split": "val", "step": self.step, "score": score, "tasks": results})
+        self.life.validated(self.step, score, results)
         if self._save(score):
             self.best_val, self.evals_without_improvement = results, 0
         elif score is not None:
@@ -462,12 +422,4 @@ class Trainer:
         """Checkpoint (rank 0 writes); True when ``score`` is the best so far."""
         rngs = gather_objects(rng_state(self.env.device), self.env)  # every rank joins; rank 0 writes them
         models, whole = self._model_states(), self.strategy.whole(self.model, self.env)  # collectives too
-        improved = self.checkpoints.save(self.step, lambda: self.state_dict(rngs, models), whole, score)
-        barrier(self.env)
-        return improved
-
-    def _save_model(self, name: str) -> None:
-        whole = self.strategy.whole(self.model, self.env)
-        if self.run is not None and self.env.is_main:
-            whole.save_pretrained(self.run.model(name))
-        barrier(self.env)
+        return self.life.checkpoint(self.step, score, lambda: self.state_dict(rngs, models), whole)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from core.engine.host_syncs import HostSyncCounter
-from core.engine.metrics_log import host_record
+from core.engine.records import host_record
 from core.errors import NonFiniteLossError
 
 from ..helpers import build_trainer, toy_config

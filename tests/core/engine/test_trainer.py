@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from core.engine.rundir import RunDir
 from core.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
 from core.experiments.run import train
 from core.model import JointModel
+from core.rundir.directory import RunDir
 
 from ..helpers import build_trainer, toy_config
 
