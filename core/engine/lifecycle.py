@@ -1,4 +1,4 @@
-"""A run's lifecycle around the loop: start or resume, log, validate-and-save, finish.
+"""A run's lifecycle around the loop: start or resume, log, validate-and-save, interrupt, finish.
 
 :class:`Lifecycle` is a run without a directory (tune's folds, a Python run without ``out_dir``):
 it keeps the checkpoint bookkeeping that model selection reads (best score, kept list) and writes
@@ -12,13 +12,17 @@ every rank reads the checkpoint it resumes from and joins the collectives.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..distributed import barrier
+from ..balancing import Balancer
+from ..config import TrainConfig
+from ..data import Loading
+from ..distributed import any_rank, barrier
 from ..errors import ConfigError
 from ..evaluation import Results
 from ..io import load_state
@@ -26,6 +30,7 @@ from ..model import JointModel
 from ..rundir.checkpoints import CheckpointManager
 from ..rundir.directory import RunDir
 from ..rundir.metrics_log import RunLog
+from ..sampling import TaskSampler
 from .conclude import Scoring, conclude
 
 
@@ -33,6 +38,8 @@ class Lifecycle:
     """A run without a directory: nothing is written, resuming is refused."""
 
     run: RunDir | None = None
+
+    stop_requested = False  # set by Ctrl-C / SIGTERM: checkpoint at the step boundary and stop
 
     def __init__(self, scoring: Scoring, keep_best: int) -> None:
         self.scoring = scoring
@@ -69,6 +76,22 @@ class Lifecycle:
         improved = self.checkpoints.save(step, state, model, score)
         barrier(self.scoring.env)
         return improved
+
+    def request_stop(self) -> bool:
+        """Ask the loop to stop after the current step; True if that had been asked already."""
+        already, self.stop_requested = self.stop_requested, True
+        return already
+
+    def stop_agreed(self, step: int, log_every: int) -> bool:
+        """Whether every rank stops now. A signal reaches ranks at different steps, so under DDP the
+        flag is all-reduced at log steps only (one tiny collective every ``log_every`` steps) and
+        all ranks stop at the same step boundary."""
+        env = self.scoring.env
+        if not env.enabled:
+            return self.stop_requested
+        if step % log_every:
+            return False
+        return any_rank(self.stop_requested, env)
 
     def finish(
         self, summary: dict[str, Any], model: Callable[[], JointModel], reference: Results | None
@@ -126,6 +149,19 @@ class DirectoryLifecycle(Lifecycle):
             self.checkpoints.save_best(final)
         barrier(self.scoring.env)
         return conclude(self.run, self.checkpoints, self.scoring, summary, reference)
+
+
+def default_run_config(
+    config: TrainConfig, loading: Loading, model: JointModel, balancer: Balancer, sampler: TaskSampler
+) -> dict[str, Any]:
+    """The resolved config of a run built in Python (``config.yaml``, compared on resume)."""
+    return {
+        "train": dataclasses.asdict(config),
+        "loading": dataclasses.asdict(loading),
+        "model": {k: v for k, v in model.config().items() if k != "extra"},
+        "balancing": repr(balancer),
+        "sampler": repr(sampler),
+    }
 
 
 def lifecycle(out_dir: str | Path | None, scoring: Scoring, keep_best: int) -> Lifecycle:
