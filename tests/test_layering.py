@@ -166,3 +166,15 @@ def test_reading_a_config_imports_no_engine():
     code = "import sys, core.config; print(sorted(m for m in sys.modules if m.startswith('core.')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert "engine" not in out and "balancing" not in out and "experiments" not in out, out
+
+
+def test_the_architecture_page_names_the_floors_and_files_that_exist():
+    import re
+
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    floors = {m.group(2).strip("/").split("/")[-1]: int(m.group(1)) for m in re.finditer(r"\| (\d) \| `([^`]+)`", page)}
+    for folder, number in floors.items():
+        if folder in LAYERS:
+            assert LAYERS[folder] == number, f"docs/architecture.md puts core/{folder}/ on floor {number}"
+    paths = set(re.findall(r"`((?:core|vision|nlp|medical|tests)/[\w/]+\.py)`", page))
+    assert paths and not [p for p in sorted(paths) if not (ROOT / p).is_file()]
