@@ -182,7 +182,7 @@ def test_no_duplicated_records_after_resume(tmp_path):
     def stop_at_step_13() -> dict:
         record = original()
         if trainer.step == 12:
-            trainer.stop_requested = True
+            trainer.request_stop()
         return record
 
     trainer.train_step = stop_at_step_13  # type: ignore[method-assign]
