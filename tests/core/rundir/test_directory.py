@@ -125,7 +125,7 @@ def test_interrupt_hint_resumes_exactly_this_run(tmp_path, capsys, monkeypatch):
     def stop_at_step_7(self: Trainer) -> dict:
         record = original(self)
         if self.step == 6:
-            self.stop_requested = True
+            self.request_stop()
         return record
 
     monkeypatch.setattr(Trainer, "train_step", stop_at_step_7)
