@@ -81,11 +81,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from . import plugins
     from .data import DATASETS
     from .distributed import init_distributed
-    from .engine.rundir import RunDir
     from .evaluation import evaluate
     from .hub import resolve
     from .io import atomic_write_json
     from .model import JointModel
+    from .rundir.directory import RunDir
 
     path = resolve(args.path, args.revision)  # a hub id becomes its cached snapshot folder
     model_dir, (data_spec, loading, imports) = _model_dir_and_data(path, args.model)
@@ -121,7 +121,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def check_out(out: Path, inputs: Sequence[Path], overwrite: bool) -> None:
     """An output file never replaces an input, a run's own files or (without ``--overwrite``) any file."""
-    from .engine.rundir import RunDir, refuse_artifact_path
+    from .rundir.directory import RunDir, refuse_artifact_path
 
     refuse_artifact_path(out)
     target = out.resolve()
@@ -267,8 +267,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if (path / "compare.json").is_file():
         from .experiments.compare_report import write_compare_report as writer
     else:
-        from .engine.report import write_report as writer
-    from .engine.rundir import RunDir
+        from .reports.run_report import write_report as writer
+    from .rundir.directory import RunDir
 
     with RunDir(path).writing():
         print(f"written: {writer(path)}")

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 
 from core.data import Source
-from core.engine.rundir import RunDir
 from core.errors import JointTrainError
 from core.experiments.builder import Experiment
 from core.experiments.run import train
 from core.io import atomic_write_json
+from core.rundir.directory import RunDir
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "table_linear.yaml"
 ALPHAS = np.logspace(-6, 3, 19)

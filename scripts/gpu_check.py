@@ -33,8 +33,8 @@ from typing import Any
 import torch
 
 from core.config import load_config
-from core.engine.rundir import RunDir
 from core.experiments.run import train
+from core.rundir.directory import RunDir
 
 SCRIPTS = Path(__file__).resolve().parent
 CONFIGS = SCRIPTS / "configs"

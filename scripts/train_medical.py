@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.engine.report import record_baselines
-from core.engine.rundir import RunDir
 from core.errors import JointTrainError
 from core.experiments.builder import Experiment
 from core.experiments.run import train
 from core.io import atomic_write_json
 from core.model import JointModel
+from core.reports.run_report import record_baselines
+from core.rundir.directory import RunDir
 from medical.baseline import gradient_boosting
 from medical.calibration import DiseaseHead
 from medical.metrics import binary_scores, collect_logits, macro

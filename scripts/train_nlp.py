@@ -22,13 +22,13 @@ from typing import Any
 
 from core.cli import format_results
 from core.config import RunConfig
-from core.engine.report import record_baselines
 from core.errors import JointTrainError
 from core.experiments.builder import Experiment
 from core.experiments.run import train
 from core.hub import write_card
 from core.io import atomic_write_json
 from core.model import JointModel
+from core.reports.run_report import record_baselines
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "nlp_demo.yaml"
 GENERATION_CONFIG = Path(__file__).parent / "configs" / "nlp_generation.yaml"

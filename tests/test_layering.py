@@ -1,8 +1,11 @@
 """Package boundaries and layers: imports only go down, and no module imports itself back.
 
-Layers of ``core`` (folders show them): foundations (``core/*.py``) < ``core/balancing`` <
-``core/engine`` < ``core/experiments`` < the command line (``core/cli.py``). ``core/__init__`` only
-re-exports names lazily. Domain packages sit above core; core never imports them.
+Layers of ``core`` (folders show them): foundations (``core/*.py``, ``core/architectures``) <
+``core/balancing``, ``core/tabular``, ``core/rundir`` < ``core/reports`` < ``core/engine`` <
+``core/experiments`` < the command line (``core/cli.py``). ``core/__init__`` only re-exports names
+lazily. Domain packages sit above core; core never imports them. A cycle is refused even when an
+``if TYPE_CHECKING:`` block hides it from the interpreter: it is still two modules that know each
+other.
 """
 
 from __future__ import annotations
@@ -17,7 +20,18 @@ ROOT = Path(__file__).resolve().parents[1]
 DOMAINS = ("vision", "nlp", "medical")
 PACKAGES = ("core", *DOMAINS)
 #: a core module's layer, from its folder (the CLI is the top)
-LAYERS = {"": 0, "balancing": 1, "architectures": 0, "tabular": 1, "engine": 2, "experiments": 3, "cli": 4}
+LAYERS = {
+    "": 0,
+    "architectures": 0,
+    "balancing": 1,
+    "tabular": 1,
+    "rundir": 1,
+    "reports": 2,
+    "engine": 3,
+    "experiments": 4,
+    "cli": 5,
+}
+DOMAIN_LAYER = max(LAYERS.values()) + 1
 
 
 def module_name(path: Path) -> str:
@@ -35,10 +49,11 @@ def _type_checking_lines(tree: ast.Module) -> set[int]:
     return lines
 
 
-def imports(path: Path) -> set[str]:
-    """Modules of our packages that ``path`` imports at run time, anywhere in the file (lazy ones too)."""
+def imports(path: Path, annotations: bool = False) -> set[str]:
+    """Modules of our packages that ``path`` imports at run time, anywhere in the file (lazy ones too);
+    with ``annotations``, those imported for type checking only as well."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    skip = _type_checking_lines(tree)
+    skip = set() if annotations else _type_checking_lines(tree)
     package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
     modules = {module_name(p) for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
     found = set()
@@ -60,7 +75,7 @@ def imports(path: Path) -> set[str]:
 def layer(module: str) -> int:
     parts = module.split(".")
     if parts[0] != "core":
-        return 5
+        return DOMAIN_LAYER
     if len(parts) == 1:
         return -1  # the lazy public API
     return LAYERS.get(parts[1], 0) if len(parts) > 2 or parts[1] in LAYERS else 0
@@ -86,7 +101,7 @@ def test_the_layers_are_the_folders():
 
 
 def test_no_import_cycles():
-    graph = {module_name(p): imports(p) - {"core"} for p in ALL_FILES}
+    graph = {module_name(p): imports(p, annotations=True) - {"core"} for p in ALL_FILES}
     # a package's __init__ re-exporting its own modules is not a cycle through them
     for name in graph:
         graph[name] = {m for m in graph[name] if not m.startswith(f"{name}.") or "." not in name}
@@ -105,6 +120,14 @@ def test_no_import_cycles():
     for node in sorted(graph):
         if node not in state:
             visit(node, [node])
+
+
+def test_only_the_experiment_builder_imports_the_trainer():
+    """Everything else builds a run through :class:`core.experiments.builder.Experiment`; helpers of the
+    loop take plain values, never the trainer."""
+    trainer, builder = "core.engine.trainer", "core.experiments.builder"
+    users = sorted(module_name(p) for p in ALL_FILES if trainer in imports(p, annotations=True))
+    assert users == [builder], f"modules other than {builder} import {trainer}: {users}"
 
 
 @pytest.mark.parametrize("path", CORE_FILES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -143,3 +166,15 @@ def test_reading_a_config_imports_no_engine():
     code = "import sys, core.config; print(sorted(m for m in sys.modules if m.startswith('core.')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert "engine" not in out and "balancing" not in out and "experiments" not in out, out
+
+
+def test_the_architecture_page_names_the_floors_and_files_that_exist():
+    import re
+
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    floors = {m.group(2).strip("/").split("/")[-1]: int(m.group(1)) for m in re.finditer(r"\| (\d) \| `([^`]+)`", page)}
+    for folder, number in floors.items():
+        if folder in LAYERS:
+            assert LAYERS[folder] == number, f"docs/architecture.md puts core/{folder}/ on floor {number}"
+    paths = set(re.findall(r"`((?:core|vision|nlp|medical|tests)/[\w/]+\.py)`", page))
+    assert paths and not [p for p in sorted(paths) if not (ROOT / p).is_file()]

@@ -1,19 +1,15 @@
-"""Task affinity: which task pairs help each other, and the task groups that suggests.
+"""Task affinity measured on a trained model: which task pairs help each other.
 
-Two cheap measurements, both a K x K matrix ``affinity[i][j]``:
-
-- ``cosine_affinity``: the mean pairwise cosine of task gradients that a gradient-space
-  balancing method logged (``cos/<a>/<b>`` or ``cos/<a>|<b>`` keys of the train records).
-- ``lookahead_affinity``: the inter-task affinity of Fifty et al. (NeurIPS 2021, arXiv:2109.04617),
-  ``Z[i][j] = 1 - L_j(theta - lr * grad_i) / L_j(theta)``: how much one SGD step on task i's loss
-  (shared parameters only) lowers task j's loss, averaged over a few training batches. Positive
-  = i helps j. Measured here on a trained model, after training, in eval mode.
+``lookahead_affinity``, a K x K matrix ``affinity[i][j]``: the inter-task affinity of Fifty et al.
+(NeurIPS 2021, arXiv:2109.04617), ``Z[i][j] = 1 - L_j(theta - lr * grad_i) / L_j(theta)``: how much
+one SGD step on task i's loss (shared parameters only) lowers task j's loss, averaged over a few
+training batches. Positive = i helps j. Measured after training, in eval mode. The matrix read from
+logged gradient cosines, and the groups an affinity suggests: ``core.reports.affinity``.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -22,38 +18,6 @@ from torch import Tensor
 from ..data import Loading, Source, open_stream
 from ..evaluation import move
 from ..model import JointModel
-
-Matrix = dict[str, dict[str, float]]
-
-
-def parse_cosine_key(key: str, tasks: Sequence[str]) -> tuple[str, str] | None:
-    """``cos/a/b`` or ``cos/a|b`` -> (a, b) when both are tasks (task names may contain '/')."""
-    if not key.startswith("cos/"):
-        return None
-    body = key[4:]
-    if "|" in body:
-        a, _, b = body.partition("|")
-        return (a, b) if a in tasks and b in tasks else None
-    for i, ch in enumerate(body):
-        if ch == "/" and body[:i] in tasks and body[i + 1 :] in tasks:
-            return body[:i], body[i + 1 :]
-    return None
-
-
-def cosine_affinity(records: Iterable[Mapping[str, Any]], tasks: Sequence[str]) -> Matrix | None:
-    """Mean logged gradient cosine per task pair (1 on the diagonal); None when nothing was logged."""
-    sums: dict[tuple[str, str], list[float]] = {}
-    for record in records:
-        for key, value in record.items():
-            pair = parse_cosine_key(key, tasks)
-            if pair is not None and isinstance(value, (int, float)):
-                sums.setdefault(pair, []).append(float(value))
-    if not sums:
-        return None
-    matrix: Matrix = {a: {b: (1.0 if a == b else float("nan")) for b in tasks} for a in tasks}
-    for (a, b), values in sums.items():
-        matrix[a][b] = matrix[b][a] = sum(values) / len(values)
-    return matrix
 
 
 def _task_losses(model: JointModel, sources: Sequence[Source], batches: Mapping[str, Any]) -> dict[str, Tensor]:
@@ -111,27 +75,3 @@ def lookahead_affinity(
         model.train(was_training)
     matrix = {i: {j: sums[i][j] / counts[i][j] if counts[i][j] else float("nan") for j in tasks} for i in tasks}
     return {"method": "lookahead", "lr": lr, "batches": batches, "matrix": matrix}
-
-
-def suggest_groups(matrix: Matrix, threshold: float = 0.0) -> list[list[str]]:
-    """Greedy agglomerative grouping: merge the two groups whose mean symmetric affinity across them
-    is highest, while it exceeds ``threshold``. Tasks left alone are better trained apart."""
-    tasks = list(matrix)
-
-    def pair(a: str, b: str) -> float:
-        values = [v for v in (matrix[a][b], matrix[b][a]) if v == v]  # NaN-free
-        return sum(values) / len(values) if values else float("-inf")
-
-    groups = [[t] for t in tasks]
-    while len(groups) > 1:
-        best, best_value = None, threshold
-        for g, h in itertools.combinations(range(len(groups)), 2):
-            value = sum(pair(a, b) for a in groups[g] for b in groups[h]) / (len(groups[g]) * len(groups[h]))
-            if value > best_value:
-                best, best_value = (g, h), value
-        if best is None:
-            break
-        g, h = best
-        groups[g] = groups[g] + groups[h]
-        del groups[h]
-    return groups

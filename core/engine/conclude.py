@@ -10,22 +10,40 @@ into ``results.json`` under its own key.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from ..data import Source
-from ..distributed import barrier
-from ..evaluation import delta_m, evaluate, higher_is_better
-from ..hub import write_card
+from ..config import ReportConfig
+from ..data import DataBundle, Loading, Source
+from ..distributed import DistEnv, barrier
+from ..evaluation import Results, delta_m, evaluate, higher_is_better
 from ..model import JointModel
+from ..reports.run_report import write_report_safely
+from ..rundir.checkpoints import CheckpointManager
+from ..rundir.directory import RunDir
 from ..tasks import calibrate_tasks, calibration_stages
-from .rundir import RunDir
+from .affinity import lookahead_affinity
 
-if TYPE_CHECKING:
-    from .trainer import Trainer
+
+@dataclasses.dataclass(frozen=True)
+class Scoring:
+    """What scoring the best model needs, fixed when the trainer is built."""
+
+    data: DataBundle
+    loading: Loading
+    env: DistEnv
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]]
+    seed: int
+    monitor: str  # train.monitor: delta_m is reported when the score is the model selection's measure
+    report: ReportConfig
+
+    def evaluate(self, model: JointModel, sources: list[Source]) -> Results:
+        return evaluate(model, sources, self.loading, self.env, self.autocast)
 
 
 def train_sample(sources: list[Source], samples: int, seed: int) -> list[Source]:
@@ -42,48 +60,49 @@ def train_sample(sources: list[Source], samples: int, seed: int) -> list[Source]
     return out
 
 
-def conclude(trainer: Trainer, summary: dict[str, Any]) -> dict[str, Any]:
-    run, env, report = trainer.run, trainer.env, trainer.report
-    assert run is not None
-    best = JointModel.from_pretrained(run.model("best"), map_location=env.device)
-    calibration = calibrate_best(trainer, best)
-    split = "test" if trainer.data.test else "val"
-    scored: dict[str, Any] = {split: trainer.evaluate(split, best), "val": summary["best_val"]}
+def conclude(
+    run: RunDir, checkpoints: CheckpointManager, scoring: Scoring, summary: dict[str, Any], reference: Results | None
+) -> dict[str, Any]:
+    """Score the best model of a finished run once and write ``results.json`` (rank 0) and the report;
+    returns ``summary`` completed by ``results.json``'s flat view. Every rank joins the evaluations."""
+    data, env, report = scoring.data, scoring.env, scoring.report
+    best = JointModel.from_pretrained(checkpoints.best_model_dir, map_location=env.device)
+    calibration = calibrate_best(best, scoring, checkpoints)
+    split = "test" if data.test else "val"
+    scored: dict[str, Any] = {split: scoring.evaluate(best, getattr(data, split)), "val": summary["best_val"]}
     if report.train_eval_samples:
-        sample = train_sample(trainer.data.train, report.train_eval_samples, trainer.config.seed)
-        scored["train"] = evaluate(best, sample, trainer.loading, env, trainer.precision.autocast)
+        scored["train"] = scoring.evaluate(best, train_sample(data.train, report.train_eval_samples, scoring.seed))
     extra: dict[str, Any] = {"calibration": calibration} if calibration else {}
-    if trainer.reference is not None and trainer.config.monitor == "score":
-        extra["delta_m"] = delta_m(scored[split], trainer.reference, higher_is_better(best))
+    if reference is not None and scoring.monitor == "score":
+        extra["delta_m"] = delta_m(scored[split], reference, higher_is_better(best))
     if env.is_main and report.affinity_batches and len(best.tasks) > 1:
-        from .affinity import lookahead_affinity
-
         extra["affinity"] = lookahead_affinity(
-            best, trainer.data.train, trainer.loading, report.affinity_batches, report.affinity_lr, trainer.config.seed
+            best, data.train, scoring.loading, report.affinity_batches, report.affinity_lr, scoring.seed
         )
     if env.device.type == "cuda":
         extra["peak_memory_mb"] = torch.cuda.max_memory_allocated(env.device) / 2**20
-    if env.is_main:
-        run_info = {k: v for k, v in summary.items() if k != "best_val"} | {"split": split}
-        run.update_results("run", value=run_info)
-        run.update_results("higher_is_better", value=higher_is_better(best))
-        for name, results in scored.items():
-            run.update_results("models", "best", name, value=results)
-        for key, value in extra.items():
-            run.update_results(key, value=value)
-        write_card(run.model("best"))  # the model card now lists the scores just measured
-        if report.enabled:
-            write_report_safely(run)
-    return {**summary, **run.summary()} if env.is_main else summary
+    if not env.is_main:
+        return summary
+    run_info = {k: v for k, v in summary.items() if k != "best_val"} | {"split": split}
+    run.update_results("run", value=run_info)
+    run.update_results("higher_is_better", value=higher_is_better(best))
+    for name, results in scored.items():
+        run.update_results("models", "best", name, value=results)
+    for key, value in extra.items():
+        run.update_results(key, value=value)
+    checkpoints.refresh_card()  # the model card now lists the scores just measured
+    if report.enabled:
+        write_report_safely(run)
+    return {**summary, **run.summary()}
 
 
-def calibrate_best(trainer: Trainer, best: JointModel) -> dict[str, Any]:
+def calibrate_best(best: JointModel, scoring: Scoring, checkpoints: CheckpointManager) -> dict[str, Any]:
     """Fit ``best``'s calibration stages on the validation split (every rank fits the same values
     from the whole split) and save the calibrated model over ``best/``; returns what was fitted."""
     stages = calibration_stages(best)
     if not stages:
         return {}
-    if not trainer.data.val:
+    if not scoring.data.val:
         names = sorted(n for names in stages.values() for n in names)
         warnings.warn(
             f"no validation split: tasks {names} keep uncalibrated probabilities and default thresholds; "
@@ -92,19 +111,7 @@ def calibrate_best(trainer: Trainer, best: JointModel) -> dict[str, Any]:
             stacklevel=2,
         )
         return {}
-    fitted = calibrate_tasks(best, trainer.data.val, trainer.loading)
-    barrier(trainer.env)  # every rank has read best/ before it is replaced
-    if trainer.env.is_main:
-        assert trainer.run is not None
-        best.save_pretrained(trainer.run.model("best"))
+    fitted = calibrate_tasks(best, scoring.data.val, scoring.loading)
+    barrier(scoring.env)  # every rank has read best/ before it is replaced
+    checkpoints.save_best(best)
     return fitted
-
-
-def write_report_safely(run: RunDir) -> None:
-    """The report comes after a finished training, which a plotting problem must not fail."""
-    from .report import write_report
-
-    try:
-        write_report(run.path)
-    except Exception as e:  # any failure (matplotlib missing, odd logs): warn, keep the trained run
-        warnings.warn(f"run report for {run.path} not written: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)

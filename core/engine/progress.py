@@ -4,25 +4,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from ..config import TrainConfig
-    from .trainer import Trainer
+from typing import Any
 
 
 @contextlib.contextmanager
-def progress_bar(trainer: Trainer, c: TrainConfig) -> Iterator[Any]:
+def progress_bar(total: int, initial: int, enabled: bool, desc: str) -> Iterator[Any]:
     from tqdm.auto import tqdm
 
-    bar = tqdm(
-        total=c.max_steps,
-        initial=trainer.step,
-        disable=not (c.progress and trainer.env.is_main),
-        dynamic_ncols=True,
-        mininterval=1.0,
-        desc=f"train {'+'.join(trainer.model.tasks)}",
-    )
+    bar = tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True, mininterval=1.0, desc=desc)
     try:
         yield bar
     finally:

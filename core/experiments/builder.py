@@ -18,8 +18,8 @@ from typing import Any
 from .. import plugins
 from ..backbones import BACKBONES
 from ..balancing import BALANCERS, Balancer
-from ..config import RunConfig, apply_overrides, load_config
-from ..data import DATASETS, DataBundle, Source
+from ..config import ReportConfig, RunConfig, TrainConfig, apply_overrides, load_config
+from ..data import DATASETS, DataBundle, Loading, Source
 from ..distributed import DistEnv, init_distributed
 from ..engine.rng import seed_everything
 from ..engine.trainer import Trainer
@@ -39,6 +39,24 @@ def restrict_tasks(data: DataBundle, tasks: Sequence[str]) -> DataBundle:
 
     sizes = {t: n for t, n in data.task_sizes.items() if t in tasks}
     return dataclasses.replace(data, train=keep(data.train), val=keep(data.val), test=keep(data.test), task_sizes=sizes)
+
+
+#: a later stage (fine-tuning) reports its before / after metrics in the parent run's report
+NO_REPORT = ReportConfig(enabled=False, train_eval_samples=0, affinity_batches=0)
+
+
+def stage_trainer(
+    model: JointModel,
+    data: DataBundle,
+    balancer: Balancer,
+    sampler: TaskSampler,
+    train: TrainConfig,
+    loading: Loading,
+    out_dir: Path | None,
+    env: DistEnv,
+) -> Trainer:
+    """The trainer of a later stage on a model already trained (fine-tuning one task): no report of its own."""
+    return Trainer(model, data, balancer, sampler, train, loading, out_dir, env, report=NO_REPORT)
 
 
 class Experiment:
@@ -111,9 +129,14 @@ class Experiment:
         return SAMPLERS.build({"seed": self.config.train.seed, **self.config.sampler})
 
     def trainer(
-        self, env: DistEnv | None = None, data: DataBundle | None = None, out_dir: str | Path | None = "config"
+        self,
+        env: DistEnv | None = None,
+        data: DataBundle | None = None,
+        out_dir: str | Path | None = "config",
+        report: ReportConfig | None = None,
     ) -> Trainer:
-        """The trainer of this run; ``out_dir=None`` trains without a run directory (tune's folds)."""
+        """The trainer of this run; ``out_dir=None`` trains without a run directory (tune's folds);
+        ``report`` replaces the config's (a later stage writes the report instead)."""
         config = self.config
         env = env or init_distributed(config.train.device)
         seed_everything(config.train.seed)  # identical initial weights on every rank
@@ -130,7 +153,7 @@ class Experiment:
             config.loading,
             out,
             env,
-            report=config.report,
+            report=report or config.report,
             reference=config.baselines or None,
             run_config=run_config,
             strategy=config.distributed.strategy,

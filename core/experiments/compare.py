@@ -42,10 +42,10 @@ import yaml
 from .. import plugins
 from ..config import RunConfig, apply_overrides, from_dict, load_config, read_yaml
 from ..data import SourceStream
-from ..engine.rundir import RunDir, RunStatus, config_changes
 from ..errors import ConfigError
 from ..evaluation import delta_m, primary_metric
 from ..io import atomic_write_json
+from ..rundir.directory import RunDir, RunStatus, config_changes
 from .builder import Experiment
 from .compare_report import SINGLE, single_label, write_compare_report
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.affinity import cosine_affinity, suggest_groups
-from ..engine.report import format_groups, load_run, markdown_table, plot_affinity, pyplot, zoom
 from ..errors import CheckpointError
 from ..io import atomic_write_text
+from ..reports.affinity import cosine_affinity, suggest_groups
+from ..reports.run_report import format_groups, load_run, markdown_table, plot_affinity, pyplot, zoom
 
 SINGLE = "single-task"
 

@@ -7,16 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from ..balancing import build as build_balancer
-from ..config import ReportConfig, TrainConfig
+from ..config import TrainConfig
 from ..data import DataBundle, Loading
 from ..distributed import DistEnv
-from ..engine.trainer import Trainer
 from ..model import JointModel
 from ..sampling import SAMPLERS
-from .builder import restrict_tasks
-
-#: a fine-tuning stage reports its before / after metrics in the parent run's report
-NO_REPORT = ReportConfig(enabled=False, train_eval_samples=0, affinity_batches=0)
+from .builder import restrict_tasks, stage_trainer
 
 
 def finetune(
@@ -47,17 +43,8 @@ def finetune(
             train, max_steps=steps, lr=train.lr * lr_scale, warmup_steps=0, eval_every=0, early_stopping_patience=0
         )
         sampler = SAMPLERS.build("all" if len(sub_data.train) == 1 else "proportional", seed=train.seed)
-        trainer = Trainer(
-            sub_model,
-            sub_data,
-            build_balancer("ew"),
-            sampler,
-            config,
-            loading,
-            out_dir / "finetuned" / task if out_dir else None,
-            env,
-            report=NO_REPORT,
-        )
+        stage_dir = out_dir / "finetuned" / task if out_dir else None
+        trainer = stage_trainer(sub_model, sub_data, build_balancer("ew"), sampler, config, loading, stage_dir, env)
         before = {split: trainer.evaluate(split).get(task, {}) for split in ("val", "test") if getattr(sub_data, split)}
         trainer.fit()
         after = {split: trainer.evaluate(split).get(task, {}) for split in before}

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from ..config import RunConfig
 from ..distributed import DistEnv, init_distributed
-from ..engine.conclude import write_report_safely
-from ..engine.rundir import RunStatus
 from ..model import JointModel
+from ..reports.run_report import write_report_safely
+from ..rundir.directory import RunStatus
 from .builder import Experiment
 from .finetune import finetune
 
 
 def train(config: RunConfig, resume: bool = False, env: DistEnv | None = None) -> dict[str, Any]:
     """Train (the trainer selects the best checkpoint on validation, scores it once on test and
-    writes results.json and the report), then the optional fine-tuning stage."""
+    writes results.json and the report), then the optional fine-tuning stage, whose results the
+    report includes: it is written once, after that stage."""
     env = env or init_distributed(config.train.device)
-    trainer = Experiment(config).trainer(env)
+    # a fine-tuning stage adds to results.json: the report is written once, after it
+    report = dataclasses.replace(config.report, enabled=False) if config.finetune is not None else None
+    trainer = Experiment(config).trainer(env, report=report)
     summary = trainer.fit(resume=resume)
     run = trainer.run
     if not RunStatus(summary["status"]).finished or config.finetune is None or run is None:

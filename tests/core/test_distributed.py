@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from core.engine.rundir import RunDir
 from core.experiments.run import train
 from core.io import load_state
 from core.model import JointModel
+from core.rundir.directory import RunDir
 
 from .helpers import build_trainer, spawn, toy_config
 

@@ -209,8 +209,8 @@ def test_two_ranks_read_disjoint_shards(tmp_path):
 
 def test_a_config_names_a_sharded_source_and_trains_end_to_end(tmp_path):
     """Through ``jointtrain train``'s path: validation, best model, results and affinity on the stream."""
-    from core.engine.rundir import RunDir
     from core.experiments.run import train
+    from core.rundir.directory import RunDir
 
     write_shards(tmp_path / "shards")
     write_shards(tmp_path / "val", [40])

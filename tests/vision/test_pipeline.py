@@ -13,10 +13,10 @@ import yaml
 from PIL import Image
 
 from core.cli import main as cli
-from core.engine.rundir import RunDir
 from core.errors import CheckpointError
 from core.experiments.run import train
 from core.model import JointModel
+from core.rundir.directory import RunDir
 from tests.vision.helpers import vision_config
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -185,7 +185,7 @@ def test_exact_resume(tmp_path, name):
     def stop_after_step_4() -> dict:
         record = original()
         if first.step == 3:
-            first.stop_requested = True
+            first.request_stop()
         return record
 
     first.train_step = stop_after_step_4  # type: ignore[method-assign]

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from core.engine.metrics_log import read_jsonl
 from core.errors import ConfigError
 from core.experiments.run import train
 from core.io import load_state
 from core.model import JointModel
+from core.rundir.metrics_log import read_jsonl
 
 from ..helpers import build_trainer, spawn, toy_config
 from ..test_distributed import _join

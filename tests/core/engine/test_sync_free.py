@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from core.engine.host_syncs import HostSyncCounter
-from core.engine.metrics_log import host_record
+from core.engine.records import host_record
 from core.errors import NonFiniteLossError
 
 from ..helpers import build_trainer, toy_config
@@ -24,7 +24,7 @@ def _trainer(tmp_path, balancing: str = "ew", **overrides):
     }
     config = toy_config(tmp_path, **{**defaults, **overrides})
     trainer = build_trainer(config, out_dir=None)
-    trainer.skip_on_device = True  # as on CUDA: the skip decided by the fused optimizer, nothing read back
+    trainer.update.skip_on_device = True  # as on CUDA: the skip decided by the fused optimizer, nothing read back
     (name,) = trainer.streams
     batch = next(trainer.streams[name])
     trainer.streams[name] = itertools.repeat(batch)  # the same batch: its label checks are counted below
@@ -110,7 +110,7 @@ def test_a_nonfinite_step_moves_nothing_and_the_fp16_scale_backs_off(tmp_path, b
         "train.max_nonfinite_steps": 1,
     }
     trainer = _trainer(tmp_path, balancing, **overrides)[0]
-    trainer.skip_on_device = on_device
+    trainer.update.skip_on_device = on_device
     trainer.train_step()  # a normal step: moments exist
     trainer.step = 1
     params = dict(trainer.model.named_parameters())

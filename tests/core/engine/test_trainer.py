@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from core.engine.rundir import RunDir
 from core.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
 from core.experiments.run import train
 from core.model import JointModel
+from core.rundir.directory import RunDir
 
 from ..helpers import build_trainer, toy_config
 
@@ -68,7 +68,7 @@ def test_exact_resume_after_interruption(tmp_path):
     def stop_after_step_17() -> dict:
         record = original()
         if interrupted.step == 16:  # the loop increments after this returns: stop at 17
-            interrupted.stop_requested = True
+            interrupted.request_stop()
         return record
 
     interrupted.train_step = stop_after_step_17  # type: ignore[method-assign]

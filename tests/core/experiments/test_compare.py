@@ -12,10 +12,10 @@ import yaml
 
 from core.cli import main
 from core.config import dump_config
-from core.engine.rundir import RunDir
 from core.errors import ConfigError
 from core.evaluation import delta_m
 from core.experiments.compare import SINGLE, CompareSpec, compare, method_label, plan, read_compare_config, summarise
+from core.rundir.directory import RunDir
 
 from ..helpers import toy_config
 
@@ -222,8 +222,8 @@ def test_bad_budget_is_refused(tmp_path):
 def test_examples_budget_is_what_each_task_received_in_the_joint_run(tmp_path):
     """One dataset per task and a uniform sampler: each task alone gets the steps the joint run gave it,
     counted here from the joint run's own log (one train record per step, a loss per drawn task)."""
-    from core.engine.metrics_log import read_jsonl
     from core.experiments.run import train
+    from core.rundir.metrics_log import read_jsonl
 
     overrides = {"data.regime": "per_task", "sampler.name": "uniform", "train.max_steps": 12, "train.log_every": 1}
     path = write_config(tmp_path, {"methods": ["ew"], "seeds": 1, "budgets": ["steps", "examples"]}, **overrides)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from core.config import load_config
-from core.engine.rundir import RunDir
 from core.experiments.builder import Experiment
 from core.experiments.run import train
+from core.rundir.directory import RunDir
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -8,14 +8,15 @@ import math
 import pytest
 import torch
 
-import core.engine.report
+import core.reports.run_report
 from core.cli import main
 from core.data import DataBundle, Loading
-from core.engine.affinity import cosine_affinity, lookahead_affinity, parse_cosine_key, suggest_groups
-from core.engine.report import write_report
+from core.engine.affinity import lookahead_affinity
 from core.errors import CheckpointError
 from core.experiments.builder import Experiment, restrict_tasks
 from core.experiments.run import train
+from core.reports.affinity import cosine_affinity, parse_cosine_key, suggest_groups
+from core.reports.run_report import write_report
 
 from ..helpers import toy_config
 
@@ -52,7 +53,7 @@ def test_report_failure_warns_but_never_fails_the_training(tmp_path, monkeypatch
     def broken(run_dir):
         raise RuntimeError("no plotting today")
 
-    monkeypatch.setattr(core.engine.report, "write_report", broken)
+    monkeypatch.setattr(core.reports.run_report, "write_report", broken)
     config = toy_config(
         tmp_path,
         **{"train.max_steps": 2, "report.enabled": True, "report.affinity_batches": 0, "report.train_eval_samples": 0},
@@ -127,7 +128,7 @@ def test_moe_gates_are_plotted_and_hard_sharing_has_no_gate_section(tmp_path):
     report = (tmp_path / "mmoe" / "run" / "report.md").read_text()
     assert "## Mixture-of-experts gates" in report
     assert (tmp_path / "mmoe" / "run" / "plots" / "gates.png").read_bytes()[:8] == PNG
-    keys = core.engine.report.gate_keys(core.engine.report.load_run(tmp_path / "mmoe" / "run"))
+    keys = core.reports.run_report.gate_keys(core.reports.run_report.load_run(tmp_path / "mmoe" / "run"))
     experts = {f"gate/digit/expert{i}": f"expert{i}" for i in range(3)}
     assert keys["digit"] == {"gate/digit/entropy": "entropy", **experts}
 
@@ -136,9 +137,9 @@ def test_moe_gates_are_plotted_and_hard_sharing_has_no_gate_section(tmp_path):
 
 
 def test_recorded_baselines_fill_the_report_with_their_delta_m(tmp_path):
-    from core.engine.report import record_baselines
-    from core.engine.rundir import RunDir
     from core.evaluation import delta_m
+    from core.reports.run_report import record_baselines
+    from core.rundir.directory import RunDir
 
     train(toy_config(tmp_path, **{"train.max_steps": 4, "train.eval_every": 4, "report.enabled": True}))
     run = tmp_path / "run"

@@ -14,13 +14,13 @@ import torch
 
 from core.cli import main
 from core.data import DictDataset, Source
-from core.engine.checkpoints import CheckpointManager
-from core.engine.metrics_log import read_jsonl
-from core.engine.report import write_report
-from core.engine.rundir import RunDir, config_changes
 from core.errors import CheckpointError, ConfigError
 from core.experiments.run import train
 from core.model import JointModel
+from core.reports.run_report import write_report
+from core.rundir.checkpoints import CheckpointManager
+from core.rundir.directory import RunDir, config_changes
+from core.rundir.metrics_log import read_jsonl
 
 from ..helpers import build_trainer, toy_config
 
@@ -61,7 +61,7 @@ def test_a_concurrent_train_is_refused_naming_the_holder(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time; from core.engine.rundir import RunDir\n"
+            "import sys, time; from core.rundir.directory import RunDir\n"
             "with RunDir(sys.argv[1]).writing():\n    print('held', flush=True); time.sleep(60)",
             config.output_dir,
         ],
@@ -125,7 +125,7 @@ def test_interrupt_hint_resumes_exactly_this_run(tmp_path, capsys, monkeypatch):
     def stop_at_step_7(self: Trainer) -> dict:
         record = original(self)
         if self.step == 6:
-            self.stop_requested = True
+            self.request_stop()
         return record
 
     monkeypatch.setattr(Trainer, "train_step", stop_at_step_7)
@@ -182,7 +182,7 @@ def test_no_duplicated_records_after_resume(tmp_path):
     def stop_at_step_13() -> dict:
         record = original()
         if trainer.step == 12:
-            trainer.stop_requested = True
+            trainer.request_stop()
         return record
 
     trainer.train_step = stop_at_step_13  # type: ignore[method-assign]

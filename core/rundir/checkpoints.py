@@ -3,7 +3,9 @@
 - ``last.pt``: the newest trainer state, for resuming; rewritten atomically at every save.
 - ``best-<step>.pt``: the trainer states of the ``keep_best`` best validation scores (resumable:
   a run can be continued from its best point); the others are deleted as better ones arrive.
-- ``best/``: the model of the best score as a self-contained folder (what evaluate / predict load).
+- ``best/``: the model of the best score as a self-contained folder (what evaluate / predict load);
+  without a validation split, the final model; once calibrated, the calibrated model; its card
+  rewritten once the run's scores are known.
 
 A best checkpoint taken at the same step as ``last.pt`` is a hard link to it, so it costs no disk
 until ``last.pt`` moves on. The list of kept checkpoints is part of the trainer state, so a
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..hub import write_card
 from ..io import fsync_dir, save_state
 from ..model import JointModel
 
@@ -57,6 +60,17 @@ class CheckpointManager:
             model.save_pretrained(self.best_model_dir)
         self.cleanup()
         return improved
+
+    def save_best(self, model: JointModel) -> None:
+        """Write ``model`` as ``best/`` outside a scored save: a run's final model when there is no
+        validation split to choose by (the best known), or the best model once calibrated."""
+        if self.write:
+            model.save_pretrained(self.best_model_dir)
+
+    def refresh_card(self) -> None:
+        """Rewrite ``best/``'s model card: it lists the run's scores, measured after the folder was saved."""
+        if self.write:
+            write_card(self.best_model_dir)
 
     def _link(self, source: Path, target: Path) -> None:
         tmp = target.with_name(f".{target.name}.tmp")

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import torch
+from typing import Any
 
 from ..errors import CheckpointError
 from ..io import atomic_write_text, make_dirs
 from ..tree import flatten
-
-if TYPE_CHECKING:
-    from .rundir import RunDir
+from .directory import RunDir
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -90,32 +84,3 @@ class RunLog:
     def close(self) -> None:
         if self._log is not None:
             self._log.close()
-
-
-def host_record(record: dict[str, Any], *diagnosed: Any) -> dict[str, Any]:
-    """A step record with its device values read back in one host sync (log steps only) and the
-    ``diagnostics()`` of ``diagnosed`` (balancer, architecture) added. A task unlabelled all step
-    (a NaN loss) is left out."""
-    for part in diagnosed:
-        record = {**record, **part.diagnostics()}
-    keys = [k for k, v in record.items() if isinstance(v, torch.Tensor)]
-    if keys:
-        read = torch.stack([record[k].detach().double().reshape(()) for k in keys]).tolist()
-        record = {**record, **dict(zip(keys, read, strict=True))}
-    return {k: v for k, v in record.items() if not (k.startswith("loss/") and math.isnan(v))}
-
-
-def setup_record(trainer: Any) -> dict[str, Any]:
-    """The first record of a new run: what trains, on what, how."""
-    return {
-        "split": "setup",
-        "step": 0,
-        "tasks": list(trainer.model.tasks),
-        "sampler": trainer.sampler.describe(),
-        "balancer": repr(trainer.balancer),
-        "world_size": trainer.env.world_size,
-        "strategy": trainer.strategy.name,
-        "device": str(trainer.env.device),
-        "amp": str(trainer.precision.dtype),
-        "config": dataclasses.asdict(trainer.config),
-    }

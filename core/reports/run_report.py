@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,9 @@ from ..architectures.groups import branched_from_groups
 from ..errors import CheckpointError, ConfigError
 from ..evaluation import Results, delta_m, primary_metric
 from ..io import atomic_write_text
+from ..rundir.directory import RunDir
+from ..rundir.metrics_log import read_jsonl
 from .affinity import Matrix, cosine_affinity, parse_cosine_key, suggest_groups
-from .metrics_log import read_jsonl
-from .rundir import RunDir
 
 
 def pyplot() -> Any:
@@ -354,6 +355,14 @@ def write_report(run_dir: str | Path) -> Path:
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
     return path
+
+
+def write_report_safely(run: RunDir) -> None:
+    """The report comes after a finished training, which a plotting problem must not fail."""
+    try:
+        write_report(run.path)
+    except Exception as e:  # any failure (matplotlib missing, odd logs): warn, keep the trained run
+        warnings.warn(f"run report for {run.path} not written: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
 
 
 def record_baselines(run_dir: str | Path, baselines: Mapping[str, Results]) -> Path:
