@@ -106,10 +106,16 @@ def merged_baseline(
     out_dir = Path(base.output_dir) / "merge" / f"seed{seed}"
     dirs = {t: str(Path(single[t])) for t in base.tasks}
     settings = {"methods": spec.methods, "lambdas": spec.lambdas, "monitor": base.train.monitor}
+    reference: Results = {t: RunDir(d).summary()["val"].get(t, {}) for t, d in dirs.items()}
+    if not all(reference.values()):
+        raise ConfigError(
+            f"the single-task runs {dirs} have no validation results for {[t for t, v in reference.items() if not v]}; "
+            "lambda is chosen on validation: give the data a validation split"
+        )
     done = out_dir / "merge.json"
-    if done.is_file():
+    if done.is_file():  # the same runs (their results too: a retrained run is another one) and settings
         previous = json.loads(done.read_text())
-        if previous.get("single_runs") == dirs and previous.get("settings") == settings:
+        if [previous.get(k) for k in ("single_runs", "single_val", "settings")] == [dirs, reference, settings]:
             log(f"  [done]    {out_dir}")
             return previous
 
@@ -133,7 +139,6 @@ def merged_baseline(
     model.to(env.device)
     heads = {k: v for t, state in models.items() for k, v in state.items() if k.startswith(f"heads.{t}.")}
     senses = metric_senses(model)
-    reference: Results = {t: RunDir(d).summary()["val"][t] for t, d in dirs.items()}
 
     def load(state: StateDict) -> None:
         model.load_state_dict({**state, **heads}, strict=True)
