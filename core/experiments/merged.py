@@ -154,6 +154,10 @@ def merged_baseline(
             candidates[-1]["score"] = score
             log(f"  merge {method_label(method)} lambda={lam:g}: {base.train.monitor} {score:+.3f}")
     best = max(candidates, key=lambda c: c["score"] if math.isfinite(c["score"]) else -math.inf)
+    # the best at the end of the grid: a wider grid might do better (said in the result, not hidden)
+    at_edge = len(spec.lambdas) > 1 and best["lambda"] in (min(spec.lambdas), max(spec.lambdas))
+    if at_edge:
+        log(f"  merge: the best lambda ({best['lambda']:g}) at the grid's end {spec.lambdas}; widen merge.lambdas")
     kwargs = {k: v for k, v in best["spec"].items() if k != "name"}
     load(merge(best["spec"]["name"], start, vectors, best["lambda"], **kwargs))
     test = evaluate(model, data.test, base.loading, env) if data.test else {}
@@ -162,6 +166,7 @@ def merged_baseline(
         "seed": seed,
         "method": best["method"],
         "lambda": best["lambda"],
+        "lambda_at_grid_edge": at_edge,
         "val": best["val"],
         "tasks": test,
         "single_val": reference,

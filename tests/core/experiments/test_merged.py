@@ -41,6 +41,7 @@ def test_with_one_task_at_lambda_one_the_merged_model_is_the_single_task_model(t
     assert result["val"]["digit"] == pytest.approx(RunDir(single).summary()["val"]["digit"], abs=1e-7)
     assert result["tasks"]["digit"] == pytest.approx(RunDir(single).summary()["tasks"]["digit"], abs=1e-7)
     assert [c["score"] for c in result["candidates"]] == pytest.approx([0.0, 0.0], abs=1e-9)
+    assert result["lambda_at_grid_edge"] is False  # one lambda: no grid to widen
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +65,7 @@ def test_a_tiny_pretrained_encoder_merged_by_task_arithmetic_serves_every_head(t
     assert set(result["tasks"]) == {"sentiment", "ner"} and set(result["val"]) == {"sentiment", "ner"}
     assert len(result["candidates"]) == 2
     assert result["lambda"] == max(result["candidates"], key=lambda c: c["score"])["lambda"]
+    assert result["lambda_at_grid_edge"] is True  # a grid of two: either end
     # the merged backbone by hand: theta_0 (the saved encoder) + lambda * sum of the task vectors
     runs = single_runs(base, 0)
     start = start_state(runs["sentiment"].config)
