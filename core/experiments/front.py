@@ -199,9 +199,8 @@ def trade_off_front(base: RunConfig, spec: FrontSpec, log: Any = print) -> dict[
     metrics = {t: primary_metric(reference[t]) for t in tasks}
     hib = {t: senses[t][metrics[t]].higher_is_better for t in tasks}
 
-    points = []
+    points, monitor = [], base.train.monitor
     for row in rows(base, spec):
-        monitor = base.train.monitor
         scores = {s: monitored_value(val[(row.label, s)], monitor, reference, senses) for s in spec.lr_scales}
         scale = max(spec.lr_scales, key=lambda s: scores[s] if math.isfinite(scores[s]) else -math.inf)
         chosen: list[dict[str, Any]] = results[(row.label, scale)]
