@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,8 @@ class Trainer:
         self.watch = NonFiniteWatch(config.max_nonfinite_steps)
         self.skip_on_device = self.env.device.type != "cpu"  # core.engine.skip: on the CPU a read is free
         self.stop_requested = False  # set by Ctrl-C / SIGTERM: checkpoint at the step boundary and stop
+        # called with (step, selection score) after each validation; may request_stop() (tune's pruner)
+        self.on_validation: list[Callable[[int, float], None]] = []
 
     def request_stop(self) -> bool:
         """Ask the loop to stop after the current step; True if that had been asked already."""
@@ -457,6 +460,8 @@ class Trainer:
             self.best_val, self.evals_without_improvement = results, 0
         elif score is not None:
             self.evals_without_improvement += 1
+        for observe in self.on_validation if score is not None else ():
+            observe(self.step, score)
 
     def _save(self, score: float | None) -> bool:
         """Checkpoint (rank 0 writes); True when ``score`` is the best so far."""

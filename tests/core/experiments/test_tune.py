@@ -16,7 +16,9 @@ from core.cli import main
 from core.config import dump_config, load_config
 from core.errors import ConfigError
 from core.experiments.builder import Experiment
-from core.experiments.tune import TuneSpec, candidates, folds, read_tune_config, tune
+from core.experiments.tune import folds, read_tune_config, tune
+from core.experiments.tuning.searches import SEARCHES, from_spec
+from core.experiments.tuning.space import dimensions
 
 from ..helpers import toy_config
 
@@ -59,22 +61,23 @@ def test_bad_heuristic_settings():
         build("ew", heuristic="loss_scale", scale_steps=0)
 
 
-def test_grid_and_random_candidates():
-    grid = candidates(TuneSpec(space={"balancing.heuristic": ["uniform", "size"], "train.lr": [0.1, 0.2]}))
-    assert len(grid) == 4 and {"balancing.heuristic": "size", "train.lr": 0.2} in grid
-    spec = TuneSpec(
-        space={"balancing.weights.a": {"distribution": "loguniform", "low": 0.1, "high": 10}},
-        search="random",
-        n_iter=5,
-        seed=3,
-    )
-    drawn = candidates(spec)
-    assert drawn == candidates(spec)  # seeded
-    assert len(drawn) == 5 and all(0.1 <= c["balancing.weights.a"] <= 10 for c in drawn)
-    with pytest.raises(ConfigError, match="grid search needs lists"):
-        candidates(TuneSpec(space=spec.space))
+def test_grid_and_random_slots():
+    dims = dimensions({"balancing.heuristic": ["uniform", "size"], "train.lr": [0.1, 0.2]})
+    points = from_spec(SEARCHES, "grid", seed=0).slots(dims, n_trials=99)
+    assert len(points) == 4 and {"balancing.heuristic": "size", "train.lr": 0.2} in points
+    assert from_spec(SEARCHES, "random", seed=0).slots(dims, n_trials=3) == [{}, {}, {}]  # drawn when a trial starts
+    ranges = dimensions({"balancing.weights.a": {"distribution": "loguniform", "low": 0.1, "high": 10}})
+    with pytest.raises(ConfigError, match="grid sampler needs lists"):
+        from_spec(SEARCHES, "grid", seed=0).slots(ranges, 1)
     with pytest.raises(ConfigError, match="loguniform distribution needs low > 0"):
-        candidates(TuneSpec(space={"x": {"distribution": "loguniform", "low": 0, "high": 1}}, search="random"))
+        dimensions({"x": {"distribution": "loguniform", "low": 0, "high": 1}})
+    with pytest.raises(ConfigError, match=r"unknown tune sampler 'tpee'.*Did you mean 'tpe'"):
+        from_spec(SEARCHES, "tpee", seed=0)
+
+
+def test_values_optuna_cannot_store_round_trip_as_json():
+    (dim,) = dimensions({"balancing.weights": [{"digit": 1.0, "parity": 0.1}, {"digit": 0.5}]})
+    assert [dim.decode(c) for c in dim.probes()] == [{"digit": 1.0, "parity": 0.1}, {"digit": 0.5}]
 
 
 def test_folds_partition_each_training_source(tmp_path):
@@ -97,7 +100,11 @@ def write_tune_config(tmp_path: Path, section: dict[str, Any]) -> Path:
 
 
 def test_tune_ranks_candidates_and_writes_the_winning_config(tmp_path, capsys):
-    section = {"cv": 2, "space": {"balancing.heuristic": ["uniform", "loss_scale"], "train.lr": [0.0, 0.01]}}
+    section = {
+        "search": "grid",
+        "cv": 2,
+        "space": {"balancing.heuristic": ["uniform", "loss_scale"], "train.lr": [0.0, 0.01]},
+    }
     path = write_tune_config(tmp_path, section)
     assert main(["tune", str(path)]) == 0
     out = capsys.readouterr().out
@@ -126,6 +133,8 @@ def test_tune_on_the_validation_split(tmp_path):
         ({"space": {}}, "tune.space is empty"),
         ({"space": {"train.lr": [0.1]}, "cv": 1}, "cv must be 0"),
         ({"space": {"train.lr": [0.1]}, "search": "bayes"}, "tune.search must be one of grid, random"),
+        ({"space": {"train.lr": [0.1]}, "sampler": "bayes"}, "unknown tune sampler 'bayes'"),
+        ({"space": {"train.lr": [0.1]}, "pruner": {"name": "median", "n_startup": 2}}, "tune tune pruner 'median'"),
         ({"space": {"train.lr": []}}, "empty list"),
         ({"space": {"balancing.temperature": [1.0]}}, r"tune candidate .*unknown argument 'temperature'"),
         ({"space": {"train.lrr": [0.1]}}, "unknown key 'config.train.lrr'"),

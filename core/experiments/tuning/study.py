@@ -1,0 +1,109 @@
+"""The study: one Optuna study in a database that every worker shares, and how a worker claims a trial.
+
+The first worker creates the study and writes, once, what it searches (the ``tune`` record), the
+references its scores are measured against and its budget (waiting trials). Later workers — other
+processes, other machines, or a rerun after an interruption — load it, check that they search the
+same thing, and claim the waiting trials that are left.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from optuna.exceptions import DuplicatedStudyError, UpdateFinishedTrialError
+from optuna.trial import TrialState
+
+from ...errors import ConfigError
+
+READY_WAIT_S = 120.0  # how long a worker waits for the creating worker to write the budget
+
+
+def storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna database from its URL; SQLite waits for a busy file instead of failing at once."""
+    connect = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=connect)
+    except Exception as e:  # SQLAlchemy / driver errors: a bad URL or an unreachable server
+        raise ConfigError(f"tune storage '{shown(url)}' cannot be opened: {e}") from e
+
+
+def shown(url: str) -> str:
+    """The URL without its password (it goes to the screen and to tune.json)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not an SQLAlchemy URL: nothing to hide that we know of
+        return url
+
+
+def open_study(
+    db: optuna.storages.BaseStorage,
+    name: str,
+    sampler: optuna.samplers.BaseSampler,
+    pruner: optuna.pruners.BasePruner,
+    record: dict[str, Any],
+    references: Callable[[], list[Any]],
+    slots: list[dict[str, Any]],
+) -> optuna.Study:
+    """Create the study with its record, references and budget, or load it and check its record."""
+    try:
+        study = optuna.create_study(storage=db, study_name=name, sampler=sampler, pruner=pruner, direction="maximize")
+    except DuplicatedStudyError:
+        study = optuna.load_study(storage=db, study_name=name, sampler=sampler, pruner=pruner)
+        ready(study)
+        check_record(study, record)
+        return study
+    study.set_user_attr("tune", record)
+    study.set_user_attr("references", references())
+    for params in slots:
+        study.enqueue_trial(params)
+    study.set_user_attr("budget", len(slots))  # written last: the study is ready
+    return study
+
+
+def ready(study: optuna.Study) -> None:
+    """Wait until the worker that created the study has written its budget."""
+    deadline = time.monotonic() + READY_WAIT_S
+    while "budget" not in study.user_attrs:
+        if time.monotonic() > deadline:
+            raise ConfigError(
+                f"study '{study.study_name}' has no budget recorded: the process that created it stopped before "
+                "writing it. Delete the study (or its database) or give another tune.study name"
+            )
+        time.sleep(0.5)
+
+
+def check_record(study: optuna.Study, record: dict[str, Any]) -> None:
+    """A worker may only join a study that searches the same space, the same way, on the same data."""
+    recorded = study.user_attrs["tune"]
+    differ = sorted(k for k in {*recorded, *record} if recorded.get(k) != record.get(k))
+    if differ:
+        details = "; ".join(f"{k}: study {recorded.get(k)!r}, this config {record.get(k)!r}" for k in differ)
+        raise ConfigError(
+            f"study '{study.study_name}' was created by another search ({details}). Give this search its own "
+            "tune.study name (or --output-dir / --storage), or rerun with the study's settings to continue it"
+        )
+
+
+def claim(study: optuna.Study) -> optuna.Trial | None:
+    """Take one waiting trial of the budget (None when none is left). The WAITING -> RUNNING change is
+    atomic in the database, so two workers never get the same trial."""
+    for waiting in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            if study._storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
+                return optuna.Trial(study, waiting._trial_id)
+        except UpdateFinishedTrialError:  # finished by another worker between the read and the claim
+            continue
+    return None
+
+
+def give_back(study: optuna.Study, trial: optuna.Trial, error: str) -> None:
+    """An unfinished trial (interrupted, crashed) fails and its values go back into the budget, so a
+    rerun runs them (what Optuna's ``RetryFailedTrialCallback`` does for lost workers)."""
+    trial.set_user_attr("error", error)
+    study.tell(trial, state=TrialState.FAIL)
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
