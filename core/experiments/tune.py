@@ -32,6 +32,8 @@ import copy
 import dataclasses
 import json
 import math
+import os
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,6 +208,7 @@ def tune(base: RunConfig, spec: TuneSpec, raw: dict[str, Any], log: Callable[[st
     status = "completed"
     while (trial := claim(study)) is not None:
         params = {d.key: d.suggest(trial) for d in dims}
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         try:
             outcome = run_trial(
                 trial, candidate_config(raw, params), splits, refs, out / name / f"trial-{trial.number}"

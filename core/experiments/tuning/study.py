@@ -22,12 +22,35 @@ READY_WAIT_S = 120.0  # how long a worker waits for the creating worker to write
 
 
 def storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna database from its URL; SQLite waits for a busy file instead of failing at once."""
-    connect = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    """An Optuna database from its URL."""
+    sqlite = url.startswith("sqlite")
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=connect)
+        db = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else {})
     except Exception as e:  # SQLAlchemy / driver errors: a bad URL or an unreachable server
         raise ConfigError(f"tune storage '{shown(url)}' cannot be opened: {e}") from e
+    if sqlite:
+        serialize(db.engine)
+    return db
+
+
+def serialize(engine: Any) -> None:
+    """Make every SQLite transaction take the write lock when it begins (SQLAlchemy's recipe).
+
+    Optuna claims a waiting trial by reading its state and updating it in one transaction, with
+    SELECT ... FOR UPDATE, which SQLite ignores; and Python's sqlite3 begins the transaction only
+    at the UPDATE, so two processes could both read WAITING and both run the trial. With
+    ``BEGIN IMMEDIATE`` the second waits until the first has committed and then reads RUNNING."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def no_implicit_transactions(connection: Any, record: Any) -> None:
+        connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the listeners are closed, new ones get them
 
 
 def shown(url: str) -> str:

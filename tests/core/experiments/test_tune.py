@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 import pytest
 import torch
 import yaml
+from optuna.trial import TrialState
 
+import core
 from core.balancing import build
 from core.balancing.base import BalancerSetup, StepContext
 from core.cli import main
@@ -144,3 +152,60 @@ def test_bad_tune_config(tmp_path, section, message):
     path = write_tune_config(tmp_path, section)
     with pytest.raises(ConfigError, match=message):
         tune(*read_tune_config(path), log=lambda *_: None)
+
+
+def cli(*args: str) -> subprocess.Popen[str]:
+    """``python -m core.cli`` in a process of its own, importing this checkout."""
+    env = {**os.environ, "PYTHONPATH": str(Path(core.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "core.cli", *args], env=env, stdout=subprocess.PIPE, text=True)
+
+
+def test_two_processes_share_one_sqlite_study_without_running_a_trial_twice(tmp_path):
+    space = {"balancing.heuristic": ["uniform", "size", "loss_scale"], "train.lr": [0.003, 0.01]}
+    path = write_tune_config(tmp_path, {"sampler": "grid", "space": space})
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    workers = [cli("tune", str(path), "--storage", url, "--study", "shared") for _ in range(2)]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    study = optuna.load_study(study_name="shared", storage=url)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 6  # the budget, no more
+    points = sorted((t.params["balancing.heuristic"], t.params["train.lr"]) for t in study.trials)
+    assert points == sorted(itertools.product(space["balancing.heuristic"], space["train.lr"]))  # each once
+    dirs = [d for t in study.trials for d in t.user_attrs["run_dirs"]]
+    assert len(set(dirs)) == 6 and all((Path(d) / "results.json").is_file() for d in dirs)
+    result = json.loads((tmp_path / "run" / "tune" / "tune.json").read_text())
+    assert (result["study"], result["storage"], len(result["ranking"])) == ("shared", url, 6)
+
+
+def test_a_rerun_continues_the_study_where_it_stopped(tmp_path):
+    path = write_tune_config(tmp_path, {"search": "grid", "space": {"train.lr": [0.0, 0.003, 0.01]}})
+
+    def stop_after_the_first_trial(line: str) -> None:
+        if line.startswith("  trial"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tune(*read_tune_config(path), log=stop_after_the_first_trial)
+    result = tune(*read_tune_config(path), log=lambda *_: None)
+    assert sorted(t["params"]["train.lr"] for t in result["ranking"]) == [0.0, 0.003, 0.01]
+    assert [t["trial"] for t in result["ranking"] if t["params"]["train.lr"] == 0.0] == [0]  # not run again
+    again = tune(*read_tune_config(path), log=lambda *_: None)  # nothing left: the same ranking
+    assert again["ranking"] == result["ranking"] and again["left"] == 0
+
+
+def test_tpe_is_the_default_sampler(tmp_path):
+    space = {"train.lr": {"distribution": "loguniform", "low": 1e-3, "high": 1e-2}, "balancing.heuristic": ["size"]}
+    result = tune(*read_tune_config(write_tune_config(tmp_path, {"n_iter": 3, "space": space})), log=lambda *_: None)
+    assert result["search"] == "tpe" and result["pruner"] == "median" and len(result["ranking"]) == 3
+    assert all(1e-3 <= t["params"]["train.lr"] <= 1e-2 for t in result["ranking"])
+
+
+@pytest.mark.parametrize("search", ["grid", "random"])
+def test_the_bundled_tune_config_still_runs(tmp_path, search):
+    config = Path(core.__file__).parents[1] / "scripts" / "configs" / "tune_digits.yaml"
+    overrides = [f"tune.search={search}", "tune.n_iter=2", "tune.cv=2", "train.max_steps=4", "train.eval_every=4"]
+    overrides += ["train.warmup_steps=0", f"output_dir={tmp_path / 'run'}"]
+    result = tune(*read_tune_config(config, overrides), log=lambda *_: None)
+    assert result["search"] == search and result["scored_on"] == "2-fold cross-validation"
+    assert len(result["ranking"]) == (4 if search == "grid" else 2)
+    assert all(len(t["scores"]) == 2 and len(t["run_dirs"]) == 2 for t in result["ranking"])
