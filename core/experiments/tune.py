@@ -53,7 +53,7 @@ from ..io import atomic_write_json, atomic_write_text
 from .builder import Experiment
 from .tuning.searches import PRUNERS, SEARCHES, from_spec
 from .tuning.space import Dimension, decoded, dimensions
-from .tuning.study import claim, give_back, open_study, shown, storage
+from .tuning.study import claim, give_back, heartbeat, open_study, shown, storage
 from .tuning.trial import Outcome, run_trial
 
 
@@ -69,6 +69,7 @@ class TuneSpec:
     seed: int = 0  # of the sampler and of the folds
     pruner: str | dict[str, Any] = "median"  # median | percentile | hyperband | none, or {name, **options}
     storage: str | None = None  # Optuna database URL shared by the workers; default: SQLite in output_dir/tune
+    heartbeat_s: int = 60  # a running trial's worker pings the storage; silent for 2x this, its trial is rerun
     study: str | None = None  # the study's name in the storage; default: the output_dir's folder name
 
     @property
@@ -97,6 +98,8 @@ def read_tune_config(path: str | Path, overrides: Sequence[str] = ()) -> tuple[R
         raise ConfigError(f"{path}: tune.search must be one of grid, random (or use tune.sampler), got '{spec.search}'")
     if spec.cv == 1 or spec.cv < 0:
         raise ConfigError(f"{path}: tune.cv must be 0 (validation split) or >= 2 folds, got {spec.cv}")
+    if spec.heartbeat_s < 1:
+        raise ConfigError(f"{path}: tune.heartbeat_s must be >= 1 second, got {spec.heartbeat_s}")
     if spec.n_iter < 1:
         raise ConfigError(f"{path}: tune.n_iter must be >= 1, got {spec.n_iter}")
     return load_config(raw=copy.deepcopy(raw)), spec, raw
@@ -197,7 +200,13 @@ def tune(base: RunConfig, spec: TuneSpec, raw: dict[str, Any], log: Callable[[st
     name = spec.study or Path(base.output_dir).absolute().name
     check_output(out / "tune.json", name, shown(url))
     study = open_study(
-        storage(url), name, search.sampler, pruner, record(base, spec), references(experiment, splits), slots
+        storage(url, spec.heartbeat_s),
+        name,
+        search.sampler,
+        pruner,
+        record(base, spec),
+        references(experiment, splits),
+        slots,
     )
     refs = study.user_attrs["references"]
     where = f"{spec.cv}-fold cross-validation" if spec.cv else "the validation split"
@@ -210,9 +219,10 @@ def tune(base: RunConfig, spec: TuneSpec, raw: dict[str, Any], log: Callable[[st
         params = {d.key: d.suggest(trial) for d in dims}
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         try:
-            outcome = run_trial(
-                trial, candidate_config(raw, params), splits, refs, out / name / f"trial-{trial.number}"
-            )
+            with heartbeat(study, trial, spec.heartbeat_s):
+                outcome = run_trial(
+                    trial, candidate_config(raw, params), splits, refs, out / name / f"trial-{trial.number}"
+                )
         except BaseException as e:  # a crash or Ctrl-C between validations: the trial goes back into the budget
             give_back(study, trial, f"{type(e).__name__}: {e}")
             raise

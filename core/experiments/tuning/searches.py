@@ -84,4 +84,4 @@ def from_spec(registry: Registry[Any], spec: str | Mapping[str, Any], **extra: A
     try:
         return registry.build(spec, **extra)
     except TypeError as e:  # an option the Optuna class does not take
-        raise ConfigError(f"tune {registry.kind} '{name}' {options}: {e}") from e
+        raise ConfigError(f"{registry.kind} '{name}' {options}: {e}") from e

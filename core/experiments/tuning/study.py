@@ -8,8 +8,10 @@ same thing, and claim the waiting trials that are left.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import optuna
@@ -21,11 +23,19 @@ from ...errors import ConfigError
 READY_WAIT_S = 120.0  # how long a worker waits for the creating worker to write the budget
 
 
-def storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna database from its URL."""
+def storage(url: str, heartbeat_s: int) -> optuna.storages.BaseStorage:
+    """An Optuna database from its URL. A worker's running trial records a heartbeat every
+    ``heartbeat_s`` seconds; one silent for twice that (a killed process, a lost machine) is failed by
+    the next worker that looks and its values go back into the budget (Optuna's retry callback)."""
     sqlite = url.startswith("sqlite")
     try:
-        db = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else {})
+        db = optuna.storages.RDBStorage(
+            url,
+            engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else {},
+            heartbeat_interval=heartbeat_s,
+            grace_period=2 * heartbeat_s,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None),
+        )
     except Exception as e:  # SQLAlchemy / driver errors: a bad URL or an unreachable server
         raise ConfigError(f"tune storage '{shown(url)}' cannot be opened: {e}") from e
     if sqlite:
@@ -114,7 +124,9 @@ def check_record(study: optuna.Study, record: dict[str, Any]) -> None:
 
 def claim(study: optuna.Study) -> optuna.Trial | None:
     """Take one waiting trial of the budget (None when none is left). The WAITING -> RUNNING change is
-    atomic in the database, so two workers never get the same trial."""
+    atomic in the database, so two workers never get the same trial. Trials of lost workers are
+    failed first, which puts their values back as waiting trials."""
+    optuna.storages.fail_stale_trials(study)
     for waiting in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         try:
             if study._storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
@@ -122,6 +134,26 @@ def claim(study: optuna.Study) -> optuna.Trial | None:
         except UpdateFinishedTrialError:  # finished by another worker between the read and the claim
             continue
     return None
+
+
+@contextlib.contextmanager
+def heartbeat(study: optuna.Study, trial: optuna.Trial, every_s: float) -> Iterator[None]:
+    """Record that ``trial``'s worker is alive every ``every_s`` seconds while the block runs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+            if stop.wait(every_s):
+                return
+
+    thread = threading.Thread(target=beat, name=f"tune-heartbeat-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def give_back(study: optuna.Study, trial: optuna.Trial, error: str) -> None:

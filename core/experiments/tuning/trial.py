@@ -32,7 +32,9 @@ def run_trial(
 ) -> Outcome:
     """Fold ``f``'s validation at step ``s`` is reported as step ``f * max_steps + s``, so the pruner
     compares each fold's scores with the same fold's scores of earlier trials."""
-    experiment = Experiment(config).with_overrides({"train.progress": False})
+    # a trial's job is its score: no report, affinity or train-set pass (`jointtrain report DIR` writes one later)
+    quiet = {"train.progress": False, "report.enabled": False, "report.affinity_batches": 0}
+    experiment = Experiment(config).with_overrides({**quiet, "report.train_eval_samples": 0})
     outcome = Outcome("complete")
     for f, (split, reference) in enumerate(zip(splits, references, strict=True)):
         run_dir = out / f"fold-{f}" if len(splits) > 1 else out

@@ -1,18 +1,21 @@
-"""Task weight selection: the loss_scale heuristic and jointtrain tune (grid/random, k-fold or validation)."""
+"""Task weight selection: the loss_scale heuristic and jointtrain tune (Optuna samplers, folds, shared studies)."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
 import pytest
+import sqlalchemy
 import torch
 import yaml
 from optuna.trial import TrialState
@@ -142,7 +145,10 @@ def test_tune_on_the_validation_split(tmp_path):
         ({"space": {"train.lr": [0.1]}, "cv": 1}, "cv must be 0"),
         ({"space": {"train.lr": [0.1]}, "search": "bayes"}, "tune.search must be one of grid, random"),
         ({"space": {"train.lr": [0.1]}, "sampler": "bayes"}, "unknown tune sampler 'bayes'"),
-        ({"space": {"train.lr": [0.1]}, "pruner": {"name": "median", "n_startup": 2}}, "tune tune pruner 'median'"),
+        (
+            {"space": {"train.lr": [0.1]}, "pruner": {"name": "median", "n_startup": 2}},
+            "tune pruner 'median'.*n_startup",
+        ),
         ({"space": {"train.lr": []}}, "empty list"),
         ({"space": {"balancing.temperature": [1.0]}}, r"tune candidate .*unknown argument 'temperature'"),
         ({"space": {"train.lrr": [0.1]}}, "unknown key 'config.train.lrr'"),
@@ -209,3 +215,24 @@ def test_the_bundled_tune_config_still_runs(tmp_path, search):
     assert result["search"] == search and result["scored_on"] == "2-fold cross-validation"
     assert len(result["ranking"]) == (4 if search == "grid" else 2)
     assert all(len(t["scores"]) == 2 and len(t["run_dirs"]) == 2 for t in result["ranking"])
+
+
+def test_the_trial_of_a_killed_worker_is_run_again_by_the_next_one(tmp_path):
+    path = write_tune_config(tmp_path, {"sampler": "grid", "heartbeat_s": 1, "space": {"train.lr": [0.003, 0.01]}})
+    longer = ["--set", "train.max_steps=300", "--set", "train.eval_every=300"]
+    worker = cli("tune", str(path), *longer)
+    url = f"sqlite:///{tmp_path / 'run' / 'tune' / 'study.db'}"
+    deadline = time.monotonic() + 300
+    while worker.poll() is None and time.monotonic() < deadline:  # wait until it trains its first trial
+        with contextlib.suppress(KeyError, sqlalchemy.exc.OperationalError):  # not created yet
+            if optuna.load_study(study_name="run", storage=url).get_trials(states=(TrialState.RUNNING,)):
+                break
+        time.sleep(0.2)
+    worker.kill()  # SIGKILL: no chance to give the trial back
+    worker.wait()
+    time.sleep(2.5)  # two heartbeats missed
+    result = tune(*read_tune_config(path, [a for a in longer if a != "--set"]), log=lambda *_: None)
+    (lost,) = result["failed"]
+    assert lost["trial"] == 0 and lost["error"].startswith("the score")  # failed by the next worker, not by itself
+    assert sorted(t["params"]["train.lr"] for t in result["ranking"]) == [0.003, 0.01]
+    assert lost["params"] in [t["params"] for t in result["ranking"] if t["trial"] != 0]

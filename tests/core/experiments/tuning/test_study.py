@@ -17,7 +17,7 @@ from ...helpers import spawn
 
 def make(url: str, record: dict[str, Any] | None = None, slots: int = 40) -> optuna.Study:
     return open_study(
-        storage(url),
+        storage(url, heartbeat_s=60),
         "s",
         optuna.samplers.RandomSampler(seed=0),
         optuna.pruners.NopPruner(),
