@@ -24,11 +24,11 @@ import core
 from core.balancing import build
 from core.balancing.base import BalancerSetup, StepContext
 from core.cli import main
-from core.config import dump_config, load_config
+from core.config import dump_config, from_dict, load_config
 from core.errors import ConfigError
 from core.experiments.builder import Experiment
-from core.experiments.tune import folds, read_tune_config, tune
-from core.experiments.tuning.searches import SEARCHES, from_spec
+from core.experiments.tune import TuneSpec, folds, read_tune_config, tune
+from core.experiments.tuning.searches import PRUNERS, SEARCHES, from_spec
 from core.experiments.tuning.space import dimensions
 
 from ..helpers import toy_config
@@ -236,3 +236,18 @@ def test_the_trial_of_a_killed_worker_is_run_again_by_the_next_one(tmp_path):
     assert lost["trial"] == 0 and lost["error"].startswith("the score")  # failed by the next worker, not by itself
     assert sorted(t["params"]["train.lr"] for t in result["ranking"]) == [0.003, 0.01]
     assert lost["params"] in [t["params"] for t in result["ranking"] if t["trial"] != 0]
+
+
+def test_the_documented_tune_section_is_valid():
+    docs = (Path(core.__file__).parents[1] / "docs" / "evidence.md").read_text()
+    block = next(b for b in docs.split("```yaml\n")[1:] if b.startswith("tune:"))
+    spec = from_dict(TuneSpec, yaml.safe_load(block.split("```")[0])["tune"], "tune")
+    assert spec.sampler_spec == "tpe" and len(dimensions(spec.space)) == 2
+    assert from_spec(PRUNERS, spec.pruner) is not None
+
+
+def test_without_optuna_tune_says_how_to_install_it(tmp_path):
+    code = "import sys; sys.modules['optuna'] = None; from core.cli import main; sys.exit(main(['tune', 'x.yaml']))"
+    env = {**os.environ, "PYTHONPATH": str(Path(core.__file__).parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "pip install 'jointtrain[tune]'" in done.stderr
