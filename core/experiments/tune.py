@@ -223,6 +223,9 @@ def tune(base: RunConfig, spec: TuneSpec, raw: dict[str, Any], log: Callable[[st
                 outcome = run_trial(
                     trial, candidate_config(raw, params), splits, refs, out / name / f"trial-{trial.number}"
                 )
+        except ConfigError as e:  # a combination of values the config refuses
+            give_back(study, trial, f"ConfigError: {e}")
+            raise ConfigError(f"tune trial {trial.number} {params}: {e}") from e
         except BaseException as e:  # a crash or Ctrl-C between validations: the trial goes back into the budget
             give_back(study, trial, f"{type(e).__name__}: {e}")
             raise
@@ -283,6 +286,7 @@ def summary(
     from optuna.trial import TrialState
 
     ranking, pruned, failed = [], [], []
+    reruns = {retried_from(t): t.number for t in study.get_trials(deepcopy=False) if retried_from(t) is not None}
     for t in study.get_trials(deepcopy=False):
         entry = {"trial": t.number, "params": decoded(dims, t.params), "run_dirs": t.user_attrs.get("run_dirs", [])}
         if t.state == TrialState.COMPLETE:
@@ -294,7 +298,7 @@ def summary(
             score = t.intermediate_values[last] if last is not None else None
             pruned.append({**entry, "steps": t.user_attrs.get("steps", []), "last_score": score})
         elif t.state == TrialState.FAIL:
-            failed.append({**entry, "error": t.user_attrs.get("error", "the score is not a number (diverged)")})
+            failed.append({**entry, "error": failure(t), "rerun_as": reruns.get(t.number)})
     ranking.sort(key=lambda t: -t["mean"] if math.isfinite(t["mean"]) else math.inf)
     waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)))
     result: dict[str, Any] = {
@@ -320,6 +324,19 @@ def summary(
         atomic_write_text(out / "best.yaml", header + yaml.safe_dump(best_raw, sort_keys=False))
         result["best_config"] = str(out / "best.yaml")
     return result
+
+
+def retried_from(trial: Any) -> int | None:
+    """The trial this one runs again: given back by a worker, or failed for its lost worker by Optuna."""
+    return trial.user_attrs.get("retry_of", trial.system_attrs.get("failed_trial"))
+
+
+def failure(trial: Any) -> str:
+    if "error" in trial.user_attrs:  # given back by its worker: the exception, or "interrupted"
+        return str(trial.user_attrs["error"])
+    if "scores" in trial.user_attrs:  # trained to the end; Optuna fails a NaN objective
+        return "a score is not a number (the fit diverged)"
+    return "its worker stopped sending heartbeats (killed or lost)"
 
 
 def build_name(spec: str | Mapping[str, Any]) -> str:
