@@ -37,7 +37,7 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -55,6 +55,10 @@ from .tuning.searches import PRUNERS, SEARCHES, from_spec
 from .tuning.space import Dimension, decoded, dimensions
 from .tuning.study import claim, give_back, heartbeat, open_study, shown, storage
 from .tuning.trial import Outcome, run_trial
+
+if TYPE_CHECKING:  # imported after .tuning, which says how to install Optuna when it is missing
+    import optuna
+    from optuna.trial import FrozenTrial
 
 
 @dataclass
@@ -252,7 +256,7 @@ def check_output(path: Path, study: str, url: str) -> None:
         )
 
 
-def finish(study: Any, trial: Any, outcome: Outcome) -> None:
+def finish(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> None:
     from optuna.trial import TrialState
 
     trial.set_user_attr("steps", outcome.steps)
@@ -264,7 +268,7 @@ def finish(study: Any, trial: Any, outcome: Outcome) -> None:
     study.tell(trial, float(np.mean(outcome.scores)))  # NaN: Optuna records a failed trial
 
 
-def progress(study: Any) -> str:
+def progress(study: optuna.Study) -> str:
     counts: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
         counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
@@ -272,7 +276,7 @@ def progress(study: Any) -> str:
 
 
 def summary(
-    study: Any,
+    study: optuna.Study,
     dims: list[Dimension],
     base: RunConfig,
     spec: TuneSpec,
@@ -326,12 +330,12 @@ def summary(
     return result
 
 
-def retried_from(trial: Any) -> int | None:
+def retried_from(trial: FrozenTrial) -> int | None:
     """The trial this one runs again: given back by a worker, or failed for its lost worker by Optuna."""
     return trial.user_attrs.get("retry_of", trial.system_attrs.get("failed_trial"))
 
 
-def failure(trial: Any) -> str:
+def failure(trial: FrozenTrial) -> str:
     if "error" in trial.user_attrs:  # given back by its worker: the exception, or "interrupted"
         return str(trial.user_attrs["error"])
     if "scores" in trial.user_attrs:  # trained to the end; Optuna fails a NaN objective
