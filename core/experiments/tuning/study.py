@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from ...errors import ConfigError
 
-READY_WAIT_S = 120.0  # how long a worker waits for the creating worker to write the budget
+READY_WAIT_S = 600.0  # how long a worker waits for the creating worker to measure its references and write the budget
 
 
 def storage(url: str, heartbeat_s: int) -> optuna.storages.BaseStorage:
@@ -112,14 +112,25 @@ def ready(study: optuna.Study) -> None:
 
 def check_record(study: optuna.Study, record: dict[str, Any]) -> None:
     """A worker may only join a study that searches the same space, the same way, on the same data."""
-    recorded = study.user_attrs["tune"]
-    differ = sorted(k for k in {*recorded, *record} if recorded.get(k) != record.get(k))
+    recorded, own = flat(study.user_attrs["tune"]), flat(record)
+    differ = sorted(k for k in {*recorded, *own} if recorded.get(k) != own.get(k))
     if differ:
-        details = "; ".join(f"{k}: study {recorded.get(k)!r}, this config {record.get(k)!r}" for k in differ)
+        details = "; ".join(f"{k}: study {recorded.get(k)!r}, this config {own.get(k)!r}" for k in differ)
         raise ConfigError(
             f"study '{study.study_name}' was created by another search ({details}). Give this search its own "
             "tune.study name (or --output-dir / --storage), or rerun with the study's settings to continue it"
         )
+
+
+def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"config": {"train": {"lr": 1}}}`` -> ``{"config.train.lr": 1}``: differences name their key."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def claim(study: optuna.Study) -> optuna.Trial | None:

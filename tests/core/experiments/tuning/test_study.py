@@ -50,7 +50,7 @@ def test_a_worker_joins_only_the_same_search_and_reads_the_recorded_references(t
     again = make(url, slots=5)  # a rerun: the budget stays the one recorded
     assert again.user_attrs["budget"] == 2 and len(again.trials) == 2
     assert again.user_attrs["references"] == [{"a": {"accuracy": 0.1}}]
-    with pytest.raises(ConfigError, match=r"study 's' was created by another search \(space: study"):
+    with pytest.raises(ConfigError, match=r"study 's' was created by another search \(space.x: study \[1, 2\], this"):
         make(url, record={"space": {"x": [1, 3]}})
 
 
