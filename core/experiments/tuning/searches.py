@@ -42,9 +42,10 @@ PRUNERS: Registry[optuna.pruners.BasePruner] = Registry("tune pruner")
 
 
 @SEARCHES.register("tpe")
-def tpe(seed: int, **options: Any) -> Search:
-    """Tree-structured Parzen estimator: later trials sample near the good ones (Optuna's default)."""
-    return Search(optuna.samplers.TPESampler(seed=seed, **options))
+def tpe(seed: int, n_startup_trials: int = 5, **options: Any) -> Search:
+    """Tree-structured Parzen estimator: after ``n_startup_trials`` random ones, trials sample near the
+    good ones (Optuna's default of 10 random trials would spend the whole default budget of 10)."""
+    return Search(optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials, **options))
 
 
 @SEARCHES.register("random")
