@@ -252,13 +252,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from .experiments.tune import format_ranking, read_tune_config, tune
 
-    overrides = _overrides(args)
-    base, spec, raw = read_tune_config(args.config, overrides)
+    base, spec, raw = read_tune_config(args.config, _overrides(args))
+    given = {"storage": args.storage, "study": args.study}
+    spec = dataclasses.replace(spec, **{k: v for k, v in given.items() if v is not None})
     result = tune(base, spec, raw)
     print(format_ranking(result))
-    print(f"best config written to {result['best_config']}")
+    if result["best_config"]:
+        print(f"best config written to {result['best_config']}")
+    if result["status"] == "interrupted":
+        print(
+            "interrupted: the unfinished trial goes back into the study; rerun the same command to continue",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 
@@ -333,8 +343,14 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--output-dir", help="shortcut for --set output_dir=...")
     c.set_defaults(func=cmd_compare)
 
-    tu = sub.add_parser("tune", help="search static task weights / method hyperparameters (CV or validation)")
-    tu.add_argument("config", help="a run config with a 'tune:' section (space, search, cv, ...)")
+    tu = sub.add_parser("tune", help="search task weights / hyperparameters on Optuna (CV or validation)")
+    tu.add_argument("config", help="a run config with a 'tune:' section (space, sampler, n_iter, cv, pruner, ...)")
+    tu.add_argument(
+        "--storage",
+        help="Optuna database URL holding the study (default sqlite:///OUTPUT_DIR/tune/study.db); workers "
+        "given the same storage and study share its trials",
+    )
+    tu.add_argument("--study", help="the study's name in the storage (default: the output_dir's folder name)")
     tu.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
     tu.add_argument("--output-dir", help="shortcut for --set output_dir=...")
     tu.set_defaults(func=cmd_tune)

@@ -44,6 +44,8 @@ class Lifecycle:
     def __init__(self, scoring: Scoring, keep_best: int) -> None:
         self.scoring = scoring
         self.checkpoints = CheckpointManager(Path("."), Path("."), keep_best, write=False)
+        # called with (step, selection score) after each validation; may request_stop() (tune's pruner)
+        self.on_validation: list[Callable[[int, float], None]] = []
 
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
@@ -67,6 +69,8 @@ class Lifecycle:
         """A validation's results and score (higher is better; None without a validation split)."""
         if results:
             self.log({"split": "val", "step": step, "score": score, "tasks": results})
+        for observe in self.on_validation if score is not None else ():
+            observe(step, score)
 
     def checkpoint(
         self, step: int, score: float | None, state: Callable[[], dict[str, Any]], model: JointModel
@@ -104,7 +108,8 @@ class DirectoryLifecycle(Lifecycle):
     """A run that owns the directory ``run``."""
 
     def __init__(self, run: RunDir, scoring: Scoring, keep_best: int) -> None:
-        self.run, self.scoring, self.main = run, scoring, scoring.env.is_main
+        super().__init__(scoring, keep_best)
+        self.run, self.main = run, scoring.env.is_main
         self.checkpoints = CheckpointManager(run.checkpoints, run.model("best"), keep_best, write=self.main)
         self.metrics = RunLog(None)
         self.changes: dict[str, Any] | None = None  # allowed config changes of a resumed run

@@ -24,6 +24,7 @@ from ..distributed import DistEnv, init_distributed
 from ..engine.rng import seed_everything
 from ..engine.trainer import Trainer
 from ..errors import ConfigError
+from ..evaluation import Results
 from ..model import JointModel
 from ..sampling import SAMPLERS, TaskSampler
 from ..tasks import build_task
@@ -134,9 +135,12 @@ class Experiment:
         data: DataBundle | None = None,
         out_dir: str | Path | None = "config",
         report: ReportConfig | None = None,
+        reference: Results | None = None,
     ) -> Trainer:
-        """The trainer of this run; ``out_dir=None`` trains without a run directory (tune's folds);
-        ``report`` replaces the config's (a later stage writes the report instead)."""
+        """The trainer of this run; ``out_dir=None`` trains without a run directory. ``report`` replaces
+        the config's (a later stage writes the report instead). ``reference``: what selection scores
+        measure change against (default: the config's ``baselines``, else the first validation); tune
+        gives every trial the same one so that their scores compare."""
         config = self.config
         env = env or init_distributed(config.train.device)
         seed_everything(config.train.seed)  # identical initial weights on every rank
@@ -154,7 +158,7 @@ class Experiment:
             out,
             env,
             report=report or config.report,
-            reference=config.baselines or None,
+            reference=reference or config.baselines or None,
             run_config=run_config,
             strategy=config.distributed.strategy,
         )

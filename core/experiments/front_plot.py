@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..engine.report import pyplot
+from ..reports.run_report import pyplot
 
 MARKERS = ["*", "D", "^", "v", "P", "X", "s", "h"]
 

@@ -30,11 +30,11 @@ from torch import Tensor
 from ..config import RunConfig, load_config
 from ..distributed import DistEnv, resolve_device
 from ..engine.rng import seed_everything
-from ..engine.rundir import RunDir
 from ..errors import ConfigError
 from ..evaluation import Results, evaluate, metric_senses, monitored_value
 from ..io import atomic_write_json
 from ..model import JointModel
+from ..rundir.directory import RunDir
 from .builder import Experiment
 from .compare import CompareSpec, Run, as_spec, execute, method_label, plan
 from .merge import MERGERS, StateDict, merge, task_vectors

@@ -1,19 +1,27 @@
-"""``jointtrain tune``: search static task weights and method hyperparameters, without touching test.
+"""``jointtrain tune``: search task weights, method and training hyperparameters on Optuna, without touching test.
 
 The ``tune:`` section of a run config names config keys (dotted, as in ``--set``) and their
-candidate values::
+candidates::
 
     tune:
-      search: grid            # grid (every combination) | random (n_iter draws)
+      sampler: tpe            # tpe (default) | random | grid (every combination once); or {name, **options}
+      n_iter: 20              # trials of tpe / random (grid: one per point)
       cv: 3                   # k folds over the training split; 0 = train on train, score on validation
+      pruner: median          # median (default) | percentile | hyperband | none; or {name, **options}
+      storage: null           # an Optuna database URL; default sqlite:///<output_dir>/tune/study.db
+      study: null             # the study's name; default: the output_dir's folder name
       space:
         balancing.heuristic: [uniform, size, inverse_initial_loss, loss_scale]
-        balancing.weights.parity: {distribution: loguniform, low: 0.1, high: 10}   # random search only
+        train.lr: {distribution: loguniform, low: 1.0e-4, high: 1.0e-2}
 
-Each candidate is trained like ``jointtrain train`` would (same model, data, budget) and scored
-by the run's model-selection score (``train.monitor``: the relative change of the primary metrics) on
-the held-out fold or the validation split. scikit-learn supplies the candidate lists
-(``ParameterGrid`` / ``ParameterSampler``) and the folds (``KFold``). The ranking goes to
+(``search: grid|random``, the former name of ``sampler``, is still read.) Each trial trains the
+candidate like ``jointtrain train`` would (same model, data, budget) in its own run directory,
+``output_dir/tune/<study>/trial-<n>[/fold-<f>]``, without the test split. Its score is the run's
+model-selection score (``train.monitor``) of its best checkpoint, averaged over folds; every trial
+measures it against the same reference (the config's ``baselines``, else the untrained model's
+validation metrics, recorded in the study) so scores compare across trials, and the pruner compares
+each validation with earlier trials' at the same step. Several processes or machines given the same
+``storage`` and study share the trials; rerunning continues the study. The ranking goes to
 ``output_dir/tune/tune.json``; the winning config (base config + best values) to
 ``output_dir/tune/best.yaml``.
 """
@@ -24,10 +32,12 @@ import copy
 import dataclasses
 import json
 import math
-from collections.abc import Mapping, Sequence
+import os
+import socket
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,13 +45,20 @@ import yaml
 
 from ..config import RunConfig, apply_overrides, from_dict, load_config, read_yaml
 from ..data import DataBundle, Source
+from ..distributed import init_distributed
+from ..engine.rng import seed_everything
 from ..errors import ConfigError
-from ..evaluation import Results, mean_results, metric_senses, monitored_value
+from ..evaluation import Results, evaluate
 from ..io import atomic_write_json, atomic_write_text
 from .builder import Experiment
+from .tuning.searches import PRUNERS, SEARCHES, from_spec
+from .tuning.space import Dimension, decoded, dimensions
+from .tuning.study import claim, give_back, heartbeat, open_study, shown, storage
+from .tuning.trial import Outcome, run_trial
 
-SEARCHES = ("grid", "random")
-DISTRIBUTIONS = ("uniform", "loguniform", "randint")
+if TYPE_CHECKING:  # imported after .tuning, which says how to install Optuna when it is missing
+    import optuna
+    from optuna.trial import FrozenTrial
 
 
 @dataclass
@@ -49,65 +66,27 @@ class TuneSpec:
     """The ``tune:`` section."""
 
     space: dict[str, Any] = field(default_factory=dict)  # dotted config key -> values or {distribution, low, high}
-    search: str = "grid"  # grid | random
-    n_iter: int = 10  # random search: candidates drawn
+    sampler: str | dict[str, Any] | None = None  # tpe (default) | random | grid, or {name, **sampler options}
+    search: str | None = None  # the former name of ``sampler`` (grid | random)
+    n_iter: int = 10  # trials of tpe / random; grid runs every point once
     cv: int = 0  # folds over the training split (>= 2); 0 = score on the validation split
-    seed: int = 0  # of the random draws and of the folds
+    seed: int = 0  # of the sampler and of the folds
+    pruner: str | dict[str, Any] = "median"  # median | percentile | hyperband | none, or {name, **options}
+    storage: str | None = None  # Optuna database URL shared by the workers; default: SQLite in output_dir/tune
+    heartbeat_s: int = 60  # a running trial's worker pings the storage; silent for 2x this, its trial is rerun
+    study: str | None = None  # the study's name in the storage; default: the output_dir's folder name
+
+    @property
+    def sampler_spec(self) -> str | dict[str, Any]:
+        return self.sampler or self.search or "tpe"
 
 
 def _sklearn() -> Any:
     try:
         from sklearn import model_selection
     except ImportError as e:
-        raise ConfigError("jointtrain tune needs scikit-learn: pip install 'jointtrain[report]'") from e
+        raise ConfigError("jointtrain tune needs scikit-learn for its folds: pip install 'jointtrain[report]'") from e
     return model_selection
-
-
-def distribution(key: str, spec: Any) -> Any:
-    """A candidate list, or a scipy distribution from ``{distribution, low, high}``."""
-    if isinstance(spec, list):
-        if not spec:
-            raise ConfigError(f"tune.space.{key} is an empty list; give at least one value")
-        return spec
-    if not isinstance(spec, Mapping) or spec.get("distribution") not in DISTRIBUTIONS:
-        raise ConfigError(
-            f"tune.space.{key} must be a list of values or {{distribution: {'|'.join(DISTRIBUTIONS)}, low, high}}, "
-            f"got {spec!r}"
-        )
-    from scipy import stats
-
-    low, high = spec.get("low"), spec.get("high")
-    if not isinstance(low, (int, float)) or not isinstance(high, (int, float)) or not low < high:
-        raise ConfigError(f"tune.space.{key} needs numbers low < high, got low={low!r}, high={high!r}")
-    if spec["distribution"] == "loguniform":
-        if low <= 0:
-            raise ConfigError(f"tune.space.{key}: a loguniform distribution needs low > 0, got {low}")
-        return stats.loguniform(low, high)
-    if spec["distribution"] == "randint":
-        return stats.randint(int(low), int(high) + 1)
-    return stats.uniform(low, high - low)
-
-
-def candidates(spec: TuneSpec) -> list[dict[str, Any]]:
-    """The parameter settings to try, in order."""
-    ms = _sklearn()
-    space = {k: distribution(k, v) for k, v in spec.space.items()}
-    if spec.search == "grid":
-        lists = [k for k, v in space.items() if not isinstance(v, list)]
-        if lists:
-            raise ConfigError(f"grid search needs lists of values; {lists} are distributions: use search: random")
-        return [dict(sorted(p.items())) for p in ms.ParameterGrid(space)]
-    return [dict(sorted(p.items())) for p in ms.ParameterSampler(space, spec.n_iter, random_state=spec.seed)]
-
-
-def plain(value: Any) -> Any:
-    """numpy scalars from scipy draws -> Python numbers (for YAML/JSON)."""
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def candidate_config(raw: dict[str, Any], params: Mapping[str, Any]) -> RunConfig:
-    overrides = [f"{k}={json.dumps(plain(v))}" for k, v in params.items()]
-    return load_config(raw=apply_overrides(copy.deepcopy(raw), overrides))
 
 
 def read_tune_config(path: str | Path, overrides: Sequence[str] = ()) -> tuple[RunConfig, TuneSpec, dict[str, Any]]:
@@ -117,13 +96,33 @@ def read_tune_config(path: str | Path, overrides: Sequence[str] = ()) -> tuple[R
     spec: TuneSpec = from_dict(TuneSpec, raw.pop("tune"), "tune")
     if not spec.space:
         raise ConfigError(f"{path}: tune.space is empty; name config keys and their candidate values")
-    if spec.search not in SEARCHES:
-        raise ConfigError(f"{path}: tune.search must be one of {', '.join(SEARCHES)}, got '{spec.search}'")
+    if spec.sampler is not None and spec.search is not None and spec.sampler != spec.search:
+        raise ConfigError(f"{path}: tune.search is the former name of tune.sampler; give one of them, not both")
+    if spec.search is not None and spec.search not in ("grid", "random"):
+        raise ConfigError(f"{path}: tune.search must be one of grid, random (or use tune.sampler), got '{spec.search}'")
     if spec.cv == 1 or spec.cv < 0:
         raise ConfigError(f"{path}: tune.cv must be 0 (validation split) or >= 2 folds, got {spec.cv}")
-    if spec.search == "random" and spec.n_iter < 1:
+    if spec.heartbeat_s < 1:
+        raise ConfigError(f"{path}: tune.heartbeat_s must be >= 1 second, got {spec.heartbeat_s}")
+    if spec.n_iter < 1:
         raise ConfigError(f"{path}: tune.n_iter must be >= 1, got {spec.n_iter}")
     return load_config(raw=copy.deepcopy(raw)), spec, raw
+
+
+def candidate_config(raw: dict[str, Any], params: Mapping[str, Any]) -> RunConfig:
+    overrides = [f"{k}={json.dumps(v)}" for k, v in params.items()]
+    return load_config(raw=apply_overrides(copy.deepcopy(raw), overrides))
+
+
+def check_candidates(raw: dict[str, Any], dims: list[Dimension]) -> None:
+    """Every value of every key builds (config and balancer) before anything trains."""
+    for dim in dims:
+        for stored in dim.probes():
+            params = {dim.key: dim.decode(stored)}
+            try:
+                Experiment(candidate_config(raw, params)).balancer()
+            except ConfigError as e:
+                raise ConfigError(f"tune candidate {params}: {e}") from e
 
 
 def folds(data: DataBundle, k: int, seed: int) -> list[DataBundle]:
@@ -150,66 +149,211 @@ def folds(data: DataBundle, k: int, seed: int) -> list[DataBundle]:
     ]
 
 
-def fit(config: RunConfig, data: DataBundle) -> Results:
-    """Train ``config`` on ``data.train`` (no run directory); its best results on ``data.val``."""
-    experiment = Experiment(config).with_overrides({"train.progress": False})
-    return experiment.trainer(data=data, out_dir=None).fit()["best_val"]
+def references(experiment: Experiment, splits: list[DataBundle]) -> Callable[[], list[Results]]:
+    """What every trial's scores are measured against, per fold: the declared baselines, else the
+    untrained model's validation metrics (computed once, by the worker that creates the study)."""
+    config = experiment.config
+
+    def compute() -> list[Results]:
+        if config.baselines:
+            return [dict(config.baselines) for _ in splits]
+        env = init_distributed(config.train.device)
+        out = []
+        for split in splits:
+            seed_everything(config.train.seed)  # the initial weights every trial starts from
+            model = experiment.model(split).to(env.device)
+            out.append(evaluate(model, split.val, config.loading.resolved(env.device), env))
+        return out
+
+    return compute
 
 
-def tune(base: RunConfig, spec: TuneSpec, raw: dict[str, Any], log: Any = print) -> dict[str, Any]:
-    """Score every candidate; write the ranking and the winning config.
+def record(base: RunConfig, spec: TuneSpec) -> dict[str, Any]:
+    """What a worker must share with the study to join it: the search and the config it varies."""
+    config = {k: v for k, v in base.to_dict().items() if k != "output_dir"}
+    config["train"] = {k: v for k, v in config["train"].items() if k not in ("device", "progress")}
+    plain = {
+        "space": spec.space,
+        "sampler": spec.sampler_spec,
+        "n_iter": spec.n_iter,
+        "cv": spec.cv,
+        "seed": spec.seed,
+        "config": config,
+    }
+    return json.loads(json.dumps(plain))  # as the database stores it
 
-    Candidates are ranked by the run's monitor; for ``score`` (relative change of the primary
-    metrics) the reference of each fold is the mean over all candidates, so scores compare.
-    """
+
+def tune(base: RunConfig, spec: TuneSpec, raw: dict[str, Any], log: Callable[[str], Any] = print) -> dict[str, Any]:
+    """Run this worker's share of the study's trials; write the ranking and the winning config.
+
+    Returns the ranking (``tune.json``); ``status`` is ``interrupted`` when a trial was stopped by
+    Ctrl-C / SIGTERM (its values go back into the budget: rerun to continue)."""
+    dims = dimensions(spec.space)
+    search = from_spec(SEARCHES, spec.sampler_spec, seed=spec.seed)
+    pruner = from_spec(PRUNERS, spec.pruner)
+    slots = search.slots(dims, spec.n_iter)
+    check_candidates(raw, dims)
     experiment = Experiment(base)
-    settings = candidates(spec)
-    configs = [candidate_config(raw, p) for p in settings]
-    for params, config in zip(settings, configs, strict=True):
-        try:  # every candidate must build before anything trains
-            Experiment(config).balancer()
-        except ConfigError as e:
-            raise ConfigError(f"tune candidate {params}: {e}") from e
     data = experiment.data
     if spec.cv == 0 and not data.val:
         raise ConfigError("tune.cv: 0 scores on the validation split, but the data has none; set tune.cv >= 2")
-    splits = folds(data, spec.cv, spec.seed) if spec.cv else [data]
-    where = f"{spec.cv}-fold cross-validation" if spec.cv else "the validation split"
-    log(f"tune: {len(settings)} candidate(s) x {len(splits)} fit(s), scored on {where}")
-    results = []
-    for i, (params, config) in enumerate(zip(settings, configs, strict=True)):
-        results.append([fit(config, split) for split in splits])
-        log(f"  [{i + 1}/{len(settings)}] trained {params}")
-    senses = metric_senses(experiment.model(data))
-    references = [mean_results([r[f] for r in results]) for f in range(len(splits))]
-    trials = []
-    for params, per_fold in zip(settings, results, strict=True):
-        scores = [
-            monitored_value(r, base.train.monitor, ref, senses) for r, ref in zip(per_fold, references, strict=True)
-        ]
-        mean = float(np.mean(scores))
-        std = float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0
-        trials.append({"params": {k: plain(v) for k, v in params.items()}, "scores": scores, "mean": mean, "std": std})
-        log(f"  score {mean:.4f} ± {std:.4f}  {trials[-1]['params']}")
-    ranking = sorted(trials, key=lambda t: -t["mean"] if math.isfinite(t["mean"]) else math.inf)
+    splits = folds(data, spec.cv, spec.seed) if spec.cv else [dataclasses.replace(data, test=[])]
     out = Path(base.output_dir) / "tune"
-    best_raw = apply_overrides(copy.deepcopy(raw), [f"{k}={json.dumps(v)}" for k, v in ranking[0]["params"].items()])
-    header = f"# written by jointtrain tune: best of {len(trials)} candidate(s) on {where}\n"
-    atomic_write_text(out / "best.yaml", header + yaml.safe_dump(best_raw, sort_keys=False))
-    result = {
-        "monitor": base.train.monitor,
-        "scored_on": where,
-        "search": spec.search,
-        "ranking": ranking,
-        "best_config": str(out / "best.yaml"),
-    }
+    out.mkdir(parents=True, exist_ok=True)
+    url = spec.storage or f"sqlite:///{(out / 'study.db').absolute()}"
+    name = spec.study or Path(base.output_dir).absolute().name
+    check_output(out / "tune.json", name, shown(url))
+    study = open_study(
+        storage(url, spec.heartbeat_s),
+        name,
+        search.sampler,
+        pruner,
+        record(base, spec),
+        references(experiment, splits),
+        slots,
+    )
+    refs = study.user_attrs["references"]
+    where = f"{spec.cv}-fold cross-validation" if spec.cv else "the validation split"
+    log(
+        f"tune: study '{name}' in {shown(url)}: {study.user_attrs['budget']} trial(s) x {len(splits)} fit(s), "
+        f"scored on {where}"
+    )
+    status = "completed"
+    while (trial := claim(study)) is not None:
+        params = {d.key: d.suggest(trial) for d in dims}
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        try:
+            with heartbeat(study, trial, spec.heartbeat_s):
+                outcome = run_trial(
+                    trial, candidate_config(raw, params), splits, refs, out / name / f"trial-{trial.number}"
+                )
+        except ConfigError as e:  # a combination of values the config refuses
+            give_back(study, trial, f"ConfigError: {e}")
+            raise ConfigError(f"tune trial {trial.number} {params}: {e}") from e
+        except BaseException as e:  # a crash or Ctrl-C between validations: the trial goes back into the budget
+            give_back(study, trial, f"{type(e).__name__}: {e}")
+            raise
+        if outcome.status == "interrupted":
+            give_back(study, trial, "interrupted")
+            status = "interrupted"
+            break
+        finish(study, trial, outcome)
+        log(f"  trial {trial.number} {outcome.status}: {progress(study)}  {params}")
+    result = summary(study, dims, base, spec, where, shown(url), raw, out, status)
     atomic_write_json(out / "tune.json", result)
     return result
 
 
+def check_output(path: Path, study: str, url: str) -> None:
+    """One tune folder holds one study's results: another study's tune.json is never overwritten."""
+    if not path.is_file():
+        return
+    previous = json.loads(path.read_text())
+    if (previous.get("study"), previous.get("storage")) not in ((study, url), (None, None)):
+        raise ConfigError(
+            f"{path} holds the results of study '{previous.get('study')}' in {previous.get('storage')}; this "
+            f"search is study '{study}' in {url}: give it another --output-dir"
+        )
+
+
+def finish(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> None:
+    from optuna.trial import TrialState
+
+    trial.set_user_attr("steps", outcome.steps)
+    trial.set_user_attr("run_dirs", outcome.run_dirs)
+    if outcome.status == "pruned":
+        study.tell(trial, state=TrialState.PRUNED)
+        return
+    trial.set_user_attr("scores", outcome.scores)
+    study.tell(trial, float(np.mean(outcome.scores)))  # NaN: Optuna records a failed trial
+
+
+def progress(study: optuna.Study) -> str:
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+
+
+def summary(
+    study: optuna.Study,
+    dims: list[Dimension],
+    base: RunConfig,
+    spec: TuneSpec,
+    where: str,
+    url: str,
+    raw: dict[str, Any],
+    out: Path,
+    status: str,
+) -> dict[str, Any]:
+    """The study's trials so far (all workers'): the ranking of completed ones, then pruned and failed."""
+    from optuna.trial import TrialState
+
+    ranking, pruned, failed = [], [], []
+    reruns = {retried_from(t): t.number for t in study.get_trials(deepcopy=False) if retried_from(t) is not None}
+    for t in study.get_trials(deepcopy=False):
+        entry = {"trial": t.number, "params": decoded(dims, t.params), "run_dirs": t.user_attrs.get("run_dirs", [])}
+        if t.state == TrialState.COMPLETE:
+            scores = t.user_attrs["scores"]
+            std = float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0
+            ranking.append({**entry, "scores": scores, "mean": t.value, "std": std, "steps": t.user_attrs["steps"]})
+        elif t.state == TrialState.PRUNED:
+            last = max(t.intermediate_values, default=None)
+            score = t.intermediate_values[last] if last is not None else None
+            pruned.append({**entry, "steps": t.user_attrs.get("steps", []), "last_score": score})
+        elif t.state == TrialState.FAIL:
+            failed.append({**entry, "error": failure(t), "rerun_as": reruns.get(t.number)})
+    ranking.sort(key=lambda t: -t["mean"] if math.isfinite(t["mean"]) else math.inf)
+    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)))
+    result: dict[str, Any] = {
+        "monitor": base.train.monitor,
+        "scored_on": where,
+        "search": build_name(spec.sampler_spec),
+        "pruner": build_name(spec.pruner),
+        "study": study.study_name,
+        "storage": url,
+        "status": status,
+        "budget": study.user_attrs["budget"],
+        "left": waiting,
+        "ranking": ranking,
+        "pruned": pruned,
+        "failed": failed,
+        "best_config": None,
+    }
+    if ranking:
+        best_raw = apply_overrides(
+            copy.deepcopy(raw), [f"{k}={json.dumps(v)}" for k, v in ranking[0]["params"].items()]
+        )
+        header = f"# written by jointtrain tune: best of {len(ranking)} completed trial(s) on {where}\n"
+        atomic_write_text(out / "best.yaml", header + yaml.safe_dump(best_raw, sort_keys=False))
+        result["best_config"] = str(out / "best.yaml")
+    return result
+
+
+def retried_from(trial: FrozenTrial) -> int | None:
+    """The trial this one runs again: given back by a worker, or failed for its lost worker by Optuna."""
+    return trial.user_attrs.get("retry_of", trial.system_attrs.get("failed_trial"))
+
+
+def failure(trial: FrozenTrial) -> str:
+    if "error" in trial.user_attrs:  # given back by its worker: the exception, or "interrupted"
+        return str(trial.user_attrs["error"])
+    if "scores" in trial.user_attrs:  # trained to the end; Optuna fails a NaN objective
+        return "a score is not a number (the fit diverged)"
+    return "its worker stopped sending heartbeats (killed or lost)"
+
+
+def build_name(spec: str | Mapping[str, Any]) -> str:
+    return spec if isinstance(spec, str) else str(spec.get("name"))
+
+
 def format_ranking(result: Mapping[str, Any]) -> str:
-    lines = [f"ranking ({result['monitor']} on {result['scored_on']}, higher is better):"]
+    lines = [
+        f"study '{result['study']}' in {result['storage']}: {len(result['ranking'])} completed, "
+        f"{len(result['pruned'])} pruned, {len(result['failed'])} failed, {result['left']} left",
+        f"ranking ({result['monitor']} on {result['scored_on']}, higher is better):",
+    ]
     for rank, trial in enumerate(result["ranking"], 1):
         params = ", ".join(f"{k}={v}" for k, v in trial["params"].items())
-        lines.append(f"  {rank:>2}. {trial['mean']:.4f} ± {trial['std']:.4f}  {params}")
+        lines.append(f"  {rank:>2}. {trial['mean']:.4f} ± {trial['std']:.4f}  {params}  (trial {trial['trial']})")
     return "\n".join(lines)

@@ -244,3 +244,18 @@ def test_loaders_are_kept_across_epochs_and_evaluations(tmp_path):
     (kept,) = val.eval_loaders.values()  # three evaluations, one loader
     trainer.evaluate("val")
     assert list(val.eval_loaders.values()) == [kept]
+
+
+def test_validation_observers_see_each_selection_score_and_may_stop_the_run(tmp_path):
+    trainer = build_trainer(toy_config(tmp_path, **{"train.max_steps": 30, "train.eval_every": 10}), out_dir=None)
+    seen: list[tuple[int, float]] = []
+
+    def observe(step: int, score: float) -> None:
+        seen.append((step, score))
+        if step == 20:
+            trainer.request_stop()
+
+    trainer.life.on_validation.append(observe)
+    summary = trainer.fit()
+    assert [step for step, _ in seen] == [10, 20] and summary["status"] == "interrupted" and summary["step"] == 20
+    assert summary["best_score"] == max(score for _, score in seen)  # the scores model selection uses

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from core.config import load_config
-from core.engine.rundir import RunDir
 from core.errors import ConfigError
 from core.experiments.compare import execute
 from core.experiments.merged import MergeSpec, merged_baseline, single_runs, start_state
 from core.model import JointModel
+from core.rundir.directory import RunDir
 
 from ..helpers import toy_config
 

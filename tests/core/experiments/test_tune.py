@@ -1,22 +1,35 @@
-"""Task weight selection: the loss_scale heuristic and jointtrain tune (grid/random, k-fold or validation)."""
+"""Task weight selection: the loss_scale heuristic and jointtrain tune (Optuna samplers, folds, shared studies)."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 import pytest
+import sqlalchemy
 import torch
 import yaml
+from optuna.trial import TrialState
 
+import core
 from core.balancing import build
 from core.balancing.base import BalancerSetup, StepContext
 from core.cli import main
-from core.config import dump_config, load_config
+from core.config import dump_config, from_dict, load_config
 from core.errors import ConfigError
 from core.experiments.builder import Experiment
-from core.experiments.tune import TuneSpec, candidates, folds, read_tune_config, tune
+from core.experiments.tune import TuneSpec, folds, read_tune_config, tune
+from core.experiments.tuning.searches import PRUNERS, SEARCHES, from_spec
+from core.experiments.tuning.space import dimensions
 
 from ..helpers import toy_config
 
@@ -59,22 +72,23 @@ def test_bad_heuristic_settings():
         build("ew", heuristic="loss_scale", scale_steps=0)
 
 
-def test_grid_and_random_candidates():
-    grid = candidates(TuneSpec(space={"balancing.heuristic": ["uniform", "size"], "train.lr": [0.1, 0.2]}))
-    assert len(grid) == 4 and {"balancing.heuristic": "size", "train.lr": 0.2} in grid
-    spec = TuneSpec(
-        space={"balancing.weights.a": {"distribution": "loguniform", "low": 0.1, "high": 10}},
-        search="random",
-        n_iter=5,
-        seed=3,
-    )
-    drawn = candidates(spec)
-    assert drawn == candidates(spec)  # seeded
-    assert len(drawn) == 5 and all(0.1 <= c["balancing.weights.a"] <= 10 for c in drawn)
-    with pytest.raises(ConfigError, match="grid search needs lists"):
-        candidates(TuneSpec(space=spec.space))
+def test_grid_and_random_slots():
+    dims = dimensions({"balancing.heuristic": ["uniform", "size"], "train.lr": [0.1, 0.2]})
+    points = from_spec(SEARCHES, "grid", seed=0).slots(dims, n_trials=99)
+    assert len(points) == 4 and {"balancing.heuristic": "size", "train.lr": 0.2} in points
+    assert from_spec(SEARCHES, "random", seed=0).slots(dims, n_trials=3) == [{}, {}, {}]  # drawn when a trial starts
+    ranges = dimensions({"balancing.weights.a": {"distribution": "loguniform", "low": 0.1, "high": 10}})
+    with pytest.raises(ConfigError, match="grid sampler needs lists"):
+        from_spec(SEARCHES, "grid", seed=0).slots(ranges, 1)
     with pytest.raises(ConfigError, match="loguniform distribution needs low > 0"):
-        candidates(TuneSpec(space={"x": {"distribution": "loguniform", "low": 0, "high": 1}}, search="random"))
+        dimensions({"x": {"distribution": "loguniform", "low": 0, "high": 1}})
+    with pytest.raises(ConfigError, match=r"unknown tune sampler 'tpee'.*Did you mean 'tpe'"):
+        from_spec(SEARCHES, "tpee", seed=0)
+
+
+def test_values_optuna_cannot_store_round_trip_as_json():
+    (dim,) = dimensions({"balancing.weights": [{"digit": 1.0, "parity": 0.1}, {"digit": 0.5}]})
+    assert [dim.decode(c) for c in dim.probes()] == [{"digit": 1.0, "parity": 0.1}, {"digit": 0.5}]
 
 
 def test_folds_partition_each_training_source(tmp_path):
@@ -97,7 +111,11 @@ def write_tune_config(tmp_path: Path, section: dict[str, Any]) -> Path:
 
 
 def test_tune_ranks_candidates_and_writes_the_winning_config(tmp_path, capsys):
-    section = {"cv": 2, "space": {"balancing.heuristic": ["uniform", "loss_scale"], "train.lr": [0.0, 0.01]}}
+    section = {
+        "search": "grid",
+        "cv": 2,
+        "space": {"balancing.heuristic": ["uniform", "loss_scale"], "train.lr": [0.0, 0.01]},
+    }
     path = write_tune_config(tmp_path, section)
     assert main(["tune", str(path)]) == 0
     out = capsys.readouterr().out
@@ -126,6 +144,11 @@ def test_tune_on_the_validation_split(tmp_path):
         ({"space": {}}, "tune.space is empty"),
         ({"space": {"train.lr": [0.1]}, "cv": 1}, "cv must be 0"),
         ({"space": {"train.lr": [0.1]}, "search": "bayes"}, "tune.search must be one of grid, random"),
+        ({"space": {"train.lr": [0.1]}, "sampler": "bayes"}, "unknown tune sampler 'bayes'"),
+        (
+            {"space": {"train.lr": [0.1]}, "pruner": {"name": "median", "n_startup": 2}},
+            "tune pruner 'median'.*n_startup",
+        ),
         ({"space": {"train.lr": []}}, "empty list"),
         ({"space": {"balancing.temperature": [1.0]}}, r"tune candidate .*unknown argument 'temperature'"),
         ({"space": {"train.lrr": [0.1]}}, "unknown key 'config.train.lrr'"),
@@ -135,3 +158,97 @@ def test_bad_tune_config(tmp_path, section, message):
     path = write_tune_config(tmp_path, section)
     with pytest.raises(ConfigError, match=message):
         tune(*read_tune_config(path), log=lambda *_: None)
+
+
+def cli(*args: str) -> subprocess.Popen[str]:
+    """``python -m core.cli`` in a process of its own, importing this checkout."""
+    env = {**os.environ, "PYTHONPATH": str(Path(core.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "core.cli", *args], env=env, stdout=subprocess.PIPE, text=True)
+
+
+def test_two_processes_share_one_sqlite_study_without_running_a_trial_twice(tmp_path):
+    space = {"balancing.heuristic": ["uniform", "size", "loss_scale"], "train.lr": [0.003, 0.01]}
+    path = write_tune_config(tmp_path, {"sampler": "grid", "space": space})
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    workers = [cli("tune", str(path), "--storage", url, "--study", "shared") for _ in range(2)]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    study = optuna.load_study(study_name="shared", storage=url)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 6  # the budget, no more
+    points = sorted((t.params["balancing.heuristic"], t.params["train.lr"]) for t in study.trials)
+    assert points == sorted(itertools.product(space["balancing.heuristic"], space["train.lr"]))  # each once
+    dirs = [d for t in study.trials for d in t.user_attrs["run_dirs"]]
+    assert len(set(dirs)) == 6 and all((Path(d) / "results.json").is_file() for d in dirs)
+    result = json.loads((tmp_path / "run" / "tune" / "tune.json").read_text())
+    assert (result["study"], result["storage"], len(result["ranking"])) == ("shared", url, 6)
+
+
+def test_a_rerun_continues_the_study_where_it_stopped(tmp_path):
+    path = write_tune_config(tmp_path, {"search": "grid", "space": {"train.lr": [0.0, 0.003, 0.01]}})
+
+    def stop_after_the_first_trial(line: str) -> None:
+        if line.startswith("  trial"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tune(*read_tune_config(path), log=stop_after_the_first_trial)
+    result = tune(*read_tune_config(path), log=lambda *_: None)
+    assert sorted(t["params"]["train.lr"] for t in result["ranking"]) == [0.0, 0.003, 0.01]
+    assert [t["trial"] for t in result["ranking"] if t["params"]["train.lr"] == 0.0] == [0]  # not run again
+    again = tune(*read_tune_config(path), log=lambda *_: None)  # nothing left: the same ranking
+    assert again["ranking"] == result["ranking"] and again["left"] == 0
+
+
+def test_tpe_is_the_default_sampler(tmp_path):
+    space = {"train.lr": {"distribution": "loguniform", "low": 1e-3, "high": 1e-2}, "balancing.heuristic": ["size"]}
+    result = tune(*read_tune_config(write_tune_config(tmp_path, {"n_iter": 3, "space": space})), log=lambda *_: None)
+    assert result["search"] == "tpe" and result["pruner"] == "median" and len(result["ranking"]) == 3
+    assert all(1e-3 <= t["params"]["train.lr"] <= 1e-2 for t in result["ranking"])
+
+
+@pytest.mark.parametrize("search", ["grid", "random"])
+def test_the_bundled_tune_config_still_runs(tmp_path, search):
+    config = Path(core.__file__).parents[1] / "scripts" / "configs" / "tune_digits.yaml"
+    overrides = [f"tune.search={search}", "tune.n_iter=2", "tune.cv=2", "train.max_steps=4", "train.eval_every=4"]
+    overrides += ["train.warmup_steps=0", f"output_dir={tmp_path / 'run'}"]
+    result = tune(*read_tune_config(config, overrides), log=lambda *_: None)
+    assert result["search"] == search and result["scored_on"] == "2-fold cross-validation"
+    assert len(result["ranking"]) == (4 if search == "grid" else 2)
+    assert all(len(t["scores"]) == 2 and len(t["run_dirs"]) == 2 for t in result["ranking"])
+
+
+def test_the_trial_of_a_killed_worker_is_run_again_by_the_next_one(tmp_path):
+    path = write_tune_config(tmp_path, {"sampler": "grid", "heartbeat_s": 1, "space": {"train.lr": [0.003, 0.01]}})
+    longer = ["--set", "train.max_steps=300", "--set", "train.eval_every=300"]
+    worker = cli("tune", str(path), *longer)
+    url = f"sqlite:///{tmp_path / 'run' / 'tune' / 'study.db'}"
+    deadline = time.monotonic() + 300
+    while worker.poll() is None and time.monotonic() < deadline:  # wait until it trains its first trial
+        with contextlib.suppress(KeyError, sqlalchemy.exc.OperationalError):  # not created yet
+            if optuna.load_study(study_name="run", storage=url).get_trials(states=(TrialState.RUNNING,)):
+                break
+        time.sleep(0.2)
+    worker.kill()  # SIGKILL: no chance to give the trial back
+    worker.wait()
+    time.sleep(2.5)  # two heartbeats missed
+    result = tune(*read_tune_config(path, [a for a in longer if a != "--set"]), log=lambda *_: None)
+    (lost,) = result["failed"]
+    assert lost["trial"] == 0 and "stopped sending heartbeats" in lost["error"]  # failed by the next worker
+    assert lost["rerun_as"] in [t["trial"] for t in result["ranking"]]
+    assert sorted(t["params"]["train.lr"] for t in result["ranking"]) == [0.003, 0.01]
+    assert lost["params"] in [t["params"] for t in result["ranking"] if t["trial"] != 0]
+
+
+def test_the_documented_tune_section_is_valid():
+    docs = (Path(core.__file__).parents[1] / "docs" / "evidence.md").read_text()
+    block = next(b for b in docs.split("```yaml\n")[1:] if b.startswith("tune:"))
+    spec = from_dict(TuneSpec, yaml.safe_load(block.split("```")[0])["tune"], "tune")
+    assert spec.sampler_spec == "tpe" and len(dimensions(spec.space)) == 2
+    assert from_spec(PRUNERS, spec.pruner) is not None
+
+
+def test_without_optuna_tune_says_how_to_install_it(tmp_path):
+    code = "import sys; sys.modules['optuna'] = None; from core.cli import main; sys.exit(main(['tune', 'x.yaml']))"
+    env = {**os.environ, "PYTHONPATH": str(Path(core.__file__).parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "pip install 'jointtrain[tune]'" in done.stderr
