@@ -1,0 +1,125 @@
+"""BalancedModule in a real ``lightning.Trainer`` (CPU) against a plain loop with the functional API."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+pl = pytest.importorskip("lightning.pytorch")
+
+from core.balancing import Balancer  # noqa: E402
+from core.errors import ConfigError  # noqa: E402
+from core.integrations.lightning import BalancedModule  # noqa: E402
+
+STEPS, BATCH, LR = 3, 8, 0.1
+
+
+class TwoTasks(BalancedModule):
+    """A shared MLP with a classification and a regression head (float64, so the comparison is exact)."""
+
+    def __init__(self, method: str, space: str) -> None:
+        super().__init__()
+        self.method, self.space = method, space
+        self.backbone = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 8), nn.Tanh())
+        self.head_a, self.head_b = nn.Linear(8, 3), nn.Linear(8, 1)
+
+    def configure_balancer(self) -> Balancer:
+        return make_balancer(self, self.method, self.space)
+
+    def losses(self, batch: list[Tensor]) -> tuple[dict[str, Tensor], Tensor]:
+        x, y_a, y_b = batch
+        h = self.backbone(x)
+        return {"a": F.cross_entropy(self.head_a(h), y_a), "b": F.mse_loss(self.head_b(h).squeeze(1), y_b)}, h
+
+    def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
+        losses, h = self.losses(batch)
+        return self.balance(losses, features=h if self.space == "rep" else None)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=LR, momentum=0.9)
+
+
+def make_balancer(model: TwoTasks, method: str, space: str) -> Balancer:
+    return Balancer(method, shared=model.backbone, space=space)
+
+
+def data() -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    n = STEPS * BATCH
+    x = torch.randn(n, 6, generator=g, dtype=torch.float64)
+    return TensorDataset(x, torch.randint(0, 3, (n,), generator=g), torch.randn(n, generator=g, dtype=torch.float64))
+
+
+def fit(model: pl.LightningModule, **trainer_kwargs: Any) -> pl.Trainer:
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=STEPS,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **trainer_kwargs,
+    )
+    trainer.fit(model, DataLoader(data(), batch_size=BATCH, shuffle=False))
+    return trainer
+
+
+@pytest.mark.parametrize(
+    ("method", "space"),
+    [("upgrad", "params"), ("upgrad", "rep"), ("mgda", "params"), ("config", "params")],
+)
+def test_lightning_update_equals_the_functional_api_in_a_plain_loop(method, space):
+    torch.manual_seed(0)
+    model = TwoTasks(method, space).double()
+    reference = copy.deepcopy(model)
+    start = {name: p.detach().clone() for name, p in model.named_parameters()}
+    fit(model)
+
+    balancer = make_balancer(reference, method, space)
+    opt = torch.optim.SGD(reference.parameters(), lr=LR, momentum=0.9)
+    for batch in DataLoader(data(), batch_size=BATCH, shuffle=False):
+        opt.zero_grad()
+        losses, h = reference.losses(batch)
+        balancer.backward(losses, features=h if space == "rep" else None)
+        opt.step()
+
+    for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters(), strict=True):
+        assert torch.equal(p, q), name
+        assert not torch.equal(p, start[name]), f"{name} did not train"
+    assert model.balancer.state_dict().keys() == balancer.state_dict().keys()
+
+
+def test_balancer_state_travels_in_lightning_checkpoints(tmp_path):
+    torch.manual_seed(0)
+    model = TwoTasks("upgrad", "params").double()
+    trainer = fit(model)
+    path = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=False)
+    assert "balancer" in checkpoint
+    restored = TwoTasks("upgrad", "params").double()
+    restored.on_load_checkpoint(checkpoint)
+    assert restored.balancer.state_dict().keys() == model.balancer.state_dict().keys()
+
+
+class ReturnsItsOwnLoss(TwoTasks):
+    def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
+        losses, _ = self.losses(batch)
+        return sum(losses.values())  # type: ignore[return-value]
+
+
+def test_a_training_step_that_bypasses_balance_is_named():
+    with pytest.raises(ConfigError, match="must return self.balance"):
+        fit(ReturnsItsOwnLoss("upgrad", "params").double())
+
+
+def test_gradient_accumulation_is_refused_with_the_fix():
+    with pytest.raises(ConfigError, match="accumulate_grad_batches=2.*larger batch"):
+        fit(TwoTasks("upgrad", "params").double(), accumulate_grad_batches=2)
