@@ -31,6 +31,14 @@ def test_python_quickstart_runs(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "runs" / "quickstart" / "model" / "model.safetensors").is_file()
 
 
+def test_own_loop_snippet_balances_a_plain_loop(capsys):
+    namespace: dict = {}
+    exec(compile(_block("Use it in your own loop", "python"), "README-own-loop", "exec"), namespace)
+    weights = namespace["weights"]
+    assert set(weights) == {"a", "b"} and all(w > 0 for w in weights.values())
+    assert capsys.readouterr().out.startswith("{'a': ")
+
+
 def test_yaml_quickstart_trains(tmp_path):
     raw = yaml.safe_load(_block("YAML quickstart", "yaml"))
     config = load_config(

@@ -4,7 +4,8 @@
 says what it is (kind, spaces, cost, randomness, state, DDP behaviour) for ``jointtrain list``.
 Loss-space methods are :class:`LossBalancer` classes; gradient-space methods are pure
 :class:`Weighting` / :class:`Aggregator` classes registered through a :class:`GradientMethod`
-entry, which builds a :class:`GradientBalancer` (method + engine).
+entry, which builds a :class:`GradientBalancer` (method + task autograd). ``backward(losses,
+shared=...)`` and :class:`LoopBalancer` run any of them in a hand-written training loop.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .ew import EqualWeighting
 from .excess_mtl import ExcessMTL
 from .fairgrad import FairGrad
 from .famo import FAMO
+from .functional import LoopBalancer, backward
 from .gls import GeometricLossStrategy
 from .graddrop import GradDrop
 from .gradient import GradientBalancer, GradientMethod
@@ -99,11 +101,13 @@ __all__ = [
     "BalancerSetup",
     "GradientBalancer",
     "GradientMethod",
+    "LoopBalancer",
     "LossBalancer",
     "Method",
     "NonFiniteGradients",
     "StepContext",
     "Weighting",
+    "backward",
     "build",
     "names",
 ]

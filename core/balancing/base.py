@@ -12,7 +12,7 @@ Two kinds:
   computes its weights as device tensors (``host_values = False``) keeps the step free of host
   syncs. Either way it receives the tasks with a label somewhere in the step, each loss the
   step's global masked mean (core.engine.losses).
-- ``gradient``: a pure method on the per-task gradients, run by :mod:`.engine`
+- ``gradient``: a pure method on the per-task gradients, run by :mod:`.autograd`
   (see :class:`.gradient.GradientBalancer`).
 """
 
@@ -38,6 +38,8 @@ class BalancerSetup:
     steps_per_epoch: int
     #: the model to be trained (hooks that observe its forward go on before the first step)
     model: nn.Module | None = None
+    #: the balanced parameters; None: ``model.shared_parameters()``
+    shared: list[nn.Parameter] | None = None
 
 
 @dataclass
@@ -56,6 +58,10 @@ class StepContext:
     source_tasks: dict[str, list[str]] = field(default_factory=dict)  # source -> tasks computed on it
     env: DistEnv = field(default_factory=DistEnv)  # rank / world size / device
     scaler: torch.amp.GradScaler | None = None  # the trainer's AMP scaler (enabled only for fp16)
+    #: the balanced parameters; None: ``model.shared_parameters()``
+    shared: list[nn.Parameter] | None = None
+    #: every other leaf to fill with the plain sum of gradients; None: the model's other parameters
+    others: list[Tensor] | None = None
 
 
 class Balancer(nn.Module):

@@ -1,24 +1,23 @@
-"""Gradient-space balancing: a pure :class:`~.method.Method` run by the :class:`~.engine.GradientEngine`.
+"""Gradient-space balancing: a pure :class:`~.method.Method` run by :class:`~.autograd.TaskAutograd`.
 
 The registry holds one :class:`GradientMethod` entry per method; ``BALANCERS.build({"name":
 "upgrad", "space": "params", **hyperparameters})`` gives a :class:`GradientBalancer` that owns the
-method (``.method``) and the engine. ``build("upgrad").aggregate(J)`` / ``.weights(G)`` call the
+method (``.method``) and its task autograd (``.autograd``). ``build("upgrad").aggregate(J)`` / ``.weights(G)`` call the
 pure method.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from .autograd import ENGINES, SPACES, Targets, TaskAutograd, choose_engine, cosines, feature_tensors
 from .base import Balancer, BalancerSetup, StepContext
-from .engine import ENGINES, SPACES, GradientEngine, choose_engine, cosines
 from .method import Method, Weighting, describe_method, hyperparameters
 
 DDP = {
@@ -28,12 +27,12 @@ DDP = {
 
 
 class GradientBalancer(Balancer):
-    """A gradient-space method (``method``) with its engine.
+    """A gradient-space method (``method``) with its task autograd.
 
     Args:
         method: the pure weighting or aggregator.
         space: ``rep`` (gradients w.r.t. the shared representation) or ``params`` (exact gradients
-            w.r.t. the shared parameters); see :mod:`.engine`.
+            w.r.t. the shared parameters); see :mod:`.autograd`.
         engine: how ``params`` computes the task gradients: ``auto`` (``gramian`` for weightings,
             ``loop`` for aggregators), ``gramian``, ``loop`` or ``batched`` (vmap; opt-in).
         loss_scales: first scale each loss by a learned ``e^(s_k)`` (IMTL-L, Liu et al., ICLR 2021:
@@ -47,22 +46,28 @@ class GradientBalancer(Balancer):
 
     def __init__(self, method: Method, space: str = "params", engine: str = "auto", loss_scales: bool = False) -> None:
         super().__init__()
-        name = type(method).__name__
-        if space not in SPACES:
-            raise ConfigError(f"unknown gradient space '{space}'; valid: {', '.join(SPACES)}")
-        if space not in method.spaces:
-            raise ConfigError(f"{name} is defined only on space(s) {', '.join(method.spaces)}, not '{space}'")
+        _check_space(method, space)
         self.method = method
         self.grad_space, self.requested_engine = space, engine
-        self.engine = GradientEngine(space, choose_engine(engine, method))
+        self.autograd = TaskAutograd(space, choose_engine(engine, method))
         self.tasks: list[str] = []
         self.loss_scales = bool(loss_scales)
         self.log_scales = nn.ParameterDict()
 
+    def use_space(self, space: str) -> None:
+        """Switch the gradient space (the method and its state stay): for a loop that decides per call."""
+        if space == self.grad_space:
+            return
+        _check_space(self.method, space)
+        if self.autograd.recorder is not None:  # a params module is hooked again at its next params call
+            self.autograd.recorder.remove()
+        self.grad_space, self.autograd = space, TaskAutograd(space, self.autograd.engine)
+
     def setup(self, setup: BalancerSetup) -> None:
         super().setup(setup)
         if setup.model is not None:
-            self.engine.attach(setup.model)
+            shared = setup.shared if setup.shared is not None else list(setup.model.shared_parameters())  # type: ignore[operator]
+            self.autograd.attach(setup.model, shared)
         if self.loss_scales:
             for t in setup.tasks:
                 self.log_scales[t] = nn.Parameter(torch.zeros(()))
@@ -76,9 +81,8 @@ class GradientBalancer(Balancer):
         return self.method.aggregate(jacobian, losses, rows)
 
     def backward(self, losses: dict[str, Tensor], ctx: StepContext) -> dict[str, float]:
-        known = self.tasks or list(losses)
         if not self.loss_scales:
-            return self.engine.backward(self.method, losses, ctx, known)
+            return self._run(losses, ctx, ctx.loss_values)
         # every task with a loss on any rank (ctx.loss_values), so all ranks scale and step alike
         factors = {t: float(torch.exp(self.log_scales[t].detach())) for t in ctx.loss_values}  # host sync: K scalars
         amp = ctx.scaler.get_scale() if ctx.scaler is not None and ctx.scaler.is_enabled() else 1.0
@@ -87,18 +91,56 @@ class GradientBalancer(Balancer):
             grad = torch.full_like(s, (f * ctx.loss_values[t] - 1) * amp)
             s.grad = grad if s.grad is None else s.grad + grad
         scaled = {t: loss * factors[t] for t, loss in losses.items()}
-        values = {t: v * factors[t] for t, v in ctx.loss_values.items()}
-        return self.engine.backward(self.method, scaled, replace(ctx, loss_values=values), known)
+        return self._run(scaled, ctx, {t: v * factors[t] for t, v in ctx.loss_values.items()})
+
+    def _run(self, losses: dict[str, Tensor], ctx: StepContext, loss_values: Mapping[str, Any]) -> dict[str, float]:
+        known = self.tasks or list(losses)
+        values = torch.tensor([loss_values[t] for t in losses], dtype=torch.float64)
+        rows = [known.index(t) for t in losses]
+        return self.autograd.backward(self.method, losses, self._targets(losses, ctx), values, rows)
+
+    def _targets(self, losses: dict[str, Tensor], ctx: StepContext) -> Targets:
+        """The step context as explicit targets: the model's shared / other parameters unless given."""
+        name = type(self.method).__name__
+        shared, others = ctx.shared, ctx.others
+        if shared is None or others is None:
+            if ctx.model is None:
+                raise ConfigError(f"{name} needs the model (or the shared parameters) in the step context")
+            model_shared = list(ctx.model.shared_parameters())  # type: ignore[operator]
+            ids = {id(p) for p in model_shared}
+            shared = model_shared if shared is None else shared
+            others = (
+                [p for p in ctx.model.parameters() if p.requires_grad and id(p) not in ids]
+                if others is None
+                else others
+            )
+        features: list[Tensor] = []
+        if self.grad_space == "rep":
+            sources = [s for s in ctx.features if set(ctx.source_tasks.get(s, [])) & set(losses)]
+            if len(sources) != 1:
+                raise ConfigError(
+                    f"{name} with space 'rep' needs all tasks on one shared input batch, but this step has "
+                    f"{len(sources)} sources ({', '.join(sources)}); use space 'params' for one dataset per task"
+                )
+            features = feature_tensors(ctx.features[sources[0]])
+        return Targets(
+            shared=[p for p in shared if p.requires_grad],
+            others=list(others),
+            features=features,
+            scaler=ctx.scaler,
+            env=ctx.env,
+            module=ctx.model,
+        )
 
     def synchronised_parameters(self) -> list[nn.Parameter]:
-        return self.engine.synchronised
+        return self.autograd.synchronised
 
     def diagnostics(self) -> dict[str, float]:
         """Pairwise cosine similarities of the last step's task gradients (in the chosen space)."""
-        if self.engine.last_gramian is None:
+        if self.autograd.last_gramian is None:
             return {}
-        cos = cosines(self.engine.last_gramian).tolist()
-        names = self.engine.last_tasks
+        cos = cosines(self.autograd.last_gramian).tolist()
+        names = self.autograd.last_tasks
         return {f"cos/{a}/{b}": cos[i][j] for i, a in enumerate(names) for j, b in enumerate(names) if i < j}
 
     def describe(self) -> dict[str, Any]:  # type: ignore[override]  # an instance knows its method and space
@@ -107,6 +149,15 @@ class GradientBalancer(Balancer):
     def __repr__(self) -> str:
         scales = ", loss_scales=True" if self.loss_scales else ""
         return f"GradientBalancer({self.method!r}, space={self.grad_space!r}, engine={self.requested_engine!r}{scales})"
+
+
+def _check_space(method: Method, space: str) -> None:
+    if space not in SPACES:
+        raise ConfigError(f"unknown gradient space '{space}'; valid: {', '.join(SPACES)}")
+    if space not in method.spaces:
+        raise ConfigError(
+            f"{type(method).__name__} is defined only on space(s) {', '.join(method.spaces)}, not '{space}'"
+        )
 
 
 class GradientMethod:

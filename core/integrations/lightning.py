@@ -1,12 +1,14 @@
 """Gradient balancing in a Lightning ``LightningModule`` (``pip install jointtrain[lightning]``).
 
-Subclass :class:`BalancedModule` instead of ``LightningModule``, say which method balances which
-shared parameters in :meth:`~BalancedModule.configure_balancer`, and return
-``self.balance(losses)`` from ``training_step`` instead of their sum::
+Subclass :class:`BalancedModule` instead of ``LightningModule``, keep a
+:class:`~core.balancing.LoopBalancer` as ``self.balancer`` and return ``self.balance(losses)`` from
+``training_step`` instead of their sum::
 
     class TwoTasks(BalancedModule):
-        def configure_balancer(self) -> Balancer:
-            return Balancer("upgrad", shared=self.backbone)
+        def __init__(self):
+            super().__init__()
+            self.backbone, self.head_a, self.head_b = ...
+            self.balancer = LoopBalancer("upgrad", shared=self.backbone)
 
         def training_step(self, batch, batch_idx):
             x, y_a, y_b = batch
@@ -15,7 +17,9 @@ shared parameters in :meth:`~BalancedModule.configure_balancer`, and return
 
 Automatic optimisation stays on: Lightning still runs the optimizer, scheduler, gradient clipping,
 callbacks and the fp16 ``GradScaler``; only its ``loss.backward()`` (the ``backward`` hook) becomes
-the balancer's backward. The balancer's state (stateful methods) goes into Lightning checkpoints.
+the balancer's backward. The balancer is a submodule, so its state is in Lightning checkpoints and
+its learned parameters (``uw``, ``imtl``) in ``self.parameters()``; built in ``__init__``, it hooks
+the shared layers before the first forward.
 
 Supported: one device (CPU, one GPU), precision 32 / 64 / 16-true / bf16-true / 16-mixed /
 bf16-mixed, automatic or manual optimisation (``self.manual_backward(self.balance(losses))``).
@@ -37,7 +41,7 @@ from lightning.pytorch.plugins.precision import DoublePrecision, HalfPrecision, 
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch import Tensor
 
-from ..balancing import Balancer
+from ..balancing import LoopBalancer
 from ..errors import ConfigError
 
 #: precision plugins whose ``backward`` is a plain ``loss.backward()`` (after the scaler's scaling)
@@ -47,24 +51,14 @@ Losses = Sequence[Tensor] | Mapping[str, Tensor] | Tensor
 
 
 class BalancedModule(pl.LightningModule):
-    """A ``LightningModule`` whose backward balances the losses that ``training_step`` hands to
-    :meth:`balance`; see the module docstring."""
+    """A ``LightningModule`` whose backward runs ``self.balancer`` on the losses that
+    ``training_step`` hands to :meth:`balance`; see the module docstring."""
+
+    balancer: LoopBalancer  # set by the subclass's __init__
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._balancer: Balancer | None = None
         self._pending: tuple[Losses, Any] | None = None  # this step's losses, until the backward hook
-
-    def configure_balancer(self) -> Balancer:
-        """The balancing method and the shared parameters it balances, e.g.
-        ``Balancer("upgrad", shared=self.backbone)``. Called once, before the first step."""
-        raise NotImplementedError(f"{type(self).__name__} must define configure_balancer()")
-
-    @property
-    def balancer(self) -> Balancer:
-        if self._balancer is None:
-            self._balancer = self.configure_balancer()
-        return self._balancer
 
     def balance(self, losses: Losses, features: Any = None) -> Tensor:
         """Hand this step's task losses (and, for space ``rep``, the shared representation) to the
@@ -79,7 +73,11 @@ class BalancedModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         _check_supported(self.trainer)
-        self.balancer  # noqa: B018 -- built before the first forward, so its hooks see that step too
+        if not isinstance(getattr(self, "balancer", None), LoopBalancer):
+            raise ConfigError(
+                f"{type(self).__name__} has no balancer: set self.balancer = LoopBalancer(method, shared=...) "
+                "in __init__"
+            )
 
     def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
         # ``loss`` is the detached sum from balance(), already scaled by Lightning: the balancer
@@ -93,13 +91,6 @@ class BalancedModule(pl.LightningModule):
         precision = self.trainer.precision_plugin
         scaler = precision.scaler if isinstance(precision, MixedPrecision) else None
         self.balancer.backward(losses, features=features, scaler=scaler)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["balancer"] = self.balancer.state_dict()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "balancer" in checkpoint:
-            self.balancer.load_state_dict(checkpoint["balancer"])
 
 
 def _check_supported(trainer: pl.Trainer) -> None:

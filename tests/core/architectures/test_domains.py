@@ -83,7 +83,7 @@ def test_transformer_layers():
     arch = ARCHITECTURES.build({"name": "branched", "branch_point": 1}, backbone=backbone, tasks=TASKS)
     assert backbone.num_blocks() == 1 and len(arch.nodes["a"]) == 2
     assert arch.shared_representation
-    from core.balancing.engine import feature_tensors
+    from core.balancing.autograd import feature_tensors
 
     state = arch.encode(backbone, inputs)  # what 'rep' differentiates against: the hidden states alone
     assert [t is state["hidden"] for t in feature_tensors(state)] == [True]

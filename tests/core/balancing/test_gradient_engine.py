@@ -76,17 +76,17 @@ def test_params_task_gradients_equal_separate_autograd_calls(engine: str) -> Non
     expected, _ = reference_jacobian(model)
     losses, _ = forward(model)
     method = build("mgda", engine=engine)
-    grads = method.engine.task_gradients(list(losses.values()), list(model.shared_parameters()))
+    grads = method.autograd.task_gradients(list(losses.values()), list(model.shared_parameters()))
     jac = torch.stack([torch.cat([g.reshape(-1) for g in row]) for row in grads])
     assert torch.allclose(jac, expected, atol=1e-5)
-    assert not method.engine.batched_failed
+    assert not method.autograd.batched_failed
 
 
 def test_auto_never_picks_the_vmap_engine() -> None:
     """Legacy vmap loops per op on conv/norm/GELU backwards: opt-in only, on every device."""
-    assert build("upgrad").engine.engine == "gramian"
-    assert build("graddrop").engine.engine == "loop"
-    assert build("upgrad", engine="batched").engine.engine == "batched"
+    assert build("upgrad").autograd.engine == "gramian"
+    assert build("graddrop").autograd.engine == "loop"
+    assert build("upgrad", engine="batched").autograd.engine == "batched"
 
 
 def test_batched_engine_does_not_swallow_out_of_memory(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,8 +102,8 @@ def test_batched_engine_does_not_swallow_out_of_memory(monkeypatch: pytest.Monke
     monkeypatch.setattr(torch.autograd, "grad", oom)
     method = build("mgda", engine="batched")
     with pytest.raises(torch.OutOfMemoryError):
-        method.engine.task_gradients(list(losses.values()), list(model.shared_parameters()))
-    assert not method.engine.batched_failed
+        method.autograd.task_gradients(list(losses.values()), list(model.shared_parameters()))
+    assert not method.autograd.batched_failed
 
 
 @pytest.mark.parametrize(("name", "engine"), [("mgda", "gramian"), ("mgda", "loop"), ("graddrop", "loop")])
@@ -256,7 +256,7 @@ def test_rep_space_records_no_activations(tmp_path: Any) -> None:
     for _ in range(3):
         trainer.train_step()
         trainer.step += 1
-    recorder = trainer.balancer.engine.recorder
+    recorder = trainer.balancer.autograd.recorder
     assert recorder is None or not any(layer.outputs for layer in recorder.layers.values())
 
 

@@ -64,7 +64,7 @@ def train(trunk: Callable[[], nn.Module], engine: str, x: Tensor, calls: int = 1
     balancer = build({"name": "upgrad", "space": "params", "engine": engine})
     balancer.setup(BalancerSetup(tasks=TASKS, task_weights={}, dataset_sizes={}, steps_per_epoch=1, model=model))
     step(model, balancer, x, calls, **kw)
-    return torch.cat([p.grad.flatten() for p in model.parameters()]), balancer.engine
+    return torch.cat([p.grad.flatten() for p in model.parameters()]), balancer.autograd
 
 
 CASES = {
@@ -211,6 +211,6 @@ def test_a_model_not_given_at_setup_is_hooked_at_its_first_step() -> None:
     balancer = build({"name": "upgrad", "space": "params"})
     balancer.setup(BalancerSetup(tasks=TASKS, task_weights={}, dataset_sizes={}, steps_per_epoch=1))
     step(model, balancer, x)
-    assert balancer.engine.last_activation_params == 0  # its forward ran before the hooks
+    assert balancer.autograd.last_activation_params == 0  # its forward ran before the hooks
     step(model, balancer, x)
-    assert balancer.engine.last_activation_params > 0
+    assert balancer.autograd.last_activation_params > 0

@@ -1,7 +1,11 @@
-"""The gradient engine: per-task gradients, AMP, DDP, non-finite handling and diagnostics.
+"""Per-task autograd for gradient-space methods: task gradients, AMP, DDP, non-finite handling.
 
-It turns K task losses into what a pure :class:`~.method.Method` needs and writes the method's
-answer into ``.grad``. Two spaces:
+:class:`TaskAutograd` turns K losses into what a pure :class:`~.method.Method` needs and writes the
+method's answer into ``.grad``. It needs no model: a :class:`Targets` names the shared parameters
+(balanced), every other leaf to fill (the plain sum of gradients, as ``loss.backward()``), the
+shared representation (space ``rep``) and the module whose layers it may hook. The trainer's
+:class:`~.gradient.GradientBalancer` and the functional API (:mod:`.functional`) both build one.
+Two spaces:
 
 - ``rep``: gradients of each task loss w.r.t. the shared representation (MGDA-UB style). Each
   head is backpropagated alone (cheap). A weighting then backpropagates ``sum_k w_k L_k`` once
@@ -22,39 +26,45 @@ answer into ``.grad``. Two spaces:
   (the ``auto`` choice for aggregators) concatenates the K x P Jacobian. Heads always get the
   plain gradient of their own loss.
 
-Composition with the trainer, per micro-batch:
+Both spaces end in one tail (:meth:`TaskAutograd._finish`): remember the Gramian, the non-finite
+check, then a :class:`~.method.Weighting` gets the Gramian and an :class:`~.method.Aggregator` the
+Jacobian (dispatch on the method's type).
+
+Composition with a training loop, per call:
 - AMP: task gradients are taken of the *scaled* losses, unscaled before the method sees them, and
-  the update is re-scaled so the trainer's ``scaler.unscale_`` holds.
+  the update is re-scaled so the caller's ``scaler.unscale_`` holds.
 - Non-finite task gradients: with an fp16 scaler, ``inf`` is written into a shared gradient so the
   scaler skips the step *and* lowers its scale; otherwise :class:`NonFiniteGradients` is raised.
-- Gradient accumulation: the trainer calls the engine once per step with the step's losses (each
-  task's masked mean over every micro-batch), the micro-batches' graphs held, so the method sees
-  the Jacobian of the step: the same as one batch of all the step's samples.
+- Gradient accumulation: the trainer calls once per step with the step's losses (each task's
+  masked mean over every micro-batch), the micro-batches' graphs held, so the method sees the
+  Jacobian of the step: the same as one batch of all the step's samples.
 - DDP (losses already scaled so that averaging gradients over ranks gives the global mean; every
   rank receives the same tasks, those labelled somewhere in the step):
   ``rep`` all-reduces the K x K Gramian (ranks hold disjoint samples: the global Gramian is the sum
-  of the local ones / R^2), every rank applies the same weights, and the trainer's gradient
+  of the local ones / R^2), every rank applies the same weights, and the caller's gradient
   averaging completes the update. ``params`` all-reduces the task gradients once, so every rank
-  computes the same, already global, update: :attr:`GradientEngine.synchronised` lists the
-  parameters the trainer must not average again.
+  computes the same, already global, update: :attr:`TaskAutograd.synchronised` lists the
+  parameters the caller must not average again.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ..distributed import DistEnv
 from ..errors import ConfigError
 from ..tree import tree_leaves
-from .base import NonFiniteGradients, StepContext
-from .layers import Layer, Recorder, layer_gramian, plan, prepare, weighted_gradients
-from .method import Method
+from .base import NonFiniteGradients
+from .layers import Layer, Prepared, Recorder, layer_gramian, plan, prepare, weighted_gradients
+from .method import Aggregator, Method, Weighting
 
 SPACES = ("rep", "params")
 ENGINES = ("auto", "gramian", "loop", "batched")
@@ -64,9 +74,10 @@ def choose_engine(requested: str, method: Method) -> str:
     """The ``params`` engine for a method: ``auto`` is ``gramian`` for weightings, else ``loop``."""
     if requested not in ENGINES:
         raise ConfigError(f"unknown gradient engine '{requested}'; valid: {', '.join(ENGINES)}")
+    gramian_suffices = isinstance(method, Weighting)
     if requested == "auto":
-        return "gramian" if method.kind == "weighting" else "loop"
-    if requested == "gramian" and method.kind != "weighting":
+        return "gramian" if gramian_suffices else "loop"
+    if requested == "gramian" and not gramian_suffices:
         raise ConfigError(
             f"{type(method).__name__} needs the whole Jacobian, not only its Gramian; use engine 'loop' or 'auto'"
         )
@@ -115,8 +126,39 @@ def cosines(gramian: Tensor) -> Tensor:
     return gramian / (norms[:, None] * norms[None, :]).clamp_min(1e-30)
 
 
-class GradientEngine:
-    """Runs one gradient-space method on one micro-batch; see the module docstring."""
+@dataclass(frozen=True)
+class Targets:
+    """What one call balances and writes, named explicitly: no model is needed."""
+
+    #: the balanced parameters (each requiring grad), in a fixed order
+    shared: list[nn.Parameter]
+    #: every other leaf the losses reach (heads): the plain sum of its gradients, as ``loss.backward()``
+    others: list[Tensor]
+    #: space ``rep``: the shared representation (nested features are reduced to their roots)
+    features: list[Tensor] = field(default_factory=list)
+    scaler: torch.amp.GradScaler | None = None
+    env: DistEnv = field(default_factory=DistEnv)
+    #: the module whose shared layers :meth:`TaskAutograd.attach` hooks (``gramian`` engine); None: no hooks
+    module: nn.Module | None = None
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """One space's task gradients, ready for the tail: the global Gramian and how to write an answer."""
+
+    gramian: Tensor  # K x K, float64, CPU
+    weighted: Callable[[list[float]], None]  # writes sum_k w_k g_k (and the heads' gradients)
+    jacobian: Callable[[], Tensor]  # the unscaled K x P Jacobian, for aggregators
+    update: Callable[[Tensor], None]  # writes an aggregator's update (and the heads' gradients)
+
+
+class TaskAutograd:
+    """Runs one gradient-space method on one call's losses; see the module docstring.
+
+    Args:
+        space: ``rep`` or ``params``.
+        engine: how ``params`` computes the task gradients (:func:`choose_engine`'s answer).
+    """
 
     def __init__(self, space: str, engine: str) -> None:
         self.space, self.engine = space, engine
@@ -127,190 +169,177 @@ class GradientEngine:
         self.recorder: Recorder | None = None
         self.last_activation_params = 0  # shared parameters whose Gramian share came from activations
 
-    # -- entry point -------------------------------------------------------------------------
     def backward(
-        self, method: Method, losses: dict[str, Tensor], ctx: StepContext, known_tasks: list[str]
+        self, method: Method, losses: dict[str, Tensor], targets: Targets, values: Tensor, rows: list[int]
     ) -> dict[str, float]:
-        if ctx.model is None:
-            raise ConfigError(f"{type(method).__name__} needs the model in the step context")
+        """Write ``method``'s answer for ``losses`` into ``.grad``; return each task's applied weight.
+
+        ``values``: the K detached loss values (float64, global under DDP) for methods that use them;
+        ``rows``: each task's index in the method's per-task state.
+        """
+        if not targets.shared:
+            raise ConfigError(f"{type(method).__name__}: no shared parameter requires grad; nothing to balance")
         self.synchronised = []
-        if self.space == "rep":
-            return self._rep(method, losses, ctx, known_tasks)
-        return self._params(method, losses, ctx, known_tasks)
+        tasks = list(losses)
+        gather = self._rep if self.space == "rep" else self._params
+        return self._finish(method, tasks, gather(method, [losses[t] for t in tasks], targets), targets, values, rows)
 
-    # -- shared helpers ----------------------------------------------------------------------
+    # -- the tail both spaces share ----------------------------------------------------------
+    def _finish(
+        self, method: Method, tasks: list[str], gathered: Gathered, targets: Targets, values: Tensor, rows: list[int]
+    ) -> dict[str, float]:
+        gramian = gathered.gramian
+        self.last_gramian, self.last_tasks = gramian.detach().cpu(), list(tasks)
+        if not bool(torch.isfinite(gramian.diagonal()).all()):  # a non-finite piece makes its diagonal entry so
+            self.last_gramian = None
+            self._nonfinite(gramian, tasks, targets)
+            return {}
+        if isinstance(method, Weighting):
+            w = method.weights(gramian, values, rows).tolist()
+            gathered.weighted(w)
+            return dict(zip(tasks, w, strict=True))
+        if not isinstance(method, Aggregator):
+            raise TypeError(f"{type(method).__name__} is neither a Weighting nor an Aggregator")
+        jac = gathered.jacobian()
+        update = method.apply(jac, values, rows)
+        gathered.update(update)
+        return dict(zip(tasks, _applied(jac, update, gramian).tolist(), strict=True))
+
     @staticmethod
-    def _amp_scale(ctx: StepContext, device: torch.device) -> Tensor:
-        if ctx.scaler is not None and ctx.scaler.is_enabled():
-            return ctx.scaler.scale(torch.ones((), device=device))
-        return torch.ones((), device=device)
-
-    @staticmethod
-    def _head_params(model: nn.Module) -> list[nn.Parameter]:
-        shared = {id(p) for p in model.shared_parameters()}  # type: ignore[operator]
-        return [p for p in model.parameters() if p.requires_grad and id(p) not in shared]
-
-    @staticmethod
-    def _loss_vector(tasks: list[str], ctx: StepContext) -> Tensor:
-        return torch.tensor([ctx.loss_values[t] for t in tasks], dtype=torch.float64)
-
-    def _nonfinite(self, gramian: Tensor, tasks: list[str], ctx: StepContext, target: nn.Parameter) -> None:
+    def _nonfinite(gramian: Tensor, tasks: list[str], targets: Targets) -> None:
         """fp16: poison a gradient so the scaler skips the step and lowers its scale; else raise."""
-        if ctx.scaler is not None and ctx.scaler.is_enabled():
+        if targets.scaler is not None and targets.scaler.is_enabled():
+            target = targets.shared[0]
             _accumulate(target, torch.full_like(target, float("inf")))
             return
         norms = gramian.diagonal().tolist()  # squared gradient norms: inf or nan where a task overflowed
         raise NonFiniteGradients({t: v for t, v in zip(tasks, norms, strict=True) if not math.isfinite(v)})
 
-    def _remember(self, gramian: Tensor, tasks: list[str]) -> None:
-        self.last_gramian, self.last_tasks = gramian.detach().cpu(), list(tasks)
-
     # -- rep ---------------------------------------------------------------------------------
-    def _rep(self, method: Method, losses: dict[str, Tensor], ctx: StepContext, known: list[str]) -> dict[str, float]:
-        sources = [name for name in ctx.features if set(ctx.source_tasks.get(name, [])) & set(losses)]
-        if len(sources) != 1:
+    def _rep(self, method: Method, losses: list[Tensor], targets: Targets) -> Gathered:
+        every = feature_tensors(targets.features)
+        if not every:
             raise ConfigError(
-                f"{type(method).__name__} with space 'rep' needs all tasks on one shared input batch, but this step "
-                f"has {len(sources)} sources ({', '.join(sources)}); use space 'params' for one dataset per task"
+                f"{type(method).__name__} with space 'rep' needs the shared representation: pass features "
+                "(the tensor(s) the task heads read, requiring grad), or use space 'params'"
             )
-        every = feature_tensors(ctx.features[sources[0]])
         z = root_features(every)
-        if method.kind == "aggregator" and len(z) < len(every):
+        if isinstance(method, Aggregator) and len(z) < len(every):
             raise ConfigError(
                 f"{type(method).__name__} in space 'rep' cannot use nested features (one computed from another); "
                 "use space 'params' or a Gramian-based method"
             )
-        tasks = list(losses)
-        model: nn.Module = ctx.model  # type: ignore[assignment]
-        scale = self._amp_scale(ctx, z[0].device)
+        scale = _amp_scale(targets.scaler, z[0].device)
         rows = []
-        for t in tasks:  # each head alone: cheap; the backbone graph is kept for the one backward below
-            grads = torch.autograd.grad(losses[t] * scale, z, retain_graph=True, allow_unused=True)
+        for loss in losses:  # each head alone: cheap; the backbone graph is kept for the one backward below
+            grads = torch.autograd.grad(loss * scale, z, retain_graph=True, allow_unused=True)
             rows.append(torch.cat([g.reshape(-1) for g in _filled(grads, z)]))
-        jac = torch.stack(rows).float() / scale
+        jac = _as_float(torch.stack(rows)) / scale
         gramian = _gramian([[r] for r in jac])
-        if ctx.env.enabled:
-            gramian = self._global_gramian(gramian, ctx)
-        self._remember(gramian, tasks)
-        if not bool(torch.isfinite(gramian.diagonal()).all()):
-            self.last_gramian = None
-            self._nonfinite(gramian, tasks, ctx, next(iter(model.shared_parameters())))  # type: ignore[operator]
-            return {}
-        values, index = self._loss_vector(tasks, ctx), [known.index(t) for t in tasks]
-        heads = self._head_params(model)
-        if heads:
-            torch.autograd.backward(sum(losses.values()) * scale, inputs=heads, retain_graph=True)  # type: ignore[arg-type]
-        if method.kind == "weighting":
-            w = method.weights(gramian, values, index)  # type: ignore[attr-defined]
-            shared = [p for p in model.shared_parameters() if p.requires_grad]  # type: ignore[operator]
-            weighted = sum(float(wk) * losses[t] for wk, t in zip(w.tolist(), tasks, strict=True))
-            torch.autograd.backward(weighted * scale, inputs=shared)  # type: ignore[union-attr]
-            return dict(zip(tasks, w.tolist(), strict=True))
-        update = method.apply(jac, values, index)  # type: ignore[attr-defined]
-        offset, vectors = 0, []
-        for x in z:
-            vectors.append((update[offset : offset + x.numel()] * scale).view_as(x).to(x.dtype))
-            offset += x.numel()
-        torch.autograd.backward(z, vectors)  # the one backbone backward
-        return dict(zip(tasks, _applied(jac, update, gramian).tolist(), strict=True))
+        if targets.env.enabled:
+            gramian = _global_gramian(gramian, targets.env)
 
-    @staticmethod
-    def _global_gramian(gramian: Tensor, ctx: StepContext) -> Tensor:
-        full = gramian.to(ctx.env.device)
-        dist.all_reduce(full)  # every rank holds the same tasks in the same order
-        # each rank's losses carry a 1/R factor (their average is the global loss)
-        return full.cpu() / ctx.env.world_size**2
+        def heads() -> None:
+            if targets.others:
+                torch.autograd.backward(sum(losses) * scale, inputs=targets.others, retain_graph=True)  # type: ignore[arg-type]
+
+        def weighted(w: list[float]) -> None:
+            heads()
+            total = sum(wk * loss for wk, loss in zip(w, losses, strict=True))
+            torch.autograd.backward(total * scale, inputs=targets.shared)  # type: ignore[union-attr]
+
+        def update(u: Tensor) -> None:
+            heads()
+            offset, vectors = 0, []
+            for x in z:
+                vectors.append((u[offset : offset + x.numel()] * scale).view_as(x).to(x.dtype))
+                offset += x.numel()
+            torch.autograd.backward(z, vectors, inputs=targets.shared)  # the one backbone backward
+
+        return Gathered(gramian, weighted, lambda: jac, update)
 
     # -- params ------------------------------------------------------------------------------
-    def _params(
-        self, method: Method, losses: dict[str, Tensor], ctx: StepContext, known: list[str]
-    ) -> dict[str, float]:
-        model: nn.Module = ctx.model  # type: ignore[assignment]
-        shared = [p for p in model.shared_parameters() if p.requires_grad]  # type: ignore[operator]
-        heads = self._head_params(model)
-        tasks = list(losses)
-        amp = ctx.scaler is not None and ctx.scaler.is_enabled()
-        scale = self._amp_scale(ctx, shared[0].device)
-        layers = self._activation_layers(model, [losses[t] for t in tasks], ctx)
+    def _params(self, method: Method, losses: list[Tensor], targets: Targets) -> Gathered:
+        shared, others = targets.shared, targets.others
+        amp = targets.scaler is not None and targets.scaler.is_enabled()
+        scale = _amp_scale(targets.scaler, shared[0].device)
+        layers = self._activation_layers(losses, targets)
         taken = {id(p) for layer in layers for p in layer.params}
         direct = [p for p in shared if id(p) not in taken]
         outputs = [y for layer in layers for y in layer.outputs]
-        grads = self.task_gradients([losses[t] * scale if amp else losses[t] for t in tasks], direct + heads + outputs)
-        per_task = dict(zip(tasks, grads, strict=True))
-        prepared, start = [], len(direct) + len(heads)
+        grads = self.task_gradients([loss * scale if amp else loss for loss in losses], direct + others + outputs)
+        prepared: list[Prepared] = []
+        start = len(direct) + len(others)
         for layer in layers:  # the K task gradients of these layers are never formed
             calls = slice(start, start + len(layer.outputs))
-            prepared.append(prepare(layer, [per_task[t][calls] for t in tasks], scale if amp else 1.0))
+            prepared.append(prepare(layer, [row[calls] for row in grads], scale if amp else 1.0))
             start = calls.stop
         # unscaled in place: autograd's outputs are ours, so no second copy of the K x P pieces
-        pieces = [
-            [_as_float(g).div_(scale) if amp else _as_float(g) for g in per_task[t][: len(direct)]] for t in tasks
-        ]
-        for i, p in enumerate(heads):  # a head is reached by its own task(s) only: the plain sum
-            _accumulate(p, sum(per_task[t][len(direct) + i] for t in tasks))  # type: ignore[arg-type]
-        del grads, per_task  # only the shared pieces stay alive
-        if ctx.env.enabled:
+        pieces = [[_as_float(g).div_(scale) if amp else _as_float(g) for g in row[: len(direct)]] for row in grads]
+        for i, p in enumerate(others):  # a head is reached by its own task(s) only: the plain sum
+            _accumulate(p, sum(row[len(direct) + i] for row in grads))  # type: ignore[arg-type]
+        del grads  # only the shared pieces stay alive
+        if targets.env.enabled:
             for row in pieces:
                 for g in row:
                     dist.all_reduce(g)
-                    g /= ctx.env.world_size
+                    g /= targets.env.world_size
             self.synchronised = shared
         gramian = _gramian(pieces) + sum((layer_gramian(p).cpu() for p in prepared), torch.zeros(()))
-        self._remember(gramian, tasks)
-        if not bool(torch.isfinite(gramian.diagonal()).all()):  # a non-finite piece makes its diagonal entry so
-            self.last_gramian = None
-            self._nonfinite(gramian, tasks, ctx, shared[0])
-            return {}
-        values, index = self._loss_vector(tasks, ctx), [known.index(t) for t in tasks]
-        if method.kind == "weighting":
-            w = method.weights(gramian, values, index)  # type: ignore[attr-defined]
-            coef = (w * float(scale)).tolist()
+
+        def weighted(w: list[float]) -> None:
+            coef = [wk * float(scale) for wk in w]
             for layer in prepared:
                 for p, g in zip(layer.layer.params, weighted_gradients(layer, coef), strict=True):
                     _accumulate(p, g)
             for j, p in enumerate(direct):  # sum_k w_k g_k written in place into the first task's piece
                 out = pieces[0][j].mul_(coef[0])
-                for k in range(1, len(tasks)):
+                for k in range(1, len(pieces)):
                     out.add_(pieces[k][j], alpha=coef[k])
                 if out.untyped_storage().nbytes() != out.numel() * out.element_size():
                     out = out.clone()  # a view into the batched engine's [K, ...] output: do not keep it alive
                 _accumulate(p, out)
-            return dict(zip(tasks, w.tolist(), strict=True))
-        dtype = pieces[0][0].dtype if pieces and pieces[0] else torch.float32
-        jac = torch.empty(len(tasks), sum(p.numel() for p in shared), device=shared[0].device, dtype=dtype)
-        for k in range(len(tasks)):  # fill the K x P Jacobian, releasing each task's pieces as it goes
-            torch.cat([g.reshape(-1) for g in pieces[k]], out=jac[k])
-            pieces[k] = []
-        update = method.apply(jac, values, index)  # type: ignore[attr-defined]
-        offset = 0
-        for p in shared:
-            _accumulate(p, update[offset : offset + p.numel()].view_as(p) * scale)
-            offset += p.numel()
-        return dict(zip(tasks, _applied(jac, update, gramian).tolist(), strict=True))
 
-    def attach(self, model: nn.Module) -> None:
-        """Hook the model's shared layers before its first forward (``gramian`` engine in ``params``
-        space only: nothing else takes the records), so that every step, the first included, can
+        def jacobian() -> Tensor:
+            dtype = pieces[0][0].dtype if pieces and pieces[0] else torch.float32
+            jac = torch.empty(len(pieces), sum(p.numel() for p in shared), device=shared[0].device, dtype=dtype)
+            for k in range(len(pieces)):  # fill the K x P Jacobian, releasing each task's pieces as it goes
+                torch.cat([g.reshape(-1) for g in pieces[k]], out=jac[k])
+                pieces[k] = []
+            return jac
+
+        def update(u: Tensor) -> None:
+            offset = 0
+            for p in shared:
+                _accumulate(p, u[offset : offset + p.numel()].view_as(p) * scale)
+                offset += p.numel()
+
+        return Gathered(gramian, weighted, jacobian, update)
+
+    def attach(self, module: nn.Module, shared: Sequence[nn.Parameter]) -> None:
+        """Hook the module's shared layers before its first forward (``gramian`` engine in ``params``
+        space only: nothing else takes the records), so that every call, the first included, can
         take Gramian shares from activations."""
-        if self.space == "params" and self.engine == "gramian" and not _compiled(model):
+        if self.space == "params" and self.engine == "gramian" and not _compiled(module):
             if self.recorder is not None:
                 self.recorder.remove()
-            self.recorder = Recorder(model, [p for p in model.shared_parameters() if p.requires_grad])  # type: ignore[operator]
+            self.recorder = Recorder(module, [p for p in shared if p.requires_grad])
 
-    def _activation_layers(self, model: nn.Module, losses: list[Tensor], ctx: StepContext) -> list[Layer]:
-        """The ``gramian`` engine's layers whose Gramian share comes from activations this step.
+    def _activation_layers(self, losses: list[Tensor], targets: Targets) -> list[Layer]:
+        """The ``gramian`` engine's layers whose Gramian share comes from activations this call.
 
         Not under DDP (the global Gramian needs cross-rank products of activations), nor on a
-        compiled model (hooks added after ``torch.compile`` would break its graphs). A model
-        first seen here (not given at setup) gets its hooks now: this step is all direct.
+        compiled module (hooks added after ``torch.compile`` would break its graphs). A module
+        first seen here (not attached before its forward) gets its hooks now: this call is all direct.
         """
-        if self.engine != "gramian" or _compiled(model):
+        module = targets.module
+        if self.engine != "gramian" or module is None or _compiled(module):
             return []
-        if self.recorder is None or self.recorder.model is not model:
-            self.attach(model)
+        if self.recorder is None or self.recorder.model is not module:
+            self.attach(module, targets.shared)
             return []
-        records = self.recorder.take(losses)  # every step, so that records never pile up
-        layers = [] if ctx.env.enabled else plan(records, len(losses))
+        records = self.recorder.take(losses)  # every call, so that records never pile up
+        layers = [] if targets.env.enabled else plan(records, len(losses))
         self.last_activation_params = sum(p.numel() for layer in layers for p in layer.params)
         return layers
 
@@ -338,6 +367,19 @@ class GradientEngine:
             g = torch.autograd.grad(loss, list(inputs), retain_graph=i < len(losses) - 1, allow_unused=True)
             out.append(_filled(g, inputs))
         return out
+
+
+def _amp_scale(scaler: torch.amp.GradScaler | None, device: torch.device) -> Tensor:
+    if scaler is not None and scaler.is_enabled():
+        return scaler.scale(torch.ones((), device=device))
+    return torch.ones((), device=device)
+
+
+def _global_gramian(gramian: Tensor, env: DistEnv) -> Tensor:
+    full = gramian.to(env.device)
+    dist.all_reduce(full)  # every rank holds the same tasks in the same order
+    # each rank's losses carry a 1/R factor (their average is the global loss)
+    return full.cpu() / env.world_size**2
 
 
 def _compiled(model: nn.Module) -> bool:
@@ -377,7 +419,7 @@ def _filled(grads: Sequence[Tensor | None], inputs: Sequence[Tensor], batch: int
     return [g if g is not None else x.new_zeros(*lead, *x.shape) for g, x in zip(grads, inputs, strict=True)]
 
 
-def _accumulate(p: nn.Parameter, grad: Tensor) -> None:
+def _accumulate(p: Tensor, grad: Tensor) -> None:
     grad = grad.to(p.dtype)
     if p.grad is None:
         p.grad = grad
