@@ -1,7 +1,7 @@
 """Gradient balancing in a Hugging Face ``transformers.Trainer`` (``pip install jointtrain[hf]``).
 
 :class:`BalancedTrainer` is a ``Trainer`` whose training step runs a
-:class:`core.balancing.Balancer` where ``Trainer`` would call ``accelerator.backward(loss)``. The
+:class:`core.balancing.LoopBalancer` where ``Trainer`` would call ``accelerator.backward(loss)``. The
 model returns a mapping with its task losses under ``"losses"`` (a mapping or sequence of
 scalars, or a 1-D tensor of per-sample losses) and, for space ``rep``, the shared representation
 under ``"features"``; a ``"loss"`` entry (their sum, say) keeps ``Trainer.evaluate`` working.
@@ -9,7 +9,7 @@ Other models: override :meth:`BalancedTrainer.task_losses`::
 
     trainer = BalancedTrainer(
         model=model, args=TrainingArguments(...), train_dataset=data,
-        balancer=Balancer("upgrad", shared=model.encoder),
+        balancer=LoopBalancer("upgrad", shared=model.encoder),
     )
     trainer.train()
 
@@ -37,7 +37,7 @@ import transformers
 from accelerate.utils import DistributedType
 from torch import Tensor, nn
 
-from ..balancing import Balancer
+from ..balancing import LoopBalancer
 from ..errors import ConfigError
 
 #: the balancer's state inside a Trainer checkpoint folder
@@ -51,13 +51,21 @@ class BalancedTrainer(transformers.Trainer):
 
     Args:
         balancer: the method and the shared parameters it balances, e.g.
-            ``Balancer("upgrad", shared=model.encoder)``.
+            ``LoopBalancer("upgrad", shared=model.encoder)``. A method with learned parameters
+            (``uw``, ``imtl``) must be a submodule of the model (``model.balancer = ...``, with
+            ``tasks=``), so that ``Trainer`` builds its optimizer over them.
         *args, **kwargs: as ``transformers.Trainer``.
     """
 
-    def __init__(self, *args: Any, balancer: Balancer, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, balancer: LoopBalancer, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.balancer = balancer
+        trained = {id(p) for p in self.model.parameters()}
+        if any(id(p) not in trained for p in balancer.parameters()):
+            raise ConfigError(
+                "this balancer learns parameters that the model does not hold, so Trainer's optimizer would never "
+                "train them: make it a submodule of the model (model.balancer = LoopBalancer(..., tasks=[...]))"
+            )
         if self.args.gradient_accumulation_steps > 1:
             raise ConfigError(
                 f"BalancedTrainer does not support gradient_accumulation_steps={self.args.gradient_accumulation_steps}:"

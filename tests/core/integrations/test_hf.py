@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from core.balancing import Balancer  # noqa: E402
+from core.balancing import LoopBalancer  # noqa: E402
 from core.errors import ConfigError  # noqa: E402
 from core.integrations.hf import BALANCER_STATE, BalancedTrainer  # noqa: E402
 
@@ -89,7 +89,7 @@ def test_hf_trainer_update_equals_the_functional_api_in_a_plain_loop(tmp_path, m
     model = TwoHeads().double()
     reference = copy.deepcopy(model)
     start = {name: p.detach().clone() for name, p in model.named_parameters()}
-    balancer = Balancer(method, shared=model.encoder, space=space)
+    balancer = LoopBalancer(method, shared=model.encoder, space=space)
     optimizer = sgd(model)
     trainer = BalancedTrainer(
         model=model,
@@ -100,7 +100,7 @@ def test_hf_trainer_update_equals_the_functional_api_in_a_plain_loop(tmp_path, m
     )
     trainer.train()
 
-    ref_balancer = Balancer(method, shared=reference.encoder, space=space)
+    ref_balancer = LoopBalancer(method, shared=reference.encoder, space=space)
     opt = sgd(reference)
     for batch in DataLoader(Pairs(), batch_size=BATCH, shuffle=False):
         opt.zero_grad()
@@ -122,7 +122,7 @@ def test_balancer_state_is_saved_beside_the_optimizer(tmp_path):
         model=model,
         args=arguments(tmp_path, save_strategy="steps", save_steps=STEPS),
         train_dataset=Pairs(),
-        balancer=Balancer("upgrad", shared=model.encoder),
+        balancer=LoopBalancer("upgrad", shared=model.encoder),
     )
     trainer.train()
     saved = torch.load(tmp_path / f"checkpoint-{STEPS}" / BALANCER_STATE, weights_only=True)
@@ -136,7 +136,7 @@ def test_gradient_accumulation_is_refused_with_the_fix(tmp_path):
             model=model,
             args=arguments(tmp_path, gradient_accumulation_steps=2),
             train_dataset=Pairs(),
-            balancer=Balancer("upgrad", shared=model.encoder),
+            balancer=LoopBalancer("upgrad", shared=model.encoder),
         )
 
 
@@ -148,7 +148,7 @@ class NoLosses(TwoHeads):
 def test_a_model_without_task_losses_is_named(tmp_path):
     model = NoLosses()
     trainer = BalancedTrainer(
-        model=model, args=arguments(tmp_path), train_dataset=Pairs(), balancer=Balancer("upgrad", shared=model.encoder)
+        model=model, args=arguments(tmp_path), train_dataset=Pairs(), balancer=LoopBalancer("upgrad", shared=model.encoder)
     )
     with pytest.raises(ConfigError, match="'losses'.*override BalancedTrainer.task_losses"):
         trainer.train()
