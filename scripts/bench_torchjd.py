@@ -29,8 +29,8 @@ RSS (tracemalloc would miss torch's C++ allocations).
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
+import itertools
 import json
 import resource
 import statistics
@@ -73,7 +73,7 @@ class Mlp(nn.Module):
         self.free = free
         self.first: nn.Parameter | nn.Linear = nn.Parameter(torch.randn(15, 16)) if free else nn.Linear(15, 16, False)
         sizes = [16, 50, 60, 70, 80]
-        self.rest = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:], strict=False))
+        self.rest = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
 
     def forward(self, x: Tensor) -> Tensor:
         x = x @ self.first if self.free else self.first(x)  # type: ignore[operator]

@@ -131,7 +131,7 @@ def test_balancer_state_is_saved_beside_the_optimizer(tmp_path):
 
 def test_gradient_accumulation_is_refused_with_the_fix(tmp_path):
     model = TwoHeads()
-    with pytest.raises(ConfigError, match="gradient_accumulation_steps=2.*larger per_device_train_batch_size"):
+    with pytest.raises(ConfigError, match=r"gradient_accumulation_steps=2.*larger per_device_train_batch_size"):
         BalancedTrainer(
             model=model,
             args=arguments(tmp_path, gradient_accumulation_steps=2),
@@ -147,8 +147,7 @@ class NoLosses(TwoHeads):
 
 def test_a_model_without_task_losses_is_named(tmp_path):
     model = NoLosses()
-    trainer = BalancedTrainer(
-        model=model, args=arguments(tmp_path), train_dataset=Pairs(), balancer=LoopBalancer("upgrad", shared=model.encoder)
-    )
-    with pytest.raises(ConfigError, match="'losses'.*override BalancedTrainer.task_losses"):
+    balancer = LoopBalancer("upgrad", shared=model.encoder)
+    trainer = BalancedTrainer(model=model, args=arguments(tmp_path), train_dataset=Pairs(), balancer=balancer)
+    with pytest.raises(ConfigError, match=r"'losses'.*override BalancedTrainer.task_losses"):
         trainer.train()

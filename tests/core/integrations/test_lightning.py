@@ -114,10 +114,10 @@ class ReturnsItsOwnLoss(TwoTasks):
 
 
 def test_a_training_step_that_bypasses_balance_is_named():
-    with pytest.raises(ConfigError, match="must return self.balance"):
+    with pytest.raises(ConfigError, match=r"must return self.balance"):
         fit(ReturnsItsOwnLoss("upgrad", "params").double())
 
 
 def test_gradient_accumulation_is_refused_with_the_fix():
-    with pytest.raises(ConfigError, match="accumulate_grad_batches=2.*larger batch"):
+    with pytest.raises(ConfigError, match=r"accumulate_grad_batches=2.*larger batch"):
         fit(TwoTasks("upgrad", "params").double(), accumulate_grad_batches=2)
