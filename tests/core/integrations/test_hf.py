@@ -111,7 +111,7 @@ def test_hf_trainer_update_equals_the_functional_api_in_a_plain_loop(tmp_path, m
 
     for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters(), strict=True):
         assert torch.equal(p, q), name
-    assert any(not torch.equal(p, start[n]) for n, p in model.encoder.named_parameters())
+    assert any(not torch.equal(p, start[f"encoder.{n}"]) for n, p in model.encoder.named_parameters())
     assert trainer.state.log_history[-1]["train_loss"] > 0
 
 
