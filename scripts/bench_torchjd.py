@@ -7,7 +7,7 @@ outside the timing). Two settings:
 - ``per_sample`` (torchjd's own: instance-wise risk minimisation, one objective per example,
   K = batch size): ``autojac`` = ``backward(losses)`` + ``jac_to_grad(params, UPGrad())``;
   ``autogram`` = ``Engine(model, batch_dim=0).compute_gramian(losses)`` then
-  ``losses.backward(UPGradWeighting()(G))``; ``ours`` = ``core.balancing.Balancer("upgrad",
+  ``losses.backward(UPGradWeighting()(G))``; ``ours`` = ``core.balancing.LoopBalancer("upgrad",
   shared=model).backward(losses)``.
 - ``multi_task`` (K = ``--tasks`` linear heads on the model's output, one MSE loss each):
   ``autojac`` = ``mtl_backward(losses, features)`` + ``jac_to_grad(backbone params, UPGrad())``;
@@ -219,9 +219,9 @@ def autogram_step(problem: Problem) -> Callable[[], None]:
 
 
 def ours_step(problem: Problem, space: str = "params") -> Callable[[], None]:
-    from core.balancing import Balancer
+    from core.balancing import LoopBalancer
 
-    balancer = Balancer("upgrad", shared=problem.backbone, space=space)
+    balancer = LoopBalancer("upgrad", shared=problem.backbone, space=space)
 
     def step() -> None:
         losses, features = problem.losses()
