@@ -47,14 +47,14 @@ def built(method: str, space: str | None) -> TwoTasks:
     return TwoTasks(method, space).double()
 
 
-def data() -> TensorDataset:
+def data(dtype: torch.dtype = torch.float64) -> TensorDataset:
     g = torch.Generator().manual_seed(0)
     n = STEPS * BATCH
-    x = torch.randn(n, 6, generator=g, dtype=torch.float64)
-    return TensorDataset(x, torch.randint(0, 3, (n,), generator=g), torch.randn(n, generator=g, dtype=torch.float64))
+    x = torch.randn(n, 6, generator=g, dtype=dtype)
+    return TensorDataset(x, torch.randint(0, 3, (n,), generator=g), torch.randn(n, generator=g, dtype=dtype))
 
 
-def fit(model: pl.LightningModule, **trainer_kwargs: Any) -> pl.Trainer:
+def fit(model: pl.LightningModule, dtype: torch.dtype = torch.float64, **trainer_kwargs: Any) -> pl.Trainer:
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
@@ -65,7 +65,7 @@ def fit(model: pl.LightningModule, **trainer_kwargs: Any) -> pl.Trainer:
         enable_model_summary=False,
         **trainer_kwargs,
     )
-    trainer.fit(model, DataLoader(data(), batch_size=BATCH, shuffle=False))
+    trainer.fit(model, DataLoader(data(dtype), batch_size=BATCH, shuffle=False))
     return trainer
 
 
@@ -105,6 +105,65 @@ def test_balancer_state_travels_in_lightning_checkpoints(tmp_path):
         if isinstance(value, torch.Tensor) and value.is_floating_point():
             assert torch.equal(value, model.balancer.state_dict()[key]), key
     assert any(not torch.equal(after[k], before[k]) for k in after if "log" in k)  # trained
+
+
+class Manual(TwoTasks):
+    """Manual optimisation: ``manual_backward`` goes through the same backward hook."""
+
+    def __init__(self, method: str, space: str | None) -> None:
+        super().__init__(method, space)
+        self.automatic_optimization = False
+
+    def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
+        opt = self.optimizers()
+        opt.zero_grad()  # type: ignore[union-attr]
+        losses, _ = self.losses(batch)
+        total = self.balance(losses)
+        self.manual_backward(total)
+        opt.step()  # type: ignore[union-attr]
+        return total
+
+
+def reference_run(model: TwoTasks, scaler: torch.amp.GradScaler | None = None) -> None:
+    opt = model.configure_optimizers()
+    dtype = torch.float64 if scaler is None else torch.float32
+    for batch in DataLoader(data(dtype), batch_size=BATCH, shuffle=False):
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.float16, enabled=scaler is not None):
+            losses, _ = model.losses(batch)
+        model.balancer.backward(losses, scaler=scaler)
+        if scaler is None:
+            opt.step()
+        else:
+            scaler.step(opt)
+            scaler.update()
+
+
+def test_manual_optimisation_runs_the_same_update():
+    torch.manual_seed(0)
+    model = Manual("upgrad", "params").double()
+    reference = built("upgrad", "params")
+    fit(model)
+    reference_run(reference)
+    for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters(), strict=True):
+        assert torch.equal(p, q), name
+
+
+def test_fp16_mixed_precision_hands_lightnings_scaler_to_the_balancer():
+    """Lightning's 16-mixed plugin (on the CPU: float16 autocast and a CPU GradScaler) gives the
+    update of a plain loop that passes the same kind of scaler to the balancer."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    torch.manual_seed(0)
+    model = TwoTasks("upgrad", "params")
+    torch.manual_seed(0)
+    reference = TwoTasks("upgrad", "params")
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    fit(model, torch.float32, plugins=[MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**10))])
+    reference_run(reference, scaler)
+    for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters(), strict=True):
+        assert torch.equal(p, q), name
+    assert model.trainer.precision_plugin.scaler.get_scale() == scaler.get_scale()
 
 
 class ReturnsItsOwnLoss(TwoTasks):
