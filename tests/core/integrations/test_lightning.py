@@ -159,7 +159,8 @@ def test_fp16_mixed_precision_hands_lightnings_scaler_to_the_balancer():
     torch.manual_seed(0)
     reference = TwoTasks("upgrad", "params")
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
-    fit(model, torch.float32, plugins=[MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**10))])
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**10))
+    fit(model, torch.float32, plugins=[plugin])
     reference_run(reference, scaler)
     for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters(), strict=True):
         assert torch.equal(p, q), name
