@@ -151,3 +151,19 @@ def test_a_model_without_task_losses_is_named(tmp_path):
     trainer = BalancedTrainer(model=model, args=arguments(tmp_path), train_dataset=Pairs(), balancer=balancer)
     with pytest.raises(ConfigError, match=r"'losses'.*override BalancedTrainer.task_losses"):
         trainer.train()
+
+
+def test_learned_balancer_weights_outside_the_model_are_refused(tmp_path):
+    model = TwoHeads()
+    balancer = LoopBalancer("uw", shared=model.encoder, tasks=["a", "b"])
+    with pytest.raises(ConfigError, match=r"submodule of the model"):
+        BalancedTrainer(model=model, args=arguments(tmp_path), train_dataset=Pairs(), balancer=balancer)
+
+
+def test_learned_balancer_weights_inside_the_model_are_trained(tmp_path):
+    model = TwoHeads().double()
+    model.balancer = LoopBalancer("uw", shared=model.encoder, tasks=["a", "b"])
+    before = [p.detach().clone() for p in model.balancer.parameters()]
+    trainer = BalancedTrainer(model=model, args=arguments(tmp_path), train_dataset=Pairs(), balancer=model.balancer)
+    trainer.train()
+    assert before and all(not torch.equal(b, p) for b, p in zip(before, model.balancer.parameters(), strict=True))
