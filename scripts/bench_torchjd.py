@@ -11,8 +11,9 @@ outside the timing). Two settings:
   shared=model).backward(losses)``.
 - ``multi_task`` (K = ``--tasks`` linear heads on the model's output, one MSE loss each):
   ``autojac`` = ``mtl_backward(losses, features)`` + ``jac_to_grad(backbone params, UPGrad())``;
-  ``autogram`` = ``Engine(backbone, batch_dim=None)`` on the K losses; ``ours`` = the same
-  Balancer with ``shared=backbone`` (exact gradients, space ``params``); ``ours_rep`` = space
+  ``autogram`` = ``Engine(backbone, batch_dim=None)`` on the K losses (its heads get the weighted,
+  not the plain, sum of their gradients: the same cost); ``ours`` = the same LoopBalancer
+  with ``shared=backbone`` (exact gradients, space ``params``); ``ours_rep`` = space
   ``rep`` (gradients w.r.t. the backbone's output, MGDA-UB style: not the same update).
 
 ``autograd`` (the plain backward of the summed losses) is timed beside them as the unit. Each
@@ -278,7 +279,7 @@ def peak_memory(model: str, setting: str, method: str, args: argparse.Namespace)
     problem, step = build(model, setting, method, args.tasks)
     gc.collect()
     base = _rss_mib()
-    for _ in range(max(args.warmup, 1)):
+    for _ in range(args.warmup + 1):
         run_once(problem, step)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return {"base_rss_mib": round(base, 1), "peak_rss_mib": round(peak, 1), "step_peak_mib": round(peak - base, 1)}
