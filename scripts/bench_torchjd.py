@@ -8,7 +8,7 @@ outside the timing). Two settings:
   K = batch size): ``autojac`` = ``backward(losses)`` + ``jac_to_grad(params, UPGrad())``;
   ``autogram`` = ``Engine(model, batch_dim=0).compute_gramian(losses)`` then
   ``losses.backward(UPGradWeighting()(G))``; ``ours`` = ``core.balancing.LoopBalancer("upgrad",
-  shared=model).backward(losses)``.
+  shared=model, independent_samples=True).backward(losses)`` (the declaration ``batch_dim=0`` makes).
 - ``multi_task`` (K = ``--tasks`` linear heads on the model's output, one MSE loss each):
   ``autojac`` = ``mtl_backward(losses, features)`` + ``jac_to_grad(backbone params, UPGrad())``;
   ``autogram`` = ``Engine(backbone, batch_dim=None)`` on the K losses (its heads get the weighted,
@@ -222,7 +222,9 @@ def autogram_step(problem: Problem) -> Callable[[], None]:
 def ours_step(problem: Problem, space: str = "params") -> Callable[[], None]:
     from core.balancing import LoopBalancer
 
-    balancer = LoopBalancer("upgrad", shared=problem.backbone, space=space)
+    # torchjd's batch_dim=0 makes the same declaration: none of the nine models mixes samples
+    independent = problem.setting == "per_sample"
+    balancer = LoopBalancer("upgrad", shared=problem.backbone, space=space, independent_samples=independent)
 
     def step() -> None:
         losses, features = problem.losses()

@@ -63,25 +63,34 @@ from ..distributed import DistEnv
 from ..errors import ConfigError
 from ..tree import tree_leaves
 from .base import NonFiniteGradients
-from .layers import Layer, Prepared, Recorder, layer_gramian, plan, prepare, weighted_gradients
+from .layers import (
+    Layer,
+    Prepared,
+    Recorder,
+    layer_gramian,
+    plan,
+    prepare,
+    sample_gramian,
+    sample_rows,
+    sample_weighted_gradients,
+    weighted_gradients,
+)
 from .method import Aggregator, Method, Weighting
 
 SPACES = ("rep", "params")
-ENGINES = ("auto", "gramian", "loop", "batched")
+#: each engine and the methods it can run: the Gramian engine never forms the Jacobian
+ENGINES: dict[str, type[Method]] = {"auto": Method, "gramian": Weighting, "loop": Method, "batched": Method}
 
 
 def choose_engine(requested: str, method: Method) -> str:
     """The ``params`` engine for a method: ``auto`` is ``gramian`` for weightings, else ``loop``."""
     if requested not in ENGINES:
         raise ConfigError(f"unknown gradient engine '{requested}'; valid: {', '.join(ENGINES)}")
-    gramian_suffices = isinstance(method, Weighting)
-    if requested == "auto":
-        return "gramian" if gramian_suffices else "loop"
-    if requested == "gramian" and not gramian_suffices:
+    if not isinstance(method, ENGINES[requested]):
         raise ConfigError(
             f"{type(method).__name__} needs the whole Jacobian, not only its Gramian; use engine 'loop' or 'auto'"
         )
-    return requested
+    return {"auto": "gramian" if isinstance(method, Weighting) else "loop"}.get(requested, requested)
 
 
 def feature_tensors(features: Any) -> list[Tensor]:
@@ -140,6 +149,8 @@ class Targets:
     env: DistEnv = field(default_factory=DistEnv)
     #: the module whose shared layers :meth:`TaskAutograd.attach` hooks (``gramian`` engine); None: no hooks
     module: nn.Module | None = None
+    #: the losses are per-sample losses of samples that never interact (dim 0 of every hooked call)
+    independent: bool = False
 
 
 @dataclass(frozen=True)
@@ -181,7 +192,7 @@ class TaskAutograd:
             raise ConfigError(f"{type(method).__name__}: no shared parameter requires grad; nothing to balance")
         self.synchronised = []
         tasks = list(losses)
-        gather = self._rep if self.space == "rep" else self._params
+        gather = {"rep": self._rep, "params": self._params}[self.space]
         return self._finish(method, tasks, gather(method, [losses[t] for t in tasks], targets), targets, values, rows)
 
     # -- the tail both spaces share ----------------------------------------------------------
@@ -263,7 +274,13 @@ class TaskAutograd:
         shared, others = targets.shared, targets.others
         amp = targets.scaler is not None and targets.scaler.is_enabled()
         scale = _amp_scale(targets.scaler, shared[0].device)
-        layers = self._activation_layers(losses, targets)
+        records = self._records(losses, targets)
+        if targets.independent:
+            fast = self._per_sample(losses, targets, records, scale if amp else 1.0)
+            if fast is not None:
+                return fast
+        layers = plan(records, len(losses))
+        self.last_activation_params = sum(p.numel() for layer in layers for p in layer.params)
         taken = {id(p) for layer in layers for p in layer.params}
         direct = [p for p in shared if id(p) not in taken]
         outputs = [y for layer in layers for y in layer.outputs]
@@ -325,13 +342,14 @@ class TaskAutograd:
                 self.recorder.remove()
             self.recorder = Recorder(module, [p for p in shared if p.requires_grad])
 
-    def _activation_layers(self, losses: list[Tensor], targets: Targets) -> list[Layer]:
-        """The ``gramian`` engine's layers whose Gramian share comes from activations this call.
+    def _records(self, losses: list[Tensor], targets: Targets) -> list[Layer]:
+        """The hooked layers' calls these losses depend on (``gramian`` engine).
 
-        Not under DDP (the global Gramian needs cross-rank products of activations), nor on a
+        None under DDP (the global Gramian needs cross-rank products of activations), nor on a
         compiled module (hooks added after ``torch.compile`` would break its graphs). A module
         first seen here (not attached before its forward) gets its hooks now: this call is all direct.
         """
+        self.last_activation_params = 0
         module = targets.module
         if self.engine != "gramian" or module is None or _compiled(module):
             return []
@@ -339,9 +357,42 @@ class TaskAutograd:
             self.attach(module, targets.shared)
             return []
         records = self.recorder.take(losses)  # every call, so that records never pile up
-        layers = [] if targets.env.enabled else plan(records, len(losses))
-        self.last_activation_params = sum(p.numel() for layer in layers for p in layer.params)
-        return layers
+        return [] if targets.env.enabled else records
+
+    def _per_sample(
+        self, losses: list[Tensor], targets: Targets, records: list[Layer], scale: Tensor | float
+    ) -> Gathered | None:
+        """Per-sample losses of independent samples: every shared layer's per-sample Gramian from one
+        backward of their sum (:class:`~.layers.SampleRows`); the heads get that backward's gradients.
+        None (exact per-sample backwards instead) unless the hooked layers hold every shared parameter
+        with the samples along their calls' first dimension."""
+        k = len(losses)
+        # one backward serves every layer, whatever its positions: each picks its cheaper product later
+        layers = [layer for layer in records if layer.intact() and all(y.shape[0] == k for y in layer.outputs)]
+        covered = {id(p) for layer in layers for p in layer.params}
+        if not layers or any(id(p) not in covered for p in targets.shared):
+            return None
+        outputs = [y for layer in layers for y in layer.outputs]
+        inputs = [*targets.others, *outputs]
+        grads = _filled(torch.autograd.grad(sum(losses) * scale, inputs, allow_unused=True), inputs)
+        for p, g in zip(targets.others, grads[: len(targets.others)], strict=True):  # the plain sum
+            _accumulate(p, g)
+        parts, start = [], len(targets.others)
+        for layer in layers:
+            calls = slice(start, start + len(layer.outputs))
+            parts.append(sample_rows(layer, grads[calls], k, scale))
+            start = calls.stop
+        del grads
+        gramian = sum((sample_gramian(part, k).cpu() for part in parts), torch.zeros(k, k, dtype=torch.float64))
+        self.last_activation_params = sum(p.numel() for p in targets.shared)
+
+        def weighted(w: list[float]) -> None:
+            coef = torch.tensor(w, dtype=torch.float64) * float(scale)
+            for part in parts:
+                for p, g in zip(part.layer.params, sample_weighted_gradients(part, coef), strict=True):
+                    _accumulate(p, g)
+
+        return Gathered(gramian, weighted, _no_jacobian, _no_jacobian)
 
     def task_gradients(self, losses: list[Tensor], inputs: Sequence[Tensor]) -> list[list[Tensor]]:
         """Per loss, its gradient w.r.t. each input (zeros where unused)."""
@@ -380,6 +431,10 @@ def _global_gramian(gramian: Tensor, env: DistEnv) -> Tensor:
     dist.all_reduce(full)  # every rank holds the same tasks in the same order
     # each rank's losses carry a 1/R factor (their average is the global loss)
     return full.cpu() / env.world_size**2
+
+
+def _no_jacobian(*_: Any) -> Any:
+    raise TypeError("the per-sample Gramian path forms no Jacobian: only a Weighting runs on the gramian engine")
 
 
 def _compiled(model: nn.Module) -> bool:

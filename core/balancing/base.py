@@ -62,6 +62,8 @@ class StepContext:
     shared: list[nn.Parameter] | None = None
     #: every other leaf to fill with the plain sum of gradients; None: the model's other parameters
     others: list[Tensor] | None = None
+    #: the losses are per-sample losses of samples that never interact in the forward
+    independent_samples: bool = False
 
 
 class Balancer(nn.Module):

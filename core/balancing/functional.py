@@ -27,12 +27,14 @@ trainer's:
   built on a module takes the Gramian share of its ``Linear`` / ``Conv2d`` layers from their inputs
   and output gradients (per-example inner products without per-example weight gradients, see
   :mod:`.layers`), which is cheaper than K weight gradients wherever a layer's positions per step
-  are few against its weight's size: an MLP or a CNN's last stages on a small batch.
+  are few against its weight's size: an MLP or a CNN's last stages on a small batch. With
+  ``independent_samples=True`` (samples that never interact) and every shared parameter in such
+  layers, one backward of the summed losses replaces the K per-sample backwards.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -65,6 +67,12 @@ class LoopBalancer(nn.Module):
         tasks: the task names (or their number, for positional losses) when known up front: methods
             with learned per-task parameters (``uw``, ``imtl``) create them here, so they exist when
             the optimizer is built and when a checkpoint is loaded. None: the first call's tasks.
+        independent_samples: per-sample losses (a 1-D tensor) come from samples that never interact
+            in the forward (no BatchNorm in training mode, no attention across the batch; samples
+            along dim 0 of every layer call). When the hooked layers hold every shared parameter,
+            the ``gramian`` engine then takes each layer's per-sample Gramian from one backward of
+            the summed losses instead of K (torchjd's ``batch_dim=0``); otherwise it changes nothing.
+            Wrong for a model whose samples interact: the Gramian would miss the cross terms.
         **method_kwargs: the method's hyperparameters.
     """
 
@@ -76,6 +84,7 @@ class LoopBalancer(nn.Module):
         engine: str = "auto",
         space: str | None = None,
         tasks: Sequence[str] | int | None = None,
+        independent_samples: bool = False,
         **method_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -88,7 +97,7 @@ class LoopBalancer(nn.Module):
         elif engine != "auto" or space is not None:
             raise ConfigError(f"'{name}' balances losses: engine and space apply to gradient-space methods only")
         self.balancer: Balancer = BALANCERS.build({"name": name, **kwargs})
-        self.space = space
+        self.space, self.independent_samples = space, independent_samples
         module = shared if isinstance(shared, nn.Module) else None
         params = list(module.parameters() if module is not None else shared)
         if not params or not all(isinstance(p, Tensor) and p.is_leaf for p in params):
@@ -146,6 +155,7 @@ class LoopBalancer(nn.Module):
             scaler=scaler,
             shared=self._shared,
             others=others,
+            independent_samples=self.independent_samples and isinstance(losses, Tensor),
         )
         applied = self.balancer.backward(dict(named), ctx)
         if env.enabled:  # complete the averaging a DDP wrapper would do, except what is already global
@@ -154,10 +164,21 @@ class LoopBalancer(nn.Module):
             average_gradients([p for p in mine if id(p) not in synced], env)  # type: ignore[misc]
         self.steps += 1
         floats = {t: float(w) for t, w in applied.items()}  # host sync where a method keeps device weights
-        self.last_weights = (
-            torch.tensor([floats[t] for t in named], dtype=torch.float64) if positional and floats else floats
-        )
+        self.last_weights = floats
+        if positional:  # empty when the step is skipped for an fp16 overflow
+            self.last_weights = torch.tensor([floats[t] for t in named if t in floats], dtype=torch.float64)
         return self.last_weights
+
+    def after_step(self, recompute: Callable[[], Mapping[str, Tensor | float]]) -> None:
+        """Call after ``optimizer.step()`` with a function that re-evaluates this step's losses on
+        the same batch: methods that learn from the change (``famo``) need it; others ignore it."""
+        self.balancer.after_step(lambda: {str(t): float(v) for t, v in recompute().items()})
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"steps": self.steps}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.steps = int(state["steps"])
 
     def diagnostics(self) -> dict[str, float]:
         """The method's extra scalars of the last call (gradient-space: pairwise task-gradient cosines)."""

@@ -2,8 +2,8 @@
 
 The registry holds one :class:`GradientMethod` entry per method; ``BALANCERS.build({"name":
 "upgrad", "space": "params", **hyperparameters})`` gives a :class:`GradientBalancer` that owns the
-method (``.method``) and its task autograd (``.autograd``). ``build("upgrad").aggregate(J)`` / ``.weights(G)`` call the
-pure method.
+method (``.method``) and its task autograd (``.autograd``). ``build("upgrad").aggregate(J)`` /
+``.weights(G)`` call the pure method.
 """
 
 from __future__ import annotations
@@ -130,6 +130,7 @@ class GradientBalancer(Balancer):
             scaler=ctx.scaler,
             env=ctx.env,
             module=ctx.model,
+            independent=ctx.independent_samples,
         )
 
     def synchronised_parameters(self) -> list[nn.Parameter]:

@@ -241,3 +241,84 @@ def weighted_gradients(prepared: Prepared, coef: list[float]) -> list[Tensor]:
     if module.bias is not None:
         out.append(combined.sum(0))  # type: ignore[union-attr]
     return out
+
+
+@dataclass
+class SampleRows:
+    """A planned layer for per-sample losses of independent samples: one backward's output gradients.
+
+    Sample k's loss reaches only the rows (positions) of sample k, so the gradient of the summed
+    losses w.r.t. those rows is sample k's own ``D_k`` there and zero elsewhere: the per-sample
+    Gramian needs one backward, not K (the per-example gradient inner-product trick).
+    """
+
+    layer: Layer
+    rows: Tensor  # P, N x I (float32), call by call, each call's rows sample-major
+    grads: Tensor  # D, N x O: the summed losses' output gradients (float32)
+    sample: Tensor  # N: the sample (objective) of each row
+    per: list[int]  # each call's positions per sample
+
+    def inner_cheaper(self, k: int, max_positions: int) -> bool:
+        """Whether ``(P P^T) * (D D^T)`` (N^2 (I + O) multiply-adds, N^2 memory) beats forming the K
+        per-sample weight gradients (N O I + K^2 O I, K O I memory): few positions against the weight."""
+        n, o, i = self.rows.shape[0], self.grads.shape[1], self.rows.shape[1]
+        return n <= max_positions and n * n * (i + o) <= n * o * i + k * k * o * i
+
+
+def sample_rows(layer: Layer, grads: list[Tensor], k: int, scale: Tensor | float) -> SampleRows:
+    """``grads[c]``: the summed losses' gradient w.r.t. the c-th call's output, whose first dimension
+    holds the K samples."""
+    module = layer.module
+    rows = torch.cat([patches(module, x.float()) for x in layer.inputs])
+    d = torch.cat([positions(module, g.float()) for g in grads]) / scale
+    per = [y.numel() // (k * module.weight.shape[0]) for y in layer.outputs]  # positions per sample
+    sample = torch.cat([torch.arange(k, device=rows.device).repeat_interleave(n) for n in per])
+    return SampleRows(layer, rows, d, sample, per)
+
+
+def sample_gramian(part: SampleRows, k: int, max_positions: int = 4096) -> Tensor:
+    """The layer's K x K share (float64), float64 throughout if float32 overflows: from
+    ``G_ij = sum over rows a of i, b of j of (P P^T)_ab (D D^T)_ab`` where that is cheaper, else
+    from the K per-sample weight gradients (one batched product per call)."""
+    inner = part.inner_cheaper(k, max_positions)
+    for dtype in (torch.float32, torch.float64):
+        rows, d = part.rows.to(dtype), part.grads.to(dtype)
+        gram = _inner_gramian(part, rows, d, k) if inner else _outer_gramian(part, rows, d, k)
+        if bool(torch.isfinite(gram).all()):
+            break
+    return gram.double()
+
+
+def _inner_gramian(part: SampleRows, rows: Tensor, d: Tensor, k: int) -> Tensor:
+    inner = rows @ rows.T
+    if part.layer.module.bias is not None:
+        inner += 1
+    m = inner * (d @ d.T)
+    by_row = m.new_zeros(k, rows.shape[0]).index_add_(0, part.sample, m)
+    return m.new_zeros(k, k).index_add_(1, part.sample, by_row)
+
+
+def _outer_gramian(part: SampleRows, rows: Tensor, d: Tensor, k: int) -> Tensor:
+    weight = d.new_zeros(k, d.shape[1], rows.shape[1])
+    bias = d.new_zeros(k, d.shape[1])
+    start = 0
+    for n in part.per:  # one call: rows start .. start + K n, sample-major
+        dc = d[start : start + k * n].view(k, n, -1)
+        weight += torch.bmm(dc.transpose(1, 2), rows[start : start + k * n].view(k, n, -1))
+        bias += dc.sum(1)
+        start += k * n
+    flat = weight.flatten(1)
+    gram = flat @ flat.T
+    if part.layer.module.bias is not None:
+        gram += bias @ bias.T
+    return gram
+
+
+def sample_weighted_gradients(part: SampleRows, coef: Tensor) -> list[Tensor]:
+    """``sum_k coef_k G_k`` for the layer's weight (and bias): each row weighted by its sample's coefficient."""
+    module = part.layer.module
+    combined = part.grads * coef.to(part.grads)[part.sample][:, None]
+    out = [(combined.T @ part.rows).view_as(module.weight)]
+    if module.bias is not None:
+        out.append(combined.sum(0))
+    return out

@@ -208,6 +208,22 @@ def test_state_survives_a_checkpoint() -> None:
     assert set(first.diagnostics()) == {"cos/a/b", "cos/a/c", "cos/b/c"}
 
 
+def test_famo_learns_from_the_losses_after_the_step() -> None:
+    model, (x, y) = Net(), data()
+    balancer = LoopBalancer("famo", shared=model.trunk, tasks=["a", "b", "c"])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):
+        optimizer.zero_grad()
+        balancer.backward(model.losses(x, y)[0])
+        optimizer.step()
+        with torch.no_grad():
+            balancer.after_step(lambda: model.losses(x, y)[0])
+    assert balancer.steps == 2 and len(set(balancer.last_weights.values())) == 3  # type: ignore[union-attr]
+    restored = LoopBalancer("famo", shared=model.trunk, tasks=["a", "b", "c"])
+    restored.load_state_dict(balancer.state_dict())
+    assert restored.steps == 2
+
+
 def test_learned_loss_weights_are_module_parameters() -> None:
     model = Net()
     balancer = LoopBalancer("uw", shared=model.trunk, tasks=["a", "b", "c"])
@@ -248,3 +264,57 @@ def test_bad_arguments_are_refused() -> None:
     losses, _ = model.losses(*data())
     with pytest.raises(ConfigError, match="features"):
         backward(losses, shared=model.trunk, features=torch.zeros(3))
+
+
+def conv_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 16),
+        nn.Tanh(),
+        nn.Linear(16, 1),
+    )
+
+
+def norm_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 32), nn.LayerNorm(32), nn.Tanh(), nn.Linear(32, 1))
+
+
+INDEPENDENT = {  # net, input, whether one backward serves every shared layer
+    "mlp": (per_sample_net, (6, 64), True),
+    "cnn": (conv_net, (6, 3, 7, 7), True),
+    "layer norm": (norm_net, (6, 64), False),  # its affine weights are outside Linear / Conv2d
+}
+
+
+@pytest.mark.parametrize("amp", [False, True])
+@pytest.mark.parametrize("case", INDEPENDENT)
+def test_independent_samples_take_the_per_sample_gramian_from_one_backward(case: str, amp: bool) -> None:
+    make, shape, one = INDEPENDENT[case]
+    net = make()
+    trunk, head = net[:-1], net[-1]
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(*shape, generator=g), torch.randn(shape[0], generator=g)
+    scaler = torch.amp.GradScaler("cpu", init_scale=256.0) if amp else None
+    balancer = LoopBalancer("upgrad", shared=trunk, independent_samples=True)
+    backwards = []
+    for _ in range(2):
+        net.zero_grad()
+        expected = reference(
+            "upgrad", dict(enumerate((net(x).squeeze(1) - y) ** 2)), list(trunk.parameters()), list(head.parameters())
+        )  # type: ignore[arg-type]
+        net.zero_grad()
+        out = net(x)
+        out.register_hook(backwards.append)
+        balancer.backward((out.squeeze(1) - y) ** 2, scaler=scaler)
+        scale = 256.0 if amp else 1.0
+        assert torch.allclose(grads(list(net.parameters())) / scale, expected, rtol=1e-4, atol=1e-6)
+    assert len(backwards) == (2 if one else 2 * shape[0])  # one backward per call, or one per sample
+    covered = balancer.balancer.autograd.last_activation_params  # type: ignore[union-attr]
+    assert (covered == sum(p.numel() for p in trunk.parameters())) == one

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from core.balancing import BalancerSetup, StepContext, build
-from core.balancing.layers import Layer, Recorder, plan
+from core.balancing import BalancerSetup, StepContext, build, layers
+from core.balancing.layers import Layer, Recorder, plan, sample_gramian, sample_rows
 
 TASKS = ["a", "b", "c"]
 
@@ -214,3 +214,29 @@ def test_a_model_not_given_at_setup_is_hooked_at_its_first_step() -> None:
     assert balancer.autograd.last_activation_params == 0  # its forward ran before the hooks
     step(model, balancer, x)
     assert balancer.autograd.last_activation_params > 0
+
+
+@pytest.mark.parametrize(
+    ("module", "shape"),
+    [(nn.Conv2d(3, 8, 3, stride=2, padding=1), (5, 3, 7, 7)), (nn.Linear(7, 4), (5, 3, 7)), (nn.Linear(7, 4), (5, 7))],
+)
+def test_per_sample_gramian_both_forms_equal_the_per_sample_jacobian(module: nn.Module, shape: tuple[int, ...]) -> None:
+    """Two calls of the layer on the same K samples, one backward of the summed per-sample losses:
+    the inner form (P P^T * D D^T summed by sample) and the outer form (K per-sample weight gradients)
+    both give the Gramian of the per-sample gradients."""
+    torch.manual_seed(0)
+    x = torch.randn(*shape, dtype=torch.float64)
+    module = module.double()
+    ys = [module(x), module(x * 0.5)]
+    losses = sum(y.flatten(1).pow(2).sum(1) * (i + 1) for i, y in enumerate(ys))
+    layer = Layer(module, [x, x * 0.5], ys, [(0, 0), (0, 0)], [None, None])
+    part = sample_rows(layer, list(torch.autograd.grad(losses.sum(), ys, retain_graph=True)), 5, 1.0)
+    params = list(module.parameters())
+    jac = torch.stack(
+        [torch.cat([g.flatten() for g in torch.autograd.grad(v, params, retain_graph=True)]) for v in losses]
+    )
+    expected = jac @ jac.T
+    rows, d = part.rows.double(), part.grads.double()
+    assert torch.allclose(layers._inner_gramian(part, rows, d, 5), expected, rtol=1e-5)
+    assert torch.allclose(layers._outer_gramian(part, rows, d, 5), expected, rtol=1e-5)
+    assert torch.allclose(sample_gramian(part, 5), expected, rtol=1e-5)  # whichever form it picks
