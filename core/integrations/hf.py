@@ -21,8 +21,9 @@ balancer's state is saved beside the optimizer's in each checkpoint and restored
 
 Refused with a :class:`~core.errors.ConfigError`: ``gradient_accumulation_steps > 1`` (the
 balanced update of an accumulated batch is not the sum of its micro-batches' balanced updates;
-raise the batch size, or use jointtrain's own trainer, which balances the whole step), several
-GPUs in one process (``DataParallel``), and distributed runs (DDP, FSDP, DeepSpeed: their gradient
+raise the batch size, or use jointtrain's own trainer, which balances the whole step), LOMO
+optimizers (they update inside their own backward), several GPUs in one process
+(``DataParallel``), and distributed runs (DDP, FSDP, DeepSpeed: their gradient
 reduction hooks would fire once per task backward).
 """
 
@@ -36,6 +37,7 @@ import torch
 import transformers
 from accelerate.utils import DistributedType
 from torch import Tensor, nn
+from transformers.training_args import OptimizerNames
 
 from ..balancing import LoopBalancer
 from ..errors import ConfigError
@@ -71,6 +73,11 @@ class BalancedTrainer(transformers.Trainer):
                 f"BalancedTrainer does not support gradient_accumulation_steps={self.args.gradient_accumulation_steps}:"
                 " the balanced update of an accumulated batch is not the sum of its micro-batches' updates; use a "
                 "larger per_device_train_batch_size, or jointtrain's Trainer, which balances the whole step"
+            )
+        if self.args.optim in (OptimizerNames.LOMO, OptimizerNames.ADALOMO):
+            raise ConfigError(
+                f"BalancedTrainer cannot run optim='{self.args.optim.value}': LOMO updates the weights inside its own "
+                "backward; use another optimizer (adamw_torch, sgd, ...)"
             )
         if self.args.n_gpu > 1:
             raise ConfigError(

@@ -42,7 +42,7 @@ from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch import Tensor
 
 from ..balancing import LoopBalancer
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 #: precision plugins whose ``backward`` is a plain ``loss.backward()`` (after the scaler's scaling)
 PRECISIONS = (Precision, DoublePrecision, HalfPrecision, MixedPrecision)
@@ -67,7 +67,7 @@ class BalancedModule(pl.LightningModule):
             raise ConfigError("balance() was called twice in one training step; call it once with every task's loss")
         values = list(losses.values()) if isinstance(losses, Mapping) else list(losses)
         if not values:
-            raise ConfigError("balance() got no losses; pass the task losses of this step")
+            raise DataError("balance() got no losses; pass the task losses of this step")
         self._pending = (losses, features)
         return torch.stack([v.detach().sum() for v in values]).sum()
 

@@ -167,3 +167,27 @@ def test_learned_balancer_weights_inside_the_model_are_trained(tmp_path):
     trainer = BalancedTrainer(model=model, args=arguments(tmp_path), train_dataset=Pairs(), balancer=model.balancer)
     trainer.train()
     assert before and all(not torch.equal(b, p) for b, p in zip(before, model.balancer.parameters(), strict=True))
+
+
+def test_resuming_restores_the_balancers_state(tmp_path):
+    torch.manual_seed(0)
+    model = TwoHeads().double()
+    args = arguments(tmp_path, save_strategy="steps", save_steps=STEPS)
+    first = LoopBalancer("gradvac", shared=model.encoder, tasks=["a", "b"])  # K x K targets and an RNG
+    BalancedTrainer(model=model, args=args, train_dataset=Pairs(), balancer=first).train()
+    fresh = LoopBalancer("gradvac", shared=model.encoder, tasks=["a", "b"])
+    assert repr(fresh.state_dict()) != repr(first.state_dict())  # the first run moved its state
+    resumed = BalancedTrainer(model=model, args=args, train_dataset=Pairs(), balancer=fresh)
+    resumed.train(resume_from_checkpoint=str(tmp_path / f"checkpoint-{STEPS}"))
+    assert repr(fresh.state_dict()) == repr(first.state_dict())
+
+
+def test_lomo_is_refused(tmp_path):
+    model = TwoHeads()
+    with pytest.raises(ConfigError, match=r"LOMO updates the weights inside its own backward"):
+        BalancedTrainer(
+            model=model,
+            args=arguments(tmp_path, optim="lomo"),
+            train_dataset=Pairs(),
+            balancer=LoopBalancer("upgrad", shared=model.encoder),
+        )
