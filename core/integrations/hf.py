@@ -36,6 +36,7 @@ from typing import Any
 import torch
 import transformers
 from accelerate.utils import DistributedType
+from accelerate.utils.memory import clear_device_cache
 from torch import Tensor, nn
 from transformers.training_args import OptimizerNames
 
@@ -114,6 +115,9 @@ class BalancedTrainer(transformers.Trainer):
         with self.compute_loss_context_manager():
             losses, features = self.task_losses(model, inputs)
         del inputs
+        empty_every = self.args.torch_empty_cache_steps
+        if empty_every is not None and self.state.global_step % empty_every == 0:
+            clear_device_cache()  # as Trainer does before its backward
         self.balancer.backward(losses, features=features, scaler=self.accelerator.scaler)
         values = list(losses.values()) if isinstance(losses, Mapping) else list(losses)
         return torch.stack([v.detach().sum() for v in values]).sum()  # what Trainer logs as the loss

@@ -93,7 +93,7 @@ def test_hf_trainer_update_equals_the_functional_api_in_a_plain_loop(tmp_path, m
     optimizer = sgd(model)
     trainer = BalancedTrainer(
         model=model,
-        args=arguments(tmp_path),
+        args=arguments(tmp_path, torch_empty_cache_steps=1),  # Trainer's cache clearing runs too
         train_dataset=Pairs(),
         optimizers=(optimizer, None),
         balancer=balancer,
