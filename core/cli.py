@@ -224,6 +224,13 @@ def cmd_list(args: argparse.Namespace) -> int:
                 ddp = d["ddp"] if isinstance(d["ddp"], str) else "; ".join(f"{k}: {v}" for k, v in d["ddp"].items())
                 print(f"  {name:<12} {d['kind']:<8} spaces={','.join(d['spaces']):<10} cost={d['cost']}")
                 print(f"  {'':<12} DDP: {ddp}")
+                declared = [
+                    f"state: {d['state']}" if d["state"] else "stateless",
+                    "randomized" if d["randomized"] else "",
+                    "needs the loss values" if d.get("needs_losses") else "",
+                    f"properties: {', '.join(d['properties'])}" if d.get("properties") else "",
+                ]
+                print(f"  {'':<12} {'; '.join(x for x in declared if x)}")
         else:
             print(f"{kind}s: {', '.join(registry.names())}")
     return 0

@@ -18,6 +18,8 @@ from .aligned_mtl import AlignedMTL
 from .base import Balancer, BalancerSetup, LossBalancer, NonFiniteGradients, StepContext
 from .cagrad import CAGrad
 from .config import ConFIG
+from .cosmos import COSMOS
+from .cr_mogm import CRMOGM
 from .db_mtl import DBMTL
 from .dualproj import DualProj
 from .dwa import DynamicWeightAverage
@@ -36,7 +38,10 @@ from .imtl_l import IMTLL
 from .method import Aggregator, Method, Weighting
 from .mgda import MGDA
 from .moco import MoCo
+from .modo import MoDo
 from .nash_mtl import NashMTL
+from .pbi import PBI
+from .pcd import PCD
 from .pcgrad import PCGrad
 from .rlw import RandomLossWeighting
 from .sdmgrad import SDMGrad
@@ -54,6 +59,8 @@ for _name, _loss in {
     "famo": FAMO,
     "imtl_l": IMTLL,
     "stch": STCH,
+    "cosmos": COSMOS,
+    "pbi": PBI,
 }.items():
     BALANCERS.register(_name)(_loss)
 
@@ -76,6 +83,9 @@ METHODS: dict[str, type[Method]] = {
     "excess_mtl": ExcessMTL,
     "moco": MoCo,
     "sdmgrad": SDMGrad,
+    "pcd": PCD,
+    "modo": MoDo,
+    "cr_mogm": CRMOGM,
 }
 for _name, _method in METHODS.items():
     BALANCERS.register(_name)(GradientMethod(_method))

@@ -60,6 +60,15 @@ def test_train_evaluate_predict_list(tmp_path, capsys):
     assert "architectures: branched, cgc, cross_stitch" in listing
 
 
+def test_list_shows_each_methods_declarations(capsys):
+    assert main(["list"]) == 0
+    listing = capsys.readouterr().out
+    assert "pcd          weighting spaces=rep,params" in listing
+    assert "state: per-task EMA of squared gradient norms, step counts" in listing
+    assert "stateless; properties: mean_when_aligned, non_conflicting, permutation_invariant" in listing  # upgrad
+    assert "cosmos       loss     spaces=loss" in listing and "pbi          loss" in listing
+
+
 def test_bad_input_prints_a_message_not_a_traceback(tmp_path, capsys):
     config = _write_config(tmp_path)
     assert main(["train", str(config), "--set", "balancing.name=nope"]) == 2

@@ -104,14 +104,36 @@ def mgda_reference(jac: Tensor) -> Tensor:
     return best
 
 
+def pcd_reference(jac: Tensor, tau: float = 0.02, eps: float = 1e-8) -> Tensor:
+    """PCD's first step on J itself: normalise the rows, solve its QP in parameter space (SLSQP),
+    rescale to the primary row's norm."""
+    normalized = (jac / (jac.pow(2).sum(1, keepdim=True) + eps).sqrt()).numpy()
+    g1, secondary = normalized[0], normalized[1:]
+    constraints = {
+        "type": "ineq",
+        "fun": lambda d: secondary @ d - tau * (secondary**2).sum(1),
+        "jac": lambda d: secondary,
+    }
+    d = scipy.optimize.minimize(
+        lambda d: 0.5 * ((d - g1) ** 2).sum(),
+        g1,
+        jac=lambda d: d - g1,
+        constraints=[constraints],
+        method="SLSQP",
+        options={"ftol": 1e-15, "maxiter": 1000},
+    ).x
+    return torch.from_numpy(d) * jac[0].norm() / float(np.linalg.norm(d))
+
+
 def torchjd_reference(name: str) -> Callable[[Tensor], Tensor]:
-    from torchjd.aggregation import IMTLG, AlignedMTL, CAGrad, SDMGradWeighting
+    from torchjd.aggregation import IMTLG, AlignedMTL, CAGrad, MoDoWeighting, SDMGradWeighting
 
     return {
         "imtl_g": IMTLG(),
         "aligned_mtl": AlignedMTL(),
         "cagrad": CAGrad(c=0.4),
         "sdmgrad": lambda jac: SDMGradWeighting()(jac @ jac.T) @ jac,
+        "modo": lambda jac: MoDoWeighting()(jac @ jac.T) @ jac,
     }[name]
 
 
@@ -125,6 +147,9 @@ REFERENCES: dict[str, tuple[Callable[[Tensor], Tensor], dict[str, object], float
     "aligned_mtl": (lambda jac: torchjd_reference("aligned_mtl")(jac), {}, 1e-9),
     "cagrad": (lambda jac: torchjd_reference("cagrad")(jac), {"rescale": False}, 1e-4),  # torchjd's conic solver
     "sdmgrad": (lambda jac: torchjd_reference("sdmgrad")(jac), {}, 1e-6),
+    "modo": (lambda jac: torchjd_reference("modo")(jac), {}, 1e-12),
+    "pcd": (pcd_reference, {}, 1e-6),  # SLSQP's accuracy
+    "cr_mogm": (upgrad_reference, {"weighting": {"name": "upgrad", "ridge": 0.0}}, 1e-7),  # first call: the wrapped one
 }
 #: (name, case) pairs with no reference, and why
 NO_REFERENCE_ON = {
@@ -145,6 +170,9 @@ NOT_PERMUTATION_INVARIANT = {
     "gradvac": "projects in a random task order: a permutation changes which order is drawn",
     "gradnorm": "keeps learned weights and initial losses per row index between steps",
     "sdmgrad": "warm-starts from the previous step's weights, kept per row index",
+    "modo": "steps from the previous step's weights, kept per row index",
+    "pcd": "the primary task (row index 0 by default) is followed; the others only constrain it",
+    "cr_mogm": "averages the weights per row index over steps (and wraps any weighting)",
 }
 
 

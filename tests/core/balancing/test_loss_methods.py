@@ -56,7 +56,7 @@ def test_nonlinear_loss_methods_give_the_formula_gradient_in_one_process(name: s
     assert torch.allclose(theta.grad, expected, rtol=1e-5)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("name", ["famo", "gls", "stch", "uw", "imtl_l"])
+@pytest.mark.parametrize("name", ["famo", "gls", "stch", "uw", "imtl_l", "cosmos", "pbi"])
 def test_ddp_shares_sum_to_the_global_gradient(name: str) -> None:
     """Each of two 'ranks' backpropagates its share (its half of the global mean); with the global
     loss values in the context, the averaged gradients are the one-process gradient."""
