@@ -23,8 +23,9 @@ Refused with a :class:`~core.errors.ConfigError`: ``gradient_accumulation_steps 
 balanced update of an accumulated batch is not the sum of its micro-batches' balanced updates;
 raise the batch size, or use jointtrain's own trainer, which balances the whole step), LOMO
 optimizers (they update inside their own backward), several GPUs in one process
-(``DataParallel``), and distributed runs (DDP, FSDP, DeepSpeed: their gradient
-reduction hooks would fire once per task backward).
+(``DataParallel``), distributed runs (DDP, FSDP, DeepSpeed: their gradient reduction hooks
+would fire once per task backward), and methods that learn from the losses after the optimizer
+step (``famo``: Trainer runs that step unseen).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from transformers.training_args import OptimizerNames
 
 from ..balancing import LoopBalancer
 from ..errors import ConfigError
+from .support import check_balancer
 
 #: the balancer's state inside a Trainer checkpoint folder
 BALANCER_STATE = "balancer.pt"
@@ -63,6 +65,7 @@ class BalancedTrainer(transformers.Trainer):
     def __init__(self, *args: Any, balancer: LoopBalancer, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.balancer = balancer
+        check_balancer(balancer, "transformers.Trainer")
         trained = {id(p) for p in self.model.parameters()}
         if any(id(p) not in trained for p in balancer.parameters()):
             raise ConfigError(

@@ -27,7 +27,8 @@ Refused with a :class:`~core.errors.ConfigError`: ``accumulate_grad_batches > 1`
 update of an accumulated batch is not the sum of its micro-batches' balanced updates; raise the
 batch size, or use jointtrain's own trainer, which balances the whole step) and multi-device
 strategies (DDP, FSDP, DeepSpeed: Lightning's wrapper reduces gradients in hooks that the
-balancer's per-task backwards would fire once per task).
+balancer's per-task backwards would fire once per task), and methods that learn from the losses
+after the optimizer step (``famo``: Lightning runs that step unseen).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from torch import Tensor
 
 from ..balancing import LoopBalancer
 from ..errors import ConfigError, DataError
+from .support import check_balancer
 
 #: precision plugins whose ``backward`` is a plain ``loss.backward()`` (after the scaler's scaling)
 PRECISIONS = (Precision, DoublePrecision, HalfPrecision, MixedPrecision)
@@ -78,6 +80,7 @@ class BalancedModule(pl.LightningModule):
                 f"{type(self).__name__} has no balancer: set self.balancer = LoopBalancer(method, shared=...) "
                 "in __init__"
             )
+        check_balancer(self.balancer, "Lightning's training loop")
 
     def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
         # ``loss`` is the detached sum from balance(), already scaled by Lightning: the balancer

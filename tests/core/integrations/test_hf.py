@@ -191,3 +191,14 @@ def test_lomo_is_refused(tmp_path):
             train_dataset=Pairs(),
             balancer=LoopBalancer("upgrad", shared=model.encoder),
         )
+
+
+def test_a_method_that_learns_after_the_optimizer_step_is_refused(tmp_path):
+    model = TwoHeads()
+    with pytest.raises(ConfigError, match=r"FAMO learns from the losses after each optimizer step"):
+        BalancedTrainer(
+            model=model,
+            args=arguments(tmp_path),
+            train_dataset=Pairs(),
+            balancer=LoopBalancer("famo", tasks=["a", "b"], shared=model.encoder),
+        )

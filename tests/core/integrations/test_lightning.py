@@ -181,3 +181,8 @@ def test_a_training_step_that_bypasses_balance_is_named():
 def test_gradient_accumulation_is_refused_with_the_fix():
     with pytest.raises(ConfigError, match=r"accumulate_grad_batches=2.*larger batch"):
         fit(TwoTasks("upgrad", "params").double(), accumulate_grad_batches=2)
+
+
+def test_a_method_that_learns_after_the_optimizer_step_is_refused():
+    with pytest.raises(ConfigError, match=r"FAMO learns from the losses after each optimizer step"):
+        fit(TwoTasks("famo", None).double())
