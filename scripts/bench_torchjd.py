@@ -18,10 +18,11 @@ outside the timing). Two settings:
 
 ``autograd`` (the plain backward of the summed losses) is timed beside them as the unit. Each
 method trains its own copy of the model (same weights), so hooks of one engine never slow another,
-and the methods are interleaved round by round. Peak memory: the resident-set high-water mark
-(``ru_maxrss``) of a fresh subprocess per (model, setting, method) that builds the model and its
-inputs, measures its RSS, then runs the warm-up and one step; reported as the increase over that
-RSS (tracemalloc would miss torch's C++ allocations).
+and the methods are interleaved round by round. Peak memory: in a fresh subprocess per (model,
+setting, method), after the warm-up, the resident-set high-water mark (``VmHWM``, reset through
+``/proc/self/clear_refs``) of one step above the RSS before it, with glibc returning freed
+tensors to the system (``MALLOC_MMAP_THRESHOLD_``); tracemalloc would miss torch's C++
+allocations.
 
     python scripts/bench_torchjd.py --out bench_torchjd.json                 # the full table (long)
     python scripts/bench_torchjd.py --models cifar10 --runs 1 --warmup 1 --out smoke.json
@@ -31,9 +32,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import itertools
 import json
-import resource
+import os
 import statistics
 import subprocess
 import sys
@@ -271,26 +273,42 @@ def time_setting(model: str, setting: str, args: argparse.Namespace) -> dict[str
     return times
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(f"{field}:"))
+    return int(line.split()[1]) / 1024  # kB
 
 
 def peak_memory(model: str, setting: str, method: str, args: argparse.Namespace) -> dict[str, float]:
-    """In this (fresh) process: RSS after building, then the high-water mark over warm-up + one step."""
+    """In this (fresh) process: the resident-set peak of one step above the RSS before it.
+
+    Every child imports the same libraries, and runs the warm-up first, so that the code pages and
+    thread pools a first call faults in are resident before the measurement; the high-water mark is
+    then reset (``/proc/self/clear_refs``) and read back after the step.
+    """
+    for library in ("core.balancing", "torchjd.autojac", "torchjd.autogram"):  # the same in every child
+        importlib.import_module(library)
+
     problem, step = build(model, setting, method, args.tasks)
-    gc.collect()
-    base = _rss_mib()
-    for _ in range(args.warmup + 1):
+    for _ in range(max(args.warmup, 1)):
         run_once(problem, step)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    problem.zero_grad(set_to_none=True)
+    gc.collect()
+    base = _status_mib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    run_once(problem, step)
+    peak = _status_mib("VmHWM")
     return {"base_rss_mib": round(base, 1), "peak_rss_mib": round(peak, 1), "step_peak_mib": round(peak - base, 1)}
 
 
 def memory_in_subprocess(model: str, setting: str, method: str, args: argparse.Namespace) -> dict[str, float]:
     cmd = [sys.executable, __file__, "--memory-of", f"{model}:{setting}:{method}"]
     cmd += ["--warmup", str(args.warmup), "--tasks", str(args.tasks), "--threads", str(args.threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    # a fixed mmap threshold: glibc then returns every freed tensor above 64 KiB to the system, so
+    # the warm-up's freed memory is not counted as resident before the measured step
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -349,7 +367,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "threads": args.threads,
             "dtype": "float32",
             "device": "cpu",
-            "memory": "ru_maxrss high-water of a fresh subprocess minus its RSS after building the model",
+            "memory": "one step's VmHWM above the RSS before it, after warm-up, in a fresh subprocess",
             "torch": torch.__version__,
         },
         "results": results,
