@@ -244,6 +244,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verdict(args: argparse.Namespace) -> int:
+    from .experiments.verdict import read_verdict_config, verdict
+    from .experiments.verdict_report import paragraph
+
+    base, cspec, vspec = read_verdict_config(args.config, _overrides(args), args.seeds)
+    result = verdict(base, cspec, vspec)
+    print(paragraph(result))
+    folder = Path(base.output_dir) / "verdict"
+    print(f"written: {folder / 'results.json'}, {folder / 'report.md'}")
+    return 0
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from .experiments.tune import format_ranking, read_tune_config, tune
 
@@ -325,6 +337,13 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
     c.add_argument("--output-dir", help="shortcut for --set output_dir=...")
     c.set_defaults(func=cmd_compare)
+
+    v = sub.add_parser("verdict", help="train together, in groups or apart? intervals, task groups, serving cost")
+    v.add_argument("config", help="a run config; its 'compare:' section gives the rows, 'verdict:' the intervals")
+    v.add_argument("--seeds", type=int, help="seeds per row (replaces compare.seeds)")
+    v.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    v.add_argument("--output-dir", help="shortcut for --set output_dir=...")
+    v.set_defaults(func=cmd_verdict)
 
     tu = sub.add_parser("tune", help="search static task weights / method hyperparameters (CV or validation)")
     tu.add_argument("config", help="a run config with a 'tune:' section (space, search, cv, ...)")
