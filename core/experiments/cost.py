@@ -25,7 +25,12 @@ from ..model import JointModel
 
 @torch.inference_mode()
 def latency_ms(
-    run_dir: Path, sources: Sequence[Source], loading: Loading, device: torch.device, examples: int = 32, warmup: int = 3
+    run_dir: Path,
+    sources: Sequence[Source],
+    loading: Loading,
+    device: torch.device,
+    examples: int = 32,
+    warmup: int = 3,
 ) -> float:
     """Median wall time (ms) of the run's best model on one test example, all its tasks decoded."""
     model = JointModel.from_pretrained(RunDir(run_dir).model("best"), map_location=device).eval()

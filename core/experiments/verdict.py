@@ -156,7 +156,9 @@ def decide(summary: Mapping[str, Any], intervals: Mapping[str, Any], confidence:
     return {"answer": answer, "row": chosen, "delta_m": dm, "tasks": tasks, "confidence": confidence}
 
 
-def verdict(base: RunConfig, cspec: CompareSpec, vspec: VerdictSpec, log: Callable[[str], None] = print) -> dict[str, Any]:
+def verdict(
+    base: RunConfig, cspec: CompareSpec, vspec: VerdictSpec, log: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Run (or continue) the study, then write ``verdict/results.json`` and the report."""
     root = Path(base.output_dir)
     budgets = budget_steps(base, cspec)
@@ -171,7 +173,11 @@ def verdict(base: RunConfig, cspec: CompareSpec, vspec: VerdictSpec, log: Callab
 
     # the affinity is measured by the first method's joint runs, on their best models
     first = method_label(cspec.methods[0])
-    looks = [res["affinity"]["matrix"] for r, res in zip(runs, results, strict=True) if r.label == first and "affinity" in res]
+    looks = [
+        res["affinity"]["matrix"]
+        for r, res in zip(runs, results, strict=True)
+        if r.label == first and "affinity" in res
+    ]
     affinity = mean_affinity(looks)
     partitions = best_partitions(affinity, vspec.groups) if affinity else {}
     extra = group_runs(base, cspec, partitions)
@@ -215,4 +221,3 @@ def verdict(base: RunConfig, cspec: CompareSpec, vspec: VerdictSpec, log: Callab
         except Exception as e:  # a plotting problem must not lose the finished study
             warnings.warn(f"verdict report not written: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
     return out
-

@@ -1,0 +1,156 @@
+"""jointtrain verdict: intervals that see a handicap and no difference where there is none; groups,
+cost, report, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from core.cli import main
+from core.config import dump_config
+from core.data import DATASETS, DataBundle, DictDataset, Source
+from core.digits import sklearn_digits
+from core.experiments.builder import Experiment
+from core.experiments.compare_report import SINGLE
+from core.experiments.intervals import paired_bootstrap
+from core.experiments.predictions import predictions
+from core.experiments.run import train
+from core.experiments.verdict import read_verdict_config, verdict
+
+from ..helpers import toy_config
+
+
+@DATASETS.register("digits_with_noise")
+def digits_with_noise(seed: int = 0) -> DataBundle:
+    """Digits plus ``noise``: the digit labels randomly permuted over the examples (nothing to learn)."""
+    data = sklearn_digits(tasks=["digit"], seed=seed)
+    rng = np.random.default_rng(seed + 10)
+
+    def with_noise(source: Source) -> Source:
+        tensors = dict(source.dataset.tensors)
+        tensors["noise"] = torch.from_numpy(rng.permutation(tensors["digit"].numpy()))
+        return Source(source.name, DictDataset(tensors), [*source.tasks, "noise"])
+
+    return DataBundle(
+        train=[with_noise(s) for s in data.train],
+        val=[with_noise(s) for s in data.val],
+        test=[with_noise(s) for s in data.test],
+        backbone_updates=data.backbone_updates,
+        extra=data.extra,
+    )
+
+
+def write_config(tmp_path: Path, sections: dict[str, Any], **overrides: Any) -> Path:
+    base = toy_config(tmp_path, **{"train.eval_every": 25, "report.affinity_batches": 2, **overrides})
+    path = tmp_path / "verdict.yaml"
+    path.write_text(yaml.safe_dump({**yaml.safe_load(dump_config(base)), **sections}))
+    return path
+
+
+def test_interval_excludes_zero_for_a_task_trained_beside_shuffled_labels(tmp_path):
+    path = write_config(
+        tmp_path,
+        {"compare": {"methods": [{"name": "ew", "weights": {"digit": 1.0, "noise": 4.0}}], "seeds": 2}},
+        **{
+            "tasks": {
+                "digit": {"type": "classification", "num_classes": 10},
+                "noise": {"type": "classification", "num_classes": 10},
+            },
+            "data": {"name": "digits_with_noise"},
+            "model.backbone.hidden": [24],
+            "train.max_steps": 150,
+            "train.early_stopping_patience": 0,
+        },
+    )
+    base, cspec, vspec = read_verdict_config(path)
+    result = verdict(base, cspec, vspec, log=lambda _: None)
+    digit = result["intervals"]["ew(weights={'digit': 1.0, 'noise': 4.0})"]["tasks"]["digit"]
+    assert digit["high"] < 0, digit  # the shuffled task takes capacity from the digit task
+    assert result["decision"]["tasks"]["digit"] == "worse"
+
+
+def test_interval_includes_zero_for_identical_runs_with_different_seeds(tmp_path):
+    rows: dict[str, list[Any]] = {"a": [], "b": []}
+    for seed in range(4):
+        config = toy_config(
+            tmp_path / f"s{seed}",
+            **{
+                "train.seed": seed,
+                "train.max_steps": 60,
+                "tasks": {"digit": {"type": "classification", "num_classes": 10}},
+                "data.tasks": ["digit"],
+            },
+        )
+        train(config)
+        experiment = Experiment(config)
+        rows["a" if seed < 2 else "b"].append(
+            predictions(Path(config.output_dir), experiment.data.test, config.loading, torch.device("cpu"))
+        )
+    hib = {"digit": {"accuracy": True, "f1_macro": True}}
+    result = paired_bootstrap(rows, "a", hib, replicates=100)
+    assert result["b"]["tasks"]["digit"]["low"] < 0 < result["b"]["tasks"]["digit"]["high"]
+    assert result["b"]["delta_m"]["low"] < 0 < result["b"]["delta_m"]["high"]
+
+
+def test_rescored_predictions_match_the_run_and_a_by_hand_bootstrap(tmp_path):
+    config = toy_config(tmp_path, **{"train.max_steps": 20})
+    train(config)
+    experiment = Experiment(config)
+    preds = predictions(Path(config.output_dir), experiment.data.test, config.loading, torch.device("cpu"))
+    saved = json.loads((Path(config.output_dir) / "results.json").read_text())["models"]["best"]["test"]
+    for task, p in preds.items():  # fast path, each example once: the run's own test metrics
+        assert p.score() == pytest.approx({m: v for m, v in saved[task].items() if m != "loss"}, abs=1e-6)
+    # a resample: accuracy recomputed by hand from the repeated examples
+    p = preds["digit"]
+    n = sum(b.size for b in p.batches)
+    counts = np.random.default_rng(0).multinomial(n, np.full(n, 1 / n))
+    logits = torch.cat([b.output for b in p.batches])
+    labels = torch.cat([b.target for b in p.batches])
+    hits = (logits.argmax(1) == labels).numpy()
+    assert p.score({"digits": counts})["accuracy"] == pytest.approx((hits * counts).sum() / counts.sum(), abs=1e-6)
+    # reloaded from predictions.pt, the same numbers
+    again = predictions(Path(config.output_dir), experiment.data.test, config.loading, torch.device("cpu"))
+    assert again["digit"].score({"digits": counts}) == p.score({"digits": counts})
+
+
+def test_verdict_trains_groups_writes_report_and_reuses_runs(tmp_path, capsys):
+    path = write_config(
+        tmp_path,
+        {"compare": {"methods": ["ew"], "seeds": 2}, "verdict": {"replicates": 30, "groups": [2]}},
+        **{
+            "tasks": {
+                "digit": {"type": "classification", "num_classes": 10},
+                "parity": {"type": "classification", "num_classes": 2},
+                "large": {"type": "classification", "num_classes": 2},
+            },
+            "data.tasks": ["digit", "parity", "large"],
+            "train.max_steps": 20,
+            "train.eval_every": 10,
+            "report.enabled": True,
+            "report.train_eval_samples": 0,
+        },
+    )
+    assert main(["verdict", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "**Verdict:" in out and "runs done" in out
+    folder = tmp_path / "run" / "verdict"
+    result = json.loads((folder / "results.json").read_text())
+    group_rows = [r for r in result["intervals"] if r.startswith("groups: ")]
+    assert len(group_rows) == 1 and result["groups"]["2"]["groups"]
+    assert set(result["intervals"]) == {"ew", *group_rows}
+    for cost in result["cost"].values():
+        assert cost["latency_ms"] > 0 and cost["parameters"] > 0
+    assert result["cost"][SINGLE]["models"] == 3 and result["cost"]["ew"]["models"] == 1
+    assert result["cost"][group_rows[0]]["models"] == 2
+    assert (folder / "report.md").read_text().startswith("# Verdict") and (folder / "plots" / "forest.png").is_file()
+    # a rerun trains nothing and gives the same verdict
+    assert main(["verdict", str(path)]) == 0
+    rerun = capsys.readouterr().out
+    assert "[train]" not in rerun and "[done]" in rerun
+    assert json.loads((folder / "results.json").read_text())["intervals"] == result["intervals"]
