@@ -248,10 +248,10 @@ def cmd_verdict(args: argparse.Namespace) -> int:
     from .experiments.verdict import read_verdict_config, verdict
     from .experiments.verdict_report import paragraph
 
-    base, cspec, vspec = read_verdict_config(args.config, _overrides(args), args.seeds)
-    result = verdict(base, cspec, vspec)
+    study = read_verdict_config(args.config, _overrides(args), args.seeds)
+    result = verdict(study)
     print(paragraph(result))
-    folder = Path(base.output_dir) / "verdict"
+    folder = Path(study.base.output_dir) / "verdict"
     print(f"written: {folder / 'results.json'}, {folder / 'report.md'}")
     return 0
 

@@ -52,12 +52,12 @@ def latency_ms(
 
 
 def serving_cost(
-    run_dirs: Sequence[Path], sources: Sequence[Source], loading: Loading, device: torch.device
+    run_dirs: Sequence[Path], sources: Sequence[Source], loading: Loading, device: torch.device, examples: int = 32
 ) -> dict[str, Any]:
     """Models, parameters and per-example latency of serving every task with these runs' models."""
     from .compare import parameter_count
 
-    latencies = [latency_ms(d, sources, loading, device) for d in run_dirs]
+    latencies = [latency_ms(d, sources, loading, device, examples) for d in run_dirs]
     return {
         "models": len(run_dirs),
         "parameters": sum(parameter_count(d) for d in run_dirs),

@@ -18,6 +18,7 @@ that finished are reused and interrupted ones resumed, so rerunning the command 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -46,8 +47,12 @@ from .compare import (
 )
 from .compare_report import SINGLE
 from .cost import serving_cost
+from .front import FrontSpec, plan_front, trade_off_front
+from .front import validate as validate_front
 from .groups import best_partitions, group_label, mean_affinity
 from .intervals import call, paired_bootstrap
+from .merged import MergeSpec, merged_baseline
+from .merged import validate as validate_merge
 from .predictions import TaskPredictions, predictions
 
 
@@ -59,14 +64,29 @@ class VerdictSpec:
     confidence: float = 0.95  # two-sided level of every interval
     groups: list[int] = field(default_factory=lambda: [2, 3])  # group counts to train as rows; [] = none
     latency_examples: int = 32  # single-example forwards timed per model (median)
+    front: bool = True  # the fixed-weight trade-off front (its ``front:`` section: points, LR search)
+    #: the merged-model baseline (its ``merge:`` section); meaningful where every single-task run starts
+    #: from one pretrained backbone (the NLP demo's MiniLM), so off unless asked for
+    merge: bool = False
 
 
-def read_verdict_config(
-    path: str | Path, overrides: Sequence[str] = (), seeds: int | None = None
-) -> tuple[RunConfig, CompareSpec, VerdictSpec]:
+@dataclass
+class Study:
+    """Everything a verdict reads from its config: the base run and each part's section."""
+
+    base: RunConfig
+    compare: CompareSpec
+    verdict: VerdictSpec
+    front: FrontSpec
+    merge: MergeSpec
+
+
+def read_verdict_config(path: str | Path, overrides: Sequence[str] = (), seeds: int | None = None) -> Study:
     raw = apply_overrides(read_yaml(path), overrides)
     cspec: CompareSpec = from_dict(CompareSpec, raw.pop("compare", None) or {}, "compare")
     vspec: VerdictSpec = from_dict(VerdictSpec, raw.pop("verdict", None) or {}, "verdict")
+    fspec: FrontSpec = from_dict(FrontSpec, raw.pop("front", None) or {}, "front")
+    mspec: MergeSpec = from_dict(MergeSpec, raw.pop("merge", None) or {}, "merge")
     raw.pop("tune", None)  # a config may carry a tune: section for another verb
     if seeds is not None:
         cspec.seeds = seeds
@@ -79,7 +99,11 @@ def read_verdict_config(
         )
     if any(k < 2 for k in vspec.groups):
         raise ConfigError(f"{path}: verdict.groups lists group counts >= 2 (e.g. [2, 3]), got {vspec.groups}")
-    return base, cspec, vspec
+    if vspec.front:
+        validate_front(fspec)
+    if vspec.merge:
+        validate_merge(base, mspec)
+    return Study(base, cspec, vspec, fspec, mspec)
 
 
 class Progress:
@@ -156,20 +180,23 @@ def decide(summary: Mapping[str, Any], intervals: Mapping[str, Any], confidence:
     return {"answer": answer, "row": chosen, "delta_m": dm, "tasks": tasks, "confidence": confidence}
 
 
-def verdict(
-    base: RunConfig, cspec: CompareSpec, vspec: VerdictSpec, log: Callable[[str], None] = print
-) -> dict[str, Any]:
+MERGED = "merged"  # the row of the merged-model baseline
+
+
+def verdict(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or continue) the study, then write ``verdict/results.json`` and the report."""
+    base, cspec, vspec = study.base, study.compare, study.verdict
     root = Path(base.output_dir)
     budgets = budget_steps(base, cspec)
     runs = plan(base, cspec, budgets)
-    for run in runs:
+    front_runs = [run for _, _, run in plan_front(base, study.front)] if vspec.front else []
+    for run in [*runs, *front_runs]:
         check_reusable(run)
-    distinct = len({r.dir for r in runs})
+    planned = len({r.dir for r in [*runs, *front_runs]})
     groups_planned = sum(1 for k in vspec.groups if 1 < k < len(base.tasks))
-    log(f"verdict: {distinct} comparison run(s) under {root}, then up to {groups_planned} task grouping(s)")
+    log(f"verdict: {planned} run(s) under {root} (comparison and front), then up to {groups_planned} task grouping(s)")
     progress = Progress(log)
-    results = progress.run(runs, distinct)
+    results = progress.run(runs, planned)
 
     # the affinity is measured by the first method's joint runs, on their best models
     first = method_label(cspec.methods[0])
@@ -181,21 +208,39 @@ def verdict(
     affinity = mean_affinity(looks)
     partitions = best_partitions(affinity, vspec.groups) if affinity else {}
     extra = group_runs(base, cspec, partitions)
-    results += progress.run(extra, distinct + len({r.dir for r in extra} - {r.dir for r in runs}))
+    planned += len({r.dir for r in extra} - {r.dir for r in [*runs, *front_runs]})
+    results += progress.run(extra, planned)
     runs = [*runs, *extra]
+    progress.run(front_runs, planned)
+    front = trade_off_front(base, study.front, log) if vspec.front else None
 
     tasks = list(base.tasks)
     summary = summarise(runs, results, tasks)
     device = resolve_device(base.train.device)
     experiment = Experiment(base)
+    merged = []
+    if vspec.merge:
+        singles = {(r.task, r.seed): r.dir for r in runs if r.kind == "single" and r.label == SINGLE}
+        for seed in range(cspec.seeds):
+            single = {t: singles[(t, seed)] for t in tasks}
+            merged.append(merged_baseline(base, study.merge, seed, single, log))
+            runs.append(
+                Run("merged", MERGED, seed, dataclasses.replace(base, output_dir=str(root / "merge" / f"seed{seed}")))
+            )
     log("verdict: test predictions and bootstrap intervals")
     rows = row_predictions(runs, experiment, device)
     intervals = paired_bootstrap(rows, SINGLE, summary["higher_is_better"], vspec.replicates, vspec.confidence)
     log("verdict: serving cost (latency measured on this machine)")
     costs = {}
-    for label in summary["rows"]:
+    for label in rows:
         dirs = list(dict.fromkeys(r.dir for r in runs if r.label == label and r.seed == 0))
-        costs[label] = serving_cost(dirs, experiment.data.test, base.loading, device)
+        # the merged model is trained as the single-task models are: their training cost is its
+        trained = summary["rows"][SINGLE if label == MERGED else label]
+        costs[label] = {
+            **serving_cost(dirs, experiment.data.test, base.loading, device, vspec.latency_examples),
+            "train_time_s": trained["train_time_s"][0],
+            "peak_mb": trained["peak_cuda_mb"] or trained["peak_rss_mb"],
+        }
     decision = decide(summary, intervals, vspec.confidence)
     out = {
         "decision": decision,
@@ -203,10 +248,14 @@ def verdict(
         "cost": costs,
         "affinity": affinity,
         "groups": {str(k): v for k, v in partitions.items()},
+        "front": front,
+        "merged": merged,
         "comparison": summary,
         "spec": {
             "compare": {**vars(cspec), "budgets": budgets},
             "verdict": vars(vspec),
+            "front": vars(study.front) if vspec.front else None,
+            "merge": vars(study.merge) if vspec.merge else None,
             "device": str(device),
         },
         "runs": [{"row": r.label, "seed": r.seed, "task": r.task, "dir": str(r.dir)} for r in runs],

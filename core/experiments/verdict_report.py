@@ -13,6 +13,7 @@ from typing import Any
 from ..engine.report import markdown_table, pyplot
 from ..io import atomic_write_text
 from .compare_report import SINGLE, format_table
+from .front_plot import front_table, plot_front
 
 ANSWERS = {
     "together": "train together",
@@ -27,12 +28,20 @@ def _ci(v: Mapping[str, float], fmt: str = "{:+.2f}") -> str:
 
 
 def _cost(results: Mapping[str, Any], label: str) -> str:
-    c, row = results["cost"][label], results["comparison"]["rows"][label]
-    memory = row["peak_cuda_mb"] or row["peak_rss_mb"]
+    c = results["cost"][label]
     return (
         f"{c['models']} model(s), {c['parameters']:,} parameters, {c['latency_ms']:.2f} ms per example, "
-        f"training {row['train_time_s'][0]:.0f} s, peak memory {memory:.0f} MB"
+        f"training {c['train_time_s']:.0f} s, peak memory {c['peak_mb']:.0f} MB"
     )
+
+
+def merged_sentence(results: Mapping[str, Any]) -> str:
+    """The merged-model baseline's interval, where it was run."""
+    if "merged" not in results["intervals"]:
+        return ""
+    v = results["intervals"]["merged"]
+    how = ", ".join(f"{m['method']} λ={m['lambda']:g}" for m in results["merged"])
+    return f" Merging the single-task models instead ({how}, chosen on validation): Δm {_ci(v['delta_m'])} %."
 
 
 def paragraph(results: Mapping[str, Any]) -> str:
@@ -60,6 +69,7 @@ def paragraph(results: Mapping[str, Any]) -> str:
         f"`{row}`, scores Δm {_ci(dm)} % against each task alone on test ({level} interval over "
         f"{seeds} seed(s) × {results['spec']['verdict']['replicates']} paired bootstrap draws of the test examples); "
         f"per task ({level}): {per_task}. Cost of `{row}`: {_cost(results, row)}; each task apart: {apart}."
+        f"{merged_sentence(results)}"
     )
 
 
@@ -112,20 +122,29 @@ def interval_table(results: Mapping[str, Any]) -> str:
 def cost_table(results: Mapping[str, Any]) -> str:
     rows = []
     for label, c in results["cost"].items():
-        row = results["comparison"]["rows"][label]
-        memory = row["peak_cuda_mb"] or row["peak_rss_mb"]
-        rows.append(
-            [
-                label,
-                str(c["models"]),
-                f"{c['parameters']:,}",
-                f"{c['latency_ms']:.3f}",
-                f"{row['train_time_s'][0]:.1f}",
-                f"{memory:.0f}",
-            ]
-        )
+        cells = [f"{c['parameters']:,}", f"{c['latency_ms']:.3f}", f"{c['train_time_s']:.1f}", f"{c['peak_mb']:.0f}"]
+        rows.append([label, str(c["models"]), *cells])
     header = ["row", "models served", "parameters", "latency ms / example", "train s (all models)", "peak MB"]
     return markdown_table(header, rows)
+
+
+def front_lines(results: Mapping[str, Any], plots: Path) -> list[str]:
+    """The fixed-weight trade-off front with every balancing method placed on it."""
+    front = results.get("front")
+    if not front:
+        return []
+    images = [f"![trade-off front](plots/{p.name})" for p in plot_front(front, plots)]
+    return [
+        "## Trade-off front (fixed task weights, validation)",
+        "",
+        f"Equal tuning budget: {front['budget']['text']}. Non-dominated fixed points: "
+        f"{', '.join(front['front']) or 'none'}.",
+        "",
+        *images,
+        "",
+        front_table(front),
+        "",
+    ]
 
 
 def group_lines(results: Mapping[str, Any]) -> list[str]:
@@ -160,6 +179,7 @@ def write_verdict_report(folder: str | Path) -> Path:
         "",
         interval_table(results),
         "",
+        *front_lines(results, plots),
         "## Task groups",
         "",
         *group_lines(results),

@@ -56,7 +56,10 @@ def write_config(tmp_path: Path, sections: dict[str, Any], **overrides: Any) -> 
 def test_interval_excludes_zero_for_a_task_trained_beside_shuffled_labels(tmp_path):
     path = write_config(
         tmp_path,
-        {"compare": {"methods": [{"name": "ew", "weights": {"digit": 1.0, "noise": 4.0}}], "seeds": 2}},
+        {
+            "compare": {"methods": [{"name": "ew", "weights": {"digit": 1.0, "noise": 4.0}}], "seeds": 2},
+            "verdict": {"front": False},
+        },
         **{
             "tasks": {
                 "digit": {"type": "classification", "num_classes": 10},
@@ -68,8 +71,7 @@ def test_interval_excludes_zero_for_a_task_trained_beside_shuffled_labels(tmp_pa
             "train.early_stopping_patience": 0,
         },
     )
-    base, cspec, vspec = read_verdict_config(path)
-    result = verdict(base, cspec, vspec, log=lambda _: None)
+    result = verdict(read_verdict_config(path), log=lambda _: None)
     digit = result["intervals"]["ew(weights={'digit': 1.0, 'noise': 4.0})"]["tasks"]["digit"]
     assert digit["high"] < 0, digit  # the shuffled task takes capacity from the digit task
     assert result["decision"]["tasks"]["digit"] == "worse"
@@ -122,7 +124,11 @@ def test_rescored_predictions_match_the_run_and_a_by_hand_bootstrap(tmp_path):
 def test_verdict_trains_groups_writes_report_and_reuses_runs(tmp_path, capsys):
     path = write_config(
         tmp_path,
-        {"compare": {"methods": ["ew"], "seeds": 2}, "verdict": {"replicates": 30, "groups": [2]}},
+        {
+            "compare": {"methods": ["ew"], "seeds": 2},
+            "verdict": {"replicates": 30, "groups": [2]},
+            "front": {"points": 3, "lr_scales": [1.0]},
+        },
         **{
             "tasks": {
                 "digit": {"type": "classification", "num_classes": 10},
