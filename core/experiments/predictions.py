@@ -4,8 +4,8 @@ A run's best model is scored on the test split as its metrics are: the same sour
 task outputs and targets that ``core.evaluation.evaluate`` feeds to torchmetrics. Keeping those
 (on the CPU, ``predictions.pt`` in the run directory) lets a bootstrap recompute every metric of
 the task on resampled examples without running the model again: a replicate is a count per
-example, and each stored batch is re-indexed by those counts (an example drawn twice appears
-twice) before the task's own ``update_metrics``. Examples are identified by (source, position),
+example, and each stored batch is re-indexed by those counts (``Task.select``: an example
+drawn twice appears twice) before the task's own ``update_metrics``. Examples are identified by (source, position),
 so two runs of the same data (one task alone, all tasks together) are paired example by example.
 """
 
@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from ..data import Loading, Source, eval_loader
 from ..engine.rundir import RunDir
@@ -57,21 +56,9 @@ class TaskPredictions:
                 index = torch.from_numpy(np.repeat(np.arange(b.size), counts[b.source][b.start : b.start + b.size]))
                 if len(index) == 0:
                     continue
-                output, target = take(b.output, index, b.size), take(b.target, index, b.size)
+                output, target = self.task.select(b.output, b.target, index)
             self.task.update_metrics(metrics, output, target)
         return {name: float(m.compute()) for name, m in metrics.items()}
-
-
-def take(tree: Any, index: Tensor, size: int) -> Any:
-    """Rows ``index`` of every batch-leading entry of a (nested) batch: tensors whose first
-    dimension is the batch, and per-example lists (detection targets); other entries as they are."""
-    if isinstance(tree, Tensor):
-        return tree.index_select(0, index) if tree.ndim and tree.shape[0] == size else tree
-    if isinstance(tree, Mapping):
-        return {k: take(v, index, size) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)) and len(tree) == size:
-        return [tree[i] for i in index.tolist()]
-    return tree
 
 
 def _cpu_float(tree: Any) -> Any:
