@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from core.errors import ConfigError
+from core.experiments.compare import CompareSpec, plan
 from core.experiments.front import (
     FrontSpec,
     non_dominated,
@@ -136,3 +137,18 @@ def test_the_front_on_two_tasks_is_monotone_with_equal_budgets_and_methods_place
     lines.clear()  # a rerun trains nothing and gives the same answer
     assert trade_off_front(base, spec, log=lambda line: lines.append(str(line))) == result
     assert not any("[train]" in line for line in lines)
+
+
+def test_a_method_at_the_configs_rate_is_compares_own_joint_run(tmp_path: Path) -> None:
+    base = toy_config(tmp_path)
+    joint = {r.dir: r.config for r in plan(base, CompareSpec(methods=["uw"], seeds=2)) if r.kind == "joint"}
+    shared = [
+        (scale, run) for row, scale, run in plan_front(base, FrontSpec(seeds=2, methods=["uw"])) if row.kind == "method"
+    ]
+    assert len(shared) == 3 * 2
+    for scale, run in shared:
+        assert (run.dir in joint) == (scale == 1.0)
+        if scale == 1.0:
+            assert run.config.to_dict() == joint[run.dir].to_dict()  # compare's execute reuses it as it is
+        else:
+            assert run.config.train.lr == pytest.approx(base.train.lr * scale)
