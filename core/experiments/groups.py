@@ -75,5 +75,5 @@ def mean_affinity(matrices: Sequence[Mapping[str, Mapping[str, float]]]) -> Matr
 
 
 def group_label(groups: Partition) -> str:
-    """``groups: a+b | c`` (the row name of a grouping)."""
-    return "groups: " + " | ".join("+".join(g) for g in groups)
+    """``groups: a+b, c`` (the row name of a grouping)."""
+    return "groups: " + ", ".join("+".join(g) for g in groups)

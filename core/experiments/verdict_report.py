@@ -57,12 +57,13 @@ def paragraph(results: Mapping[str, Any]) -> str:
     for t, outcome in d["tasks"].items():
         by_call.setdefault(outcome, []).append(t)
     per_task = "; ".join(f"{outcome} on {', '.join(ts)}" for outcome, ts in by_call.items())
+    cheaper = min((row, SINGLE), key=lambda label: results["cost"][label]["latency_ms"])
     what = {
         "together": f"train the tasks together (row `{row}`)",
         "groups": f"train in the groups {row.removeprefix('groups: ')}",
         "apart": "train each task apart",
-        "no detectable difference": f"training together (`{row}`) and apart are not detectably different; "
-        "the cheaper to serve is the better choice",
+        "no detectable difference": f"`{row}` and each task apart are not detectably different; the cheaper "
+        f"to serve, `{cheaper}`, is the better choice",
     }[d["answer"]]
     return (
         f"**Verdict: {ANSWERS[d['answer']]}.** {what[0].upper()}{what[1:]}. The row chosen on validation Δm, "
@@ -137,8 +138,7 @@ def front_lines(results: Mapping[str, Any], plots: Path) -> list[str]:
     return [
         "## Trade-off front (fixed task weights, validation)",
         "",
-        f"Equal tuning budget: {front['budget']['text']}. Non-dominated fixed points: "
-        f"{', '.join(front['front']) or 'none'}.",
+        f"Non-dominated fixed points: {', '.join(front['front']) or 'none'}.",
         "",
         *images,
         "",
@@ -156,7 +156,7 @@ def group_lines(results: Mapping[str, Any]) -> list[str]:
         "",
     ]
     for k, info in results["groups"].items():
-        groups = " | ".join("+".join(g) for g in info["groups"])
+        groups = ", ".join("+".join(g) for g in info["groups"])
         lines.append(f"- {k} groups: {groups} (score {info['score']:+.2f} %)")
     return [*lines, ""]
 

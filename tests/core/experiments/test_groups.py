@@ -31,7 +31,7 @@ def test_best_partition_recovers_the_blocks_of_a_block_affinity():
     assert best[3]["score"] == pytest.approx(5.0 * 4 / 5)  # e receives nothing
     assert 5 not in best  # all apart is the single-task row, not a grouping
     assert score(matrix, [["a", "b", "c", "d", "e"]]) < best[3]["score"]
-    assert group_label([["a", "b"], ["c"]]) == "groups: a+b | c"
+    assert group_label([["a", "b"], ["c"]]) == "groups: a+b, c"
 
 
 def test_mean_affinity_skips_unmeasured_pairs():

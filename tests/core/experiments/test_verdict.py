@@ -127,7 +127,7 @@ def test_verdict_trains_groups_writes_report_and_reuses_runs(tmp_path, capsys):
         {
             "compare": {"methods": ["ew"], "seeds": 2},
             "verdict": {"replicates": 30, "groups": [2]},
-            "front": {"points": 3, "lr_scales": [1.0]},
+            "front": {"points": 5, "lr_scales": [1.0]},
         },
         **{
             "tasks": {
