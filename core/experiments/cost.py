@@ -32,10 +32,11 @@ def latency_ms(
     examples: int = 32,
     warmup: int = 3,
 ) -> float:
-    """Median wall time (ms) of the run's best model on one test example, all its tasks decoded."""
+    """Median wall time (ms) of the run's best model on one test example, every head decoded (a
+    served request asks for all of the model's tasks)."""
     model = JointModel.from_pretrained(RunDir(run_dir).model("best"), map_location=device).eval()
     source = next(s for s in sources if set(s.tasks) & set(model.tasks))
-    tasks = [t for t in source.tasks if t in model.tasks]
+    tasks = list(model.tasks)
     single = dataclasses.replace(loading, eval_batch_size=1, num_workers=0)
     batches = [move(b, device) for _, b in zip(range(examples + warmup), eval_loader(source, single), strict=False)]
     times = []
