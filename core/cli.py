@@ -271,6 +271,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = Path(args.run)
     if (path / "compare.json").is_file():
         from .experiments.compare_report import write_compare_report as writer
+    elif path.name == "verdict" and (path / "results.json").is_file():
+        from .experiments.verdict_report import write_verdict_report as writer
     else:
         from .engine.report import write_report as writer
     from .engine.rundir import RunDir
@@ -352,7 +354,7 @@ def parser() -> argparse.ArgumentParser:
     tu.set_defaults(func=cmd_tune)
 
     rp = sub.add_parser("report", help="(re)write report.md and plots of a run or a comparison directory")
-    rp.add_argument("run", help="run directory (or a compare output_dir)")
+    rp.add_argument("run", help="run directory (or a compare output_dir, or a verdict's output_dir/verdict)")
     rp.set_defaults(func=cmd_report)
 
     ls = sub.add_parser("list", help="list balancing methods, samplers and registered components")

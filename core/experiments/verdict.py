@@ -48,7 +48,6 @@ from .compare import (
 from .compare_report import SINGLE
 from .cost import serving_cost
 from .front import FrontSpec, plan_front, trade_off_front
-from .front import validate as validate_front
 from .groups import best_partitions, group_label, mean_affinity
 from .intervals import call, paired_bootstrap
 from .merged import MergeSpec, merged_baseline
@@ -92,6 +91,8 @@ def read_verdict_config(path: str | Path, overrides: Sequence[str] = (), seeds: 
         cspec.seeds = seeds
     base = load_config(raw=raw)
     validate(base, cspec, path)
+    if not cspec.single_task:
+        raise ConfigError(f"{path}: the verdict compares with each task alone; remove compare.single_task: false")
     if vspec.replicates < 20 or not 0.5 <= vspec.confidence < 1:
         raise ConfigError(
             f"{path}: verdict.replicates must be >= 20 and verdict.confidence in [0.5, 1), got "
@@ -100,7 +101,7 @@ def read_verdict_config(path: str | Path, overrides: Sequence[str] = (), seeds: 
     if any(k < 2 for k in vspec.groups):
         raise ConfigError(f"{path}: verdict.groups lists group counts >= 2 (e.g. [2, 3]), got {vspec.groups}")
     if vspec.front:
-        validate_front(fspec)
+        plan_front(base, fspec)  # every point and method planned: a bad front section fails here
     if vspec.merge:
         validate_merge(base, mspec)
     return Study(base, cspec, vspec, fspec, mspec)

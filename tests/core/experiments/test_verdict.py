@@ -16,6 +16,7 @@ from core.cli import main
 from core.config import dump_config
 from core.data import DATASETS, DataBundle, DictDataset, Source
 from core.digits import sklearn_digits
+from core.errors import ConfigError
 from core.experiments.builder import Experiment
 from core.experiments.compare_report import SINGLE
 from core.experiments.intervals import paired_bootstrap
@@ -160,3 +161,23 @@ def test_verdict_trains_groups_writes_report_and_reuses_runs(tmp_path, capsys):
     rerun = capsys.readouterr().out
     assert "[train]" not in rerun and "[done]" in rerun
     assert json.loads((folder / "results.json").read_text())["intervals"] == result["intervals"]
+    (folder / "report.md").unlink()
+    assert main(["report", str(folder)]) == 0 and (folder / "report.md").is_file()
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"verdict": {"replicates": 5}}, "verdict.replicates must be >= 20"),
+        ({"verdict": {"groups": [1]}}, "verdict.groups lists group counts >= 2"),
+        ({"compare": {"single_task": False}}, "remove compare.single_task: false"),
+        ({"front": {"points": 2}}, "front.points"),
+        ({"front": {"lr_scales": []}}, "front.lr_scales"),
+        ({"verdict": {"colour": 1}}, "colour"),
+    ],
+)
+def test_bad_verdict_sections_fail_before_training(tmp_path, section, message):
+    path = write_config(tmp_path, section)
+    with pytest.raises(ConfigError, match=message):
+        read_verdict_config(path)
+    assert not (tmp_path / "run").exists()
