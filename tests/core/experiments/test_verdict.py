@@ -17,11 +17,7 @@ from core.config import dump_config
 from core.data import DATASETS, DataBundle, DictDataset, Source
 from core.digits import sklearn_digits
 from core.errors import ConfigError
-from core.experiments.builder import Experiment
 from core.experiments.compare_report import SINGLE
-from core.experiments.intervals import paired_bootstrap
-from core.experiments.predictions import predictions
-from core.experiments.run import train
 from core.experiments.verdict import read_verdict_config, verdict
 
 from ..helpers import toy_config
@@ -76,50 +72,6 @@ def test_interval_excludes_zero_for_a_task_trained_beside_shuffled_labels(tmp_pa
     digit = result["intervals"]["ew(weights={'digit': 1.0, 'noise': 4.0})"]["tasks"]["digit"]
     assert digit["high"] < 0, digit  # the shuffled task takes capacity from the digit task
     assert result["decision"]["tasks"]["digit"] == "worse"
-
-
-def test_interval_includes_zero_for_identical_runs_with_different_seeds(tmp_path):
-    rows: dict[str, list[Any]] = {"a": [], "b": []}
-    for seed in range(4):
-        config = toy_config(
-            tmp_path / f"s{seed}",
-            **{
-                "train.seed": seed,
-                "train.max_steps": 60,
-                "tasks": {"digit": {"type": "classification", "num_classes": 10}},
-                "data.tasks": ["digit"],
-            },
-        )
-        train(config)
-        experiment = Experiment(config)
-        rows["a" if seed < 2 else "b"].append(
-            predictions(Path(config.output_dir), experiment.data.test, config.loading, torch.device("cpu"))
-        )
-    hib = {"digit": {"accuracy": True, "f1_macro": True}}
-    result = paired_bootstrap(rows, "a", hib, replicates=100)
-    assert result["b"]["tasks"]["digit"]["low"] < 0 < result["b"]["tasks"]["digit"]["high"]
-    assert result["b"]["delta_m"]["low"] < 0 < result["b"]["delta_m"]["high"]
-
-
-def test_rescored_predictions_match_the_run_and_a_by_hand_bootstrap(tmp_path):
-    config = toy_config(tmp_path, **{"train.max_steps": 20})
-    train(config)
-    experiment = Experiment(config)
-    preds = predictions(Path(config.output_dir), experiment.data.test, config.loading, torch.device("cpu"))
-    saved = json.loads((Path(config.output_dir) / "results.json").read_text())["models"]["best"]["test"]
-    for task, p in preds.items():  # fast path, each example once: the run's own test metrics
-        assert p.score() == pytest.approx({m: v for m, v in saved[task].items() if m != "loss"}, abs=1e-6)
-    # a resample: accuracy recomputed by hand from the repeated examples
-    p = preds["digit"]
-    n = sum(b.size for b in p.batches)
-    counts = np.random.default_rng(0).multinomial(n, np.full(n, 1 / n))
-    logits = torch.cat([b.output for b in p.batches])
-    labels = torch.cat([b.target for b in p.batches])
-    hits = (logits.argmax(1) == labels).numpy()
-    assert p.score({"digits": counts})["accuracy"] == pytest.approx((hits * counts).sum() / counts.sum(), abs=1e-6)
-    # reloaded from predictions.pt, the same numbers
-    again = predictions(Path(config.output_dir), experiment.data.test, config.loading, torch.device("cpu"))
-    assert again["digit"].score({"digits": counts}) == p.score({"digits": counts})
 
 
 def test_verdict_trains_groups_writes_report_and_reuses_runs(tmp_path, capsys):
