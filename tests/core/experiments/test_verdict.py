@@ -79,8 +79,9 @@ def test_verdict_trains_groups_writes_report_and_reuses_runs(tmp_path, capsys):
         tmp_path,
         {
             "compare": {"methods": ["ew"], "seeds": 2},
-            "verdict": {"replicates": 30, "groups": [2]},
+            "verdict": {"replicates": 30, "groups": [2], "merge": True},
             "front": {"points": 5, "lr_scales": [1.0]},
+            "merge": {"methods": ["task_arithmetic"], "lambdas": [0.5, 1.0]},
         },
         **{
             "tasks": {
@@ -102,7 +103,9 @@ def test_verdict_trains_groups_writes_report_and_reuses_runs(tmp_path, capsys):
     result = json.loads((folder / "results.json").read_text())
     group_rows = [r for r in result["intervals"] if r.startswith("groups: ")]
     assert len(group_rows) == 1 and result["groups"]["2"]["groups"]
-    assert set(result["intervals"]) == {"ew", *group_rows}
+    assert set(result["intervals"]) == {"ew", "merged", *group_rows}
+    assert result["cost"]["merged"]["models"] == 1 and len(result["merged"]) == 2  # one merge per seed
+    assert result["front"]["front"] and (folder / "plots" / "front.png").is_file()
     for cost in result["cost"].values():
         assert cost["latency_ms"] > 0 and cost["parameters"] > 0
     assert result["cost"][SINGLE]["models"] == 3 and result["cost"]["ew"]["models"] == 1
