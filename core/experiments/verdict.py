@@ -162,9 +162,12 @@ def row_predictions(
     return {label: [seeds[s] for s in sorted(seeds)] for label, seeds in rows.items()}
 
 
-def decide(summary: Mapping[str, Any], intervals: Mapping[str, Any], confidence: float) -> dict[str, Any]:
+def decide(
+    summary: Mapping[str, Any], intervals: Mapping[str, Any], costs: Mapping[str, Any], confidence: float
+) -> dict[str, Any]:
     """The recommendation: the row with the best validation Δm, judged by its test Δm interval
-    against each task alone; a row that is not detectably different leaves the cheaper choice."""
+    against each task alone; where that is not detectably different, the row cheapest to serve
+    among those not detectably worse than each task alone (training apart included)."""
     chosen = summary.get("best_on_validation")
     if chosen is None or chosen not in intervals:
         return {"answer": "apart", "row": SINGLE, "reason": "no joint row has a validation Δm"}
@@ -178,7 +181,16 @@ def decide(summary: Mapping[str, Any], intervals: Mapping[str, Any], confidence:
     else:
         answer = "no detectable difference"
     tasks = {t: call(v) for t, v in intervals[chosen]["tasks"].items()}
-    return {"answer": answer, "row": chosen, "delta_m": dm, "tasks": tasks, "confidence": confidence}
+    not_worse = [SINGLE, *(label for label, v in intervals.items() if call(v["delta_m"]) != "worse")]
+    cheapest = min(not_worse, key=lambda label: costs[label]["latency_ms"])
+    return {
+        "answer": answer,
+        "row": chosen,
+        "delta_m": dm,
+        "tasks": tasks,
+        "cheapest_not_worse": cheapest,
+        "confidence": confidence,
+    }
 
 
 MERGED = "merged"  # the row of the merged-model baseline
@@ -242,7 +254,7 @@ def verdict(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]:
             "train_time_s": trained["train_time_s"][0],
             "peak_mb": trained["peak_cuda_mb"] or trained["peak_rss_mb"],
         }
-    decision = decide(summary, intervals, vspec.confidence)
+    decision = decide(summary, intervals, costs, vspec.confidence)
     out = {
         "decision": decision,
         "intervals": intervals,

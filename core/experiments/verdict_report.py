@@ -31,7 +31,7 @@ def _cost(results: Mapping[str, Any], label: str) -> str:
     c = results["cost"][label]
     return (
         f"{c['models']} model(s), {c['parameters']:,} parameters, {c['latency_ms']:.2f} ms per example, "
-        f"training {c['train_time_s']:.0f} s, peak memory {c['peak_mb']:.0f} MB"
+        f"training {c['train_time_s']:.3g} s, peak memory {c['peak_mb']:.0f} MB"
     )
 
 
@@ -40,7 +40,7 @@ def merged_sentence(results: Mapping[str, Any]) -> str:
     if "merged" not in results["intervals"]:
         return ""
     v = results["intervals"]["merged"]
-    how = ", ".join(f"{m['method']} λ={m['lambda']:g}" for m in results["merged"])
+    how = ", ".join(dict.fromkeys(f"{m['method']} λ={m['lambda']:g}" for m in results["merged"]))
     return f" Merging the single-task models instead ({how}, chosen on validation): Δm {_ci(v['delta_m'])} %."
 
 
@@ -57,13 +57,13 @@ def paragraph(results: Mapping[str, Any]) -> str:
     for t, outcome in d["tasks"].items():
         by_call.setdefault(outcome, []).append(t)
     per_task = "; ".join(f"{outcome} on {', '.join(ts)}" for outcome, ts in by_call.items())
-    cheaper = min((row, SINGLE), key=lambda label: results["cost"][label]["latency_ms"])
+    cheapest = d["cheapest_not_worse"]
     what = {
         "together": f"train the tasks together (row `{row}`)",
         "groups": f"train in the groups {row.removeprefix('groups: ')}",
         "apart": "train each task apart",
-        "no detectable difference": f"`{row}` and each task apart are not detectably different; the cheaper "
-        f"to serve, `{cheaper}`, is the better choice",
+        "no detectable difference": f"`{row}` and each task apart are not detectably different; of the rows "
+        f"not detectably worse than apart, the cheapest to serve is `{cheapest}`",
     }[d["answer"]]
     return (
         f"**Verdict: {ANSWERS[d['answer']]}.** {what[0].upper()}{what[1:]}. The row chosen on validation Δm, "
