@@ -18,7 +18,7 @@ from core.data import DATASETS, DataBundle, DictDataset, Source
 from core.digits import sklearn_digits
 from core.errors import ConfigError
 from core.experiments.compare_report import SINGLE
-from core.experiments.verdict import read_verdict_config, verdict
+from core.experiments.verdict import decide, read_verdict_config, verdict
 
 from ..helpers import toy_config
 
@@ -136,3 +136,29 @@ def test_bad_verdict_sections_fail_before_training(tmp_path, section, message):
     with pytest.raises(ConfigError, match=message):
         read_verdict_config(path)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "answer", "task", "cheapest"),
+    [
+        (1.0, 3.0, "together", "better", "ew"),
+        (-3.0, -1.0, "apart", "worse", "groups: a+b, c"),  # ew is worse: the cheapest of the others
+        (-1.0, 1.0, "no detectable difference", "no detectable difference", "ew"),
+    ],
+)
+def test_decision_follows_the_validation_choice_and_its_test_interval(low, high, answer, task, cheapest):
+    interval = {"estimate": (low + high) / 2, "low": low, "high": high, "p_better": 0.5}
+    intervals = {
+        "ew": {"delta_m": interval, "tasks": {"a": interval}},
+        "groups: a+b, c": {"delta_m": {**interval, "low": 2.0, "high": 4.0}, "tasks": {}},
+    }
+    costs = {SINGLE: {"latency_ms": 3.0}, "ew": {"latency_ms": 1.0}, "groups: a+b, c": {"latency_ms": 2.0}}
+    d = decide({"best_on_validation": "ew"}, intervals, costs, 0.95)
+    assert (d["answer"], d["row"], d["tasks"]["a"]) == (
+        answer,
+        "ew",
+        {"together": "better", "apart": "worse"}.get(answer, "no detectable difference"),
+    )
+    assert d["cheapest_not_worse"] == (cheapest if answer != "apart" else "groups: a+b, c")
+    grouped = decide({"best_on_validation": "groups: a+b, c"}, intervals, costs, 0.95)
+    assert grouped["answer"] == "groups"
