@@ -59,7 +59,7 @@ from .predictions import TaskPredictions, predictions
 class VerdictSpec:
     """The ``verdict:`` section of a config (the rows themselves come from ``compare:``)."""
 
-    replicates: int = 200  # bootstrap draws of (seed, test examples); 200 puts 95 % bounds within ~1 % of their level
+    replicates: int = 200  # bootstrap draws of (seed, test examples); each draw rescores every row
     confidence: float = 0.95  # two-sided level of every interval
     groups: list[int] = field(default_factory=lambda: [2, 3])  # group counts to train as rows; [] = none
     latency_examples: int = 32  # single-example forwards timed per model (median)
