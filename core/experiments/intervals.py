@@ -9,13 +9,15 @@ data order, dropout) and which examples the test set happened to hold. One repli
    has nothing in common with seed ``k`` of another beyond the integer);
 
 and recomputes every metric with the task's own torchmetrics on that draw (AUROC, F1, mAP are not
-means over examples, so they are recomputed, not averaged). The interval is the percentile
+means over examples, so they are recomputed, not averaged). Δm's relative changes are divided by
+the reference's whole-test-set values, not the draw's (``delta_m_on_scale``). The interval is the percentile
 interval of the replicates' differences; ``p_better`` the share of replicates where the row wins.
 With one seed the interval covers the test examples only, and says so (``seeds``).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,6 +42,22 @@ def oriented_difference(row: Results, reference: Results, hib: Mapping[str, Mapp
             m = primary_metric(ref)
             out[t] = (1.0 if hib[t][m] else -1.0) * (row[t][m] - ref[m])
     return out
+
+
+def delta_m_on_scale(row: Results, reference: Results, scale: Results, hib: Mapping[str, Mapping[str, bool]]) -> float:
+    """Δm of ``row`` against ``reference`` with every relative change divided by ``scale`` (the
+    reference's whole-test-set value) instead of the draw's own: a draw that holds no positive of a
+    rare task, or an ECE near 0, would otherwise divide by ~0. On the whole test set it is Δm."""
+    per_task = []
+    for t, ref in reference.items():
+        terms = [
+            (1.0 if hib[t][m] else -1.0) * (row[t][m] - b) / abs(scale[t][m])
+            for m, b in ref.items()
+            if t in row and m in row[t] and m in hib.get(t, {}) and scale[t][m] != 0
+        ]
+        if terms:
+            per_task.append(sum(terms) / len(terms))
+    return 100.0 * sum(per_task) / len(per_task)
 
 
 def interval(values: Sequence[float], confidence: float) -> dict[str, float]:
@@ -67,14 +85,16 @@ def paired_bootstrap(
     sizes = example_counts([s for row in rows.values() for s in row])
     full = {label: mean_results([score(s) for s in row]) for label, row in rows.items()}
     draws: dict[str, dict[str, list[float]]] = {label: {} for label in rows if label != reference}
-    for _ in range(replicates):
-        counts = {src: rng.multinomial(n, np.full(n, 1.0 / n)) for src, n in sizes.items()}
-        scored = {label: score(row[rng.integers(len(row))], counts) for label, row in rows.items()}
-        ref = scored[reference]
-        for label, into in draws.items():
-            for t, d in oriented_difference(scored[label], ref, hib).items():
-                into.setdefault(t, []).append(d)
-            into.setdefault("delta_m", []).append(delta_m(scored[label], ref, hib))
+    with warnings.catch_warnings():  # a draw without a rare task's positives: torchmetrics warns each time
+        warnings.filterwarnings("ignore", "No positive samples", UserWarning)
+        for _ in range(replicates):
+            counts = {src: rng.multinomial(n, np.full(n, 1.0 / n)) for src, n in sizes.items()}
+            scored = {label: score(row[rng.integers(len(row))], counts) for label, row in rows.items()}
+            ref = scored[reference]
+            for label, into in draws.items():
+                for t, d in oriented_difference(scored[label], ref, hib).items():
+                    into.setdefault(t, []).append(d)
+                into.setdefault("delta_m", []).append(delta_m_on_scale(scored[label], ref, full[reference], hib))
     out: dict[str, dict[str, Any]] = {}
     for label, into in draws.items():
         estimate = oriented_difference(full[label], full[reference], hib)

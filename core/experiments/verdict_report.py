@@ -91,7 +91,8 @@ def plot_forest(results: Mapping[str, Any], path: Path) -> Path:
             ax.errorbar(
                 v["estimate"],
                 y,
-                xerr=[[v["estimate"] - v["low"]], [v["high"] - v["estimate"]]],
+                # a percentile interval may leave the point outside it (a skewed metric): clip, never fail
+                xerr=[[max(v["estimate"] - v["low"], 0.0)], [max(v["high"] - v["estimate"], 0.0)]],
                 fmt="o",
                 color=colour,
                 capsize=3,

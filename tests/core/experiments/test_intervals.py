@@ -36,3 +36,17 @@ def test_interval_includes_zero_for_identical_runs_with_different_seeds(tmp_path
     result = paired_bootstrap(rows, "a", hib, replicates=100)
     assert result["b"]["tasks"]["digit"]["low"] < 0 < result["b"]["tasks"]["digit"]["high"]
     assert result["b"]["delta_m"]["low"] < 0 < result["b"]["delta_m"]["high"]
+
+
+def test_delta_m_on_a_fixed_scale_is_delta_m_on_the_whole_set_and_bounded_on_a_draw():
+    from core.evaluation import delta_m
+    from core.experiments.intervals import delta_m_on_scale
+
+    hib = {"a": {"auprc": True, "ece": False}, "b": {"accuracy": True}}
+    ref = {"a": {"auprc": 0.5, "ece": 0.02}, "b": {"accuracy": 0.9}}
+    row = {"a": {"auprc": 0.6, "ece": 0.03}, "b": {"accuracy": 0.88}}
+    assert delta_m_on_scale(row, ref, ref, hib) == delta_m(row, ref, hib)
+    # a draw whose reference ECE is ~0: Δm on the draw's own scale explodes, on the fixed scale it does not
+    draw_ref = {"a": {"auprc": 0.5, "ece": 1e-9}, "b": {"accuracy": 0.9}}
+    assert abs(delta_m(row, draw_ref, hib)) > 1e8
+    assert abs(delta_m_on_scale(row, draw_ref, ref, hib)) < 100
