@@ -251,6 +251,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verdict(args: argparse.Namespace) -> int:
+    from .experiments.verdict import read_verdict_config, verdict
+    from .experiments.verdict_report import paragraph
+
+    study = read_verdict_config(args.config, _overrides(args), args.seeds)
+    result = verdict(study)
+    print(paragraph(result))
+    folder = Path(study.base.output_dir) / "verdict"
+    print(f"written: {folder / 'results.json'}, {folder / 'report.md'}")
+    return 0
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -276,6 +288,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = Path(args.run)
     if (path / "compare.json").is_file():
         from .experiments.compare_report import write_compare_report as writer
+    elif path.name == "verdict" and (path / "results.json").is_file():
+        from .experiments.verdict_report import write_verdict_report as writer
     else:
         from .reports.run_report import write_report as writer
     from .rundir.directory import RunDir
@@ -343,6 +357,13 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--output-dir", help="shortcut for --set output_dir=...")
     c.set_defaults(func=cmd_compare)
 
+    v = sub.add_parser("verdict", help="train together, in groups or apart? intervals, task groups, serving cost")
+    v.add_argument("config", help="a run config; its 'compare:' section gives the rows, 'verdict:' the intervals")
+    v.add_argument("--seeds", type=int, help="seeds per row (replaces compare.seeds)")
+    v.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    v.add_argument("--output-dir", help="shortcut for --set output_dir=...")
+    v.set_defaults(func=cmd_verdict)
+
     tu = sub.add_parser("tune", help="search task weights / hyperparameters on Optuna (CV or validation)")
     tu.add_argument("config", help="a run config with a 'tune:' section (space, sampler, n_iter, cv, pruner, ...)")
     tu.add_argument(
@@ -356,7 +377,7 @@ def parser() -> argparse.ArgumentParser:
     tu.set_defaults(func=cmd_tune)
 
     rp = sub.add_parser("report", help="(re)write report.md and plots of a run or a comparison directory")
-    rp.add_argument("run", help="run directory (or a compare output_dir)")
+    rp.add_argument("run", help="run directory (or a compare output_dir, or a verdict's output_dir/verdict)")
     rp.set_defaults(func=cmd_report)
 
     ls = sub.add_parser("list", help="list balancing methods, samplers and registered components")

@@ -138,6 +138,12 @@ class Task:
         mask = label_mask(target)
         return output[mask], target[mask], int(mask.sum())
 
+    def select(self, output: Any, target: Any, index: Tensor) -> tuple[Any, Any]:
+        """Examples ``index`` (repeats allowed) of a batch's output and target: what a bootstrap over
+        test examples rescores. Tensors are indexed on their batch dimension; task types whose output
+        holds entries that are not per example override this."""
+        return output.index_select(0, index), target.index_select(0, index)
+
     def validate_target(self, target: Any) -> None:
         """Raise DataError when labels are out of range; the trainer calls it on each CPU batch,
         before the batch moves to the device, so the check costs no device sync."""

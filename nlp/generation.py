@@ -261,6 +261,9 @@ class GenerationTask(Task):
     def count_labelled(self, target: Tensor) -> int:
         return int((target[:, 1:] >= 0)[self._rows(target)].sum())
 
+    def select(self, output: dict[str, Tensor], target: Tensor, index: Tensor) -> tuple[Any, Any]:
+        return {k: v.index_select(0, index) for k, v in output.items()}, target.index_select(0, index)
+
     def masked_loss(self, output: dict[str, Tensor], target: Tensor) -> tuple[Tensor, Tensor]:
         """(summed token NLL, target token count) over the labelled rows: a token-level mean whatever
         the split into rows, micro-batches or ranks. The decoder runs on the labelled rows only:

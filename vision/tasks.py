@@ -39,6 +39,10 @@ class DetectionTask(Task):
     def count_labelled(self, target: Sequence[Target]) -> int:
         return sum(t is not None for t in target)
 
+    def select(self, output: dict[str, Tensor], target: Sequence[Target], index: Tensor) -> tuple[Any, Any]:
+        rows = index.tolist()
+        return {k: (v[index] if k in PER_IMAGE else v) for k, v in output.items()}, [target[i] for i in rows]
+
     def masked_loss(self, output: dict[str, Tensor], target: Sequence[Target]) -> tuple[Tensor, Tensor]:
         """Which images carry boxes is a host-side list: the count needs no device read."""
         output, target, count = self.labelled(output, target)

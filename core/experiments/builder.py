@@ -79,16 +79,27 @@ class Experiment:
 
     def single_task(self, task: str, output_dir: str | Path | None = None) -> Experiment:
         """``task`` alone with the same backbone, data, optimizer and budget (equal weighting)."""
+        out = output_dir if output_dir is not None else f"{self.config.output_dir}/single/{task}"
+        return self.subset([task], out, {"name": "ew", "heuristic": "uniform"})
+
+    def subset(
+        self, tasks: Sequence[str], output_dir: str | Path, balancing: Mapping[str, Any] | None = None
+    ) -> Experiment:
+        """Only ``tasks`` (a task group) with everything else of this run (backbone, data, optimizer,
+        budget) and ``balancing`` (default: this run's)."""
         config = self.config
-        if task not in config.tasks:
-            raise ConfigError(f"task '{task}' is not in the config; it has {list(config.tasks)}")
+        unknown = [t for t in tasks if t not in config.tasks]
+        if unknown or not tasks:
+            raise ConfigError(f"tasks {unknown or list(tasks)} are not a subset of the config's {list(config.tasks)}")
         raw = copy.deepcopy(config.to_dict())
-        raw["tasks"] = {task: config.tasks[task]}
-        raw["balancing"] = {"name": "ew", "heuristic": "uniform"}
-        raw["baselines"] = {t: v for t, v in config.baselines.items() if t == task}
-        if raw["train"]["monitor"] != "score" and not raw["train"]["monitor"].startswith(f"{task}/"):
-            raw["train"]["monitor"] = "score"  # the monitored metric belongs to another task
-        raw["output_dir"] = str(output_dir) if output_dir is not None else f"{config.output_dir}/single/{task}"
+        raw["tasks"] = {t: config.tasks[t] for t in tasks}
+        if balancing is not None:
+            raw["balancing"] = dict(balancing)
+        raw["baselines"] = {t: v for t, v in config.baselines.items() if t in tasks}
+        monitor = raw["train"]["monitor"]
+        if monitor != "score" and not any(monitor.startswith(f"{t}/") for t in tasks):
+            raw["train"]["monitor"] = "score"  # the monitored metric belongs to a task left out
+        raw["output_dir"] = str(output_dir)
         return Experiment(load_config(raw=raw))
 
     # -- components --------------------------------------------------------------------------

@@ -97,6 +97,9 @@ def equal_examples(experiment: Experiment) -> dict[str, int]:
 BUDGETS: dict[str, Callable[[Experiment], dict[str, int]]] = {"steps": equal_steps, "examples": equal_examples}
 
 
+COST_FILE = "compare_run.json"  # a run's training cost, written when it finishes
+
+
 @dataclass
 class Run:
     kind: str  # "single" or "joint"
@@ -274,15 +277,20 @@ def _vm_hwm_mb() -> float | None:
     return None
 
 
+def finished(run: Run) -> bool:
+    """The run finished and its costs were recorded: its results are reused, nothing is trained."""
+    status = RunDir(run.dir).results().get("run", {}).get("status")
+    return status is not None and RunStatus(status).finished and (run.dir / COST_FILE).is_file()
+
+
 def execute(run: Run, log: Any = print) -> dict[str, Any]:
     """Train one run (or resume it, or reuse its finished results); returns its summary + costs."""
     from ..distributed import resolve_device
     from .run import train
 
     check_reusable(run)
-    rundir, cost_path = RunDir(run.dir), run.dir / "compare_run.json"
-    status = rundir.results().get("run", {}).get("status")
-    if status is not None and RunStatus(status).finished and cost_path.is_file():
+    rundir, cost_path = RunDir(run.dir), run.dir / COST_FILE
+    if finished(run):
         log(f"  [done]    {run.dir}")
         return {**rundir.summary(), "cost": json.loads(cost_path.read_text()), "parameters": parameter_count(run.dir)}
     resume = rundir.last_checkpoint.is_file()

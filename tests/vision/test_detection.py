@@ -105,3 +105,27 @@ def test_images_without_boxes_cost_only_the_classification_term():
     torch.testing.assert_close(loss, expected)
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in task.head.parameters() if p.grad is not None)
+
+
+def test_select_reindexes_images_as_running_the_head_on_them_again():
+    """What a bootstrap over test images rescores: the selected outputs (an image drawn twice, one
+    left out) equal the head's outputs on those images, and so do the metrics."""
+    backbone, task = _detection_task()
+    backbone.eval(), task.head.eval()
+    images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
+    targets = [{"boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0]]), "labels": torch.tensor([k % 3])} for k in range(4)]
+    index = torch.tensor([2, 0, 0, 3])
+    with torch.no_grad():
+        out = task.head(backbone(images))
+        again = task.head(backbone(images[index]))
+    selected, selected_targets = task.select(out, targets, index)
+    assert selected.keys() == again.keys()
+    for key, value in again.items():  # per-image entries reindexed, per-level ones (strides...) kept whole
+        assert torch.allclose(selected[key], value, atol=1e-5), key
+    assert selected_targets == [targets[i] for i in index.tolist()]
+    metrics, reference = task.new_metrics(), task.new_metrics()
+    task.update_metrics(metrics, selected, selected_targets)
+    task.update_metrics(reference, again, [targets[i] for i in index.tolist()])
+    assert {k: float(m.compute()) for k, m in metrics.items()} == pytest.approx(
+        {k: float(m.compute()) for k, m in reference.items()}
+    )
