@@ -23,10 +23,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from core.config import from_dict
 from core.data import DATASETS, DataBundle, Source
 from core.errors import ConfigError, DataError
 from core.registry import suggest
+from core.spec import from_dict
 from core.tabular.read import check_json_lines
 
 from .encoder import MINILM, load_tokenizer

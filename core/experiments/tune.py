@@ -33,11 +33,12 @@ import numpy as np
 import torch
 import yaml
 
-from ..config import RunConfig, apply_overrides, from_dict, load_config, read_yaml
+from ..config import RunConfig, apply_overrides, load_config, read_yaml
 from ..data import DataBundle, Source
 from ..errors import ConfigError
 from ..evaluation import Results, mean_results, metric_senses, monitored_value
 from ..io import atomic_write_json, atomic_write_text
+from ..spec import from_dict
 from .builder import Experiment
 
 SEARCHES = ("grid", "random")

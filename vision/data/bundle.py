@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.config import from_dict
 from core.data import DATASETS, DataBundle, Source
 from core.errors import ConfigError, DataError
+from core.spec import from_dict
 
 from .coco import load_coco
 from .folders import load_csv, load_image_folder
