@@ -24,6 +24,7 @@ from .errors import ConfigError, DataError
 from .registry import Registry
 from .sampling import stable_hash
 from .task import label_mask
+from .tree import tree_map
 
 #: dataset factories: ``(**kwargs) -> DataBundle``
 DATASETS: Registry[DataBundle] = Registry("dataset", builtins=("core.digits", "core.tabular", "core.streams"))
@@ -171,6 +172,11 @@ def open_stream(source: Source, loading: Loading, seed: int, rank: int = 0, worl
     if callable(opener):
         return opener(source, loading, seed, rank, world_size)
     return SourceStream(source, loading, seed, rank, world_size)
+
+
+def move(batch: Any, device: torch.device) -> Any:
+    """Move every tensor of a (nested) batch to ``device``."""
+    return tree_map(lambda t: t.to(device, non_blocking=True), batch)
 
 
 def make_loader(

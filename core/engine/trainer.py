@@ -21,7 +21,7 @@ import yaml
 
 from ..balancing import Balancer, BalancerSetup, NonFiniteGradients, StepContext
 from ..config import ReportConfig, TrainConfig
-from ..data import DataBundle, Loading, labelled_sizes, open_stream
+from ..data import DataBundle, Loading, labelled_sizes, move, open_stream
 from ..distributed import (
     DistEnv,
     any_rank,
@@ -32,7 +32,7 @@ from ..distributed import (
     resolve_device,
 )
 from ..errors import CheckpointError, ConfigError
-from ..evaluation import Results, evaluate, metric_senses, monitored_value, move
+from ..evaluation import Results, evaluate, metric_senses, monitored_value
 from ..io import load_state
 from ..model import JointModel
 from ..sampling import TaskSampler
