@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..data import Source
+from ..data import Source, StreamingDataset
 from ..distributed import barrier
 from ..evaluation import delta_m, evaluate, higher_is_better
 from ..hub import write_card
@@ -32,7 +32,7 @@ def train_sample(sources: list[Source], samples: int, seed: int) -> list[Source]
     """At most ``samples`` seeded random training examples per source (-1 = all)."""
     out = []
     for s in sources:
-        if callable(getattr(s.dataset, "training_sample", None)):  # a stream (core.streams) reads its own
+        if isinstance(s.dataset, StreamingDataset):  # a stream (core.streams) reads its own
             out.append(dataclasses.replace(s, dataset=s.dataset.training_sample(samples, seed)))
         elif samples < 0:
             out.append(s)
