@@ -34,9 +34,9 @@ from core.heads import HEADS
 from core.task import Task, labelled_loss
 from core.tasks import task_type
 
+from .label_kinds import IGNORE
 from .metrics import generation_metric
 
-IGNORE = -100
 GENERATION_METRICS = ("chrf", "bleu", "exact_match")
 
 

@@ -15,8 +15,8 @@ from core.config import load_config
 from core.experiments.run import train
 from core.model import JointModel
 from core.tasks import build_task
-from nlp.data import generation_updates, target_vocab
 from nlp.encoder import HFEncoder
+from nlp.label_kinds import generation_updates, target_vocab
 from nlp.predict import predict_records
 
 from .conftest import write_jsonl
