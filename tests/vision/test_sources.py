@@ -25,6 +25,7 @@ def test_a_source_reads_as_its_formats_spec_and_knows_its_tasks(format):
     assert isinstance(source, SOURCE_FORMATS.get(format)) and source.tasks() == TASKS[format]
     assert source.detection_task() == ("boxes" if format == "coco" else None)
     assert source.multilabel_tasks() == ([] if format == "folder" else ["tags"])
+    assert source.splits() == {"train": "t"}
 
 
 @pytest.mark.parametrize(("format", "foreign"), [("folder", "labels"), ("coco", "task"), ("csv", "detection")])

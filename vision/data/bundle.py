@@ -19,7 +19,6 @@ from .records import ClassSpec, ImageDataset, collate
 from .sources import parse_source
 from .transforms import Augment, build_transform, size_hw
 
-SPLITS = ("train", "val", "test")
 _CHECKED = {"val": "validated (model selection)", "test": "tested"}
 
 
@@ -41,7 +40,7 @@ def images(
     keep, label_names = tasks, label_names or {}
     specs = [parse_source(s, f"data.sources[{i}]") for i, s in enumerate(sources)]
     for s in specs:
-        absent = [split for split in ("val", "test") if not getattr(s, split)]
+        absent = [split for split in ("val", "test") if split not in s.splits()]
         if absent:
             warnings.warn(
                 f"data source '{s.name}' gives no {' and no '.join(absent)} {s.format}: its task(s) "
@@ -49,7 +48,7 @@ def images(
                 f"{' and '.join(f'{a}: <{s.format}>' for a in absent)} to the source",
                 stacklevel=2,
             )
-    read = {(s.name, split): s.read(getattr(s, split)) for s in specs for split in SPLITS if getattr(s, split)}
+    read = {(s.name, split): s.read(path) for s in specs for split, path in s.splits().items()}
     source_tasks = {s.name: [t for t in s.tasks() if keep is None or t in keep] for s in specs}
     # classes of every image-level task, from the training records of every source labelling it
     classes: dict[str, ClassSpec] = {}

@@ -31,6 +31,11 @@ class ImageSource(ABC):
     val: str | None = None
     test: str | None = None
 
+    def splits(self) -> dict[str, str]:
+        """The file or folder of each split it gives (train always)."""
+        given = {"train": self.train, "val": self.val, "test": self.test}
+        return {split: path for split, path in given.items() if path}
+
     @abstractmethod
     def read(self, path: str) -> tuple[list[ImageRecord], list[str] | None]:
         """One split's records, and the detection categories where the format has them."""
