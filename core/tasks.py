@@ -19,6 +19,7 @@ import functools
 import inspect
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,18 @@ RowName = Callable[[int], str]
 #: ``(model, sources, loading, tasks) -> {task: fitted values}``: what a task type can only decide
 #: on a trained model (post-hoc calibration, decision thresholds), fitted in place on held-out data
 Calibration = Callable[[Any, Sequence[Any], Any, Sequence[str]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class TaskType:
+    """What a factory registered through :func:`task_type` declares besides building tasks."""
+
+    task_class: type[Task]  # owns the labels' semantics (datasets reading raw columns ask it)
+    calibrate: Calibration | None  # the stage fitted after training, if any
+
+
+#: each registered factory's declaration, by the factory the registry holds (import paths included)
+_DECLARED: dict[Callable[..., Task], TaskType] = {}
 
 
 def task_type(
@@ -71,8 +84,7 @@ def task_type(
             task.spec = {"type": type_name, **arguments, **task.spec}
             return task
 
-        build.task_class = task_class  # type: ignore[attr-defined]
-        build.calibrate = calibrate  # type: ignore[attr-defined]
+        _DECLARED[build] = TaskType(task_class, calibrate)
         TASKS.register(type_name)(build)
         return build
 
@@ -81,10 +93,10 @@ def task_type(
 
 def task_class(type_name: str) -> type[Task]:
     """The class that owns the labels of a registered task type (for datasets reading raw columns)."""
-    cls = getattr(TASKS.get(type_name), "task_class", None)
-    if cls is None:
+    declared = _DECLARED.get(TASKS.get(type_name))
+    if declared is None:
         raise ConfigError(f"task type '{type_name}' is not registered with core.tasks.task_type; it cannot read labels")
-    return cls
+    return declared.task_class
 
 
 def calibration_stages(model: Any) -> dict[Calibration, list[str]]:
@@ -92,7 +104,8 @@ def calibration_stages(model: Any) -> dict[Calibration, list[str]]:
     stages: dict[Calibration, list[str]] = {}
     for name, task in model.tasks.items():
         type_name = task.spec.get("type")
-        stage = getattr(TASKS.get(type_name), "calibrate", None) if type_name else None
+        declared = _DECLARED.get(TASKS.get(type_name)) if type_name else None
+        stage = declared.calibrate if declared is not None else None
         if stage is not None:
             stages.setdefault(stage, []).append(name)
     return stages
