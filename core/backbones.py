@@ -3,7 +3,8 @@
 A backbone (:class:`Backbone`) maps a batch's ``inputs`` to features and exposes ``out_dim``; the
 optional members let it travel in a model folder (``export_spec``, ``save_extra`` / ``load_extra``).
 A backbone may also expose its computation as blocks (:class:`BlockBackbone`): the sharing
-architectures (``core.architectures``) then copy, truncate or interleave those blocks. What the
+architectures (``core.architectures``) then copy, truncate or interleave those blocks; or its
+stages' widths and strides (:class:`MultiScaleBackbone`), which dense heads are sized from. What the
 data knows that a backbone needs (input width, a fitted schema, a tokenizer) arrives as
 ``DataBundle.backbone_updates``, merged into the backbone's spec before it is built.
 """
@@ -98,6 +99,16 @@ class BlockBackbone(Protocol):
     def drop_blocks(self, start: int) -> None: ...
 
     def single_tensor_state(self) -> bool: ...
+
+
+@runtime_checkable
+class MultiScaleBackbone(Protocol):
+    """A backbone whose features are one map per stage, coarser stage by stage (timm's
+    ``features_only``): stage ``i`` is ``channels[i]`` wide, one location per ``strides[i]`` input
+    pixels. Dense heads (detection's feature pyramid) are sized from these."""
+
+    channels: list[int]
+    strides: list[int]
 
 
 #: modules per MLP block: Linear, LayerNorm, GELU, Dropout

@@ -15,7 +15,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -24,14 +24,37 @@ from .errors import ConfigError, DataError
 from .registry import Registry
 from .sampling import stable_hash
 from .task import label_mask
+from .tree import tree_map
 
 #: dataset factories: ``(**kwargs) -> DataBundle``
 DATASETS: Registry[DataBundle] = Registry("dataset", builtins=("core.digits", "core.tabular", "core.streams"))
 
 
+@runtime_checkable
+class LabelCounting(Protocol):
+    """Optional for any dataset: its labelled examples per label key, counted without reading every
+    sample (which :func:`count_labelled` does otherwise)."""
+
+    def labelled_counts(self) -> dict[str, int]: ...
+
+
+@runtime_checkable
+class StreamingDataset(Protocol):
+    """A training dataset read as a stream, never indexed (``core.streams.ShardedDataset``): it opens
+    this rank's resumable stream of training batches, and draws a seeded sample of ``samples``
+    records (-1 = all) where a run re-scores training data; evaluation refuses it."""
+
+    def open_stream(self, source: Source, loading: Loading, seed: int, rank: int, world_size: int) -> Iterator[Any]: ...
+
+    def training_sample(self, samples: int, seed: int) -> list[dict[str, Any]]: ...
+
+
 @dataclass
 class Source:
-    """One dataset and the tasks whose labels it carries."""
+    """One dataset and the tasks whose labels it carries.
+
+    The dataset is map-style (``__len__`` + ``__getitem__``), or a :class:`StreamingDataset` for
+    training; either may be :class:`LabelCounting`."""
 
     name: str
     dataset: Dataset
@@ -165,12 +188,16 @@ class SourceStream(Iterator[Any]):
 
 
 def open_stream(source: Source, loading: Loading, seed: int, rank: int = 0, world_size: int = 1) -> Iterator[Any]:
-    """The source's training stream: the dataset's own (``open_stream``: a sharded stream, see
-    ``core.streams``) or a :class:`SourceStream` over an indexable dataset."""
-    opener = getattr(source.dataset, "open_stream", None)
-    if callable(opener):
-        return opener(source, loading, seed, rank, world_size)
+    """The source's training stream: a :class:`StreamingDataset`'s own (a sharded stream, see
+    ``core.streams``) or a :class:`SourceStream` over a map-style dataset."""
+    if isinstance(source.dataset, StreamingDataset):
+        return source.dataset.open_stream(source, loading, seed, rank, world_size)
     return SourceStream(source, loading, seed, rank, world_size)
+
+
+def move(batch: Any, device: torch.device) -> Any:
+    """Move every tensor of a (nested) batch to ``device``."""
+    return tree_map(lambda t: t.to(device, non_blocking=True), batch)
 
 
 def make_loader(
@@ -195,7 +222,7 @@ def eval_loader(source: Source, loading: Loading, rank: int = 0, world_size: int
     """Sequential batches of this rank's strided shard (no padding, so no sample counts twice).
 
     Kept on the source per (settings, rank): every evaluation reuses the loader and its workers."""
-    if not hasattr(source.dataset, "__getitem__"):
+    if isinstance(source.dataset, StreamingDataset):
         raise DataError(
             f"source '{source.name}' is a stream; evaluation reads indexable sources: give validation and "
             "test data as files read whole (a stream's own sample: its dataset's training_sample())"
@@ -210,11 +237,10 @@ def eval_loader(source: Source, loading: Loading, rank: int = 0, world_size: int
 
 
 def count_labelled(source: Source, label_keys: dict[str, str]) -> dict[str, int]:
-    """Labelled examples per task in a source (reads every sample once; datasets may override
-    with a ``labelled_counts()`` method, keyed by label key, when that is expensive)."""
-    counts_fn = getattr(source.dataset, "labelled_counts", None)
-    if callable(counts_fn):
-        by_key = counts_fn()
+    """Labelled examples per task in a source: a :class:`LabelCounting` dataset's own count, else
+    read from every sample once."""
+    if isinstance(source.dataset, LabelCounting):
+        by_key = source.dataset.labelled_counts()
         return {t: int(by_key.get(label_keys[t], 0)) for t in source.tasks}
     counts = dict.fromkeys(source.tasks, 0)
     for i in range(len(source)):

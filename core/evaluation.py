@@ -10,12 +10,12 @@ would decide which checkpoint is kept.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 
-from .data import Loading, Source, eval_loader
+from .data import Loading, Source, eval_loader, move
 from .distributed import DistEnv, all_reduce_sum
 from .errors import ConfigError
 from .metrics import Sense
@@ -23,11 +23,6 @@ from .model import JointModel
 from .tree import tree_map
 
 Results = dict[str, dict[str, float]]
-
-
-def move(batch: Any, device: torch.device) -> Any:
-    """Move every tensor of a (nested) batch to ``device``."""
-    return tree_map(lambda t: t.to(device, non_blocking=True), batch)
 
 
 def _float(t: torch.Tensor) -> torch.Tensor:
@@ -40,6 +35,39 @@ def primary_metric(metrics: Mapping[str, float]) -> str:
 
 
 @torch.no_grad()
+def eval_outputs(
+    model: JointModel,
+    sources: Sequence[Source],
+    loading: Loading,
+    env: DistEnv = DistEnv(),
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+    tasks: Sequence[str] | None = None,
+) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """The one evaluation pass: per batch of this rank's shard of every source, the batch on
+    ``env.device`` and the outputs of the ``tasks`` (default all) its source labels, the model in
+    eval mode (its mode restored after), gradients off.
+
+    Under ``autocast`` only the shared encoder runs in reduced precision: the task layers, and so
+    metrics and losses, see float32 (bf16 keeps 8 bits of mantissa, so close logits would collapse
+    into ties and distort ranking metrics such as AUROC or mAP).
+    """
+    wanted = set(tasks) if tasks is not None else set(model.tasks)
+    was_training = model.training
+    model.eval()
+    try:
+        for source in sources:
+            present = [t for t in source.tasks if t in wanted]
+            if not present:
+                continue
+            for batch in eval_loader(source, loading, env.rank, env.world_size):
+                batch = move(batch, env.device)
+                with autocast():
+                    features = model.encode(batch[source.input_key])
+                yield batch, model.decode(tree_map(_float, features), present)
+    finally:
+        model.train(was_training)
+
+
 def evaluate(
     model: JointModel,
     sources: Sequence[Source],
@@ -51,34 +79,20 @@ def evaluate(
     """Metrics of every task on every source that labels it, plus each task's mean ``loss``.
 
     Metrics are gathered across ranks by torchmetrics; a task labelled by several sources is
-    scored over all of them together. Under ``autocast`` only the shared encoder runs in reduced
-    precision: the task layers, metrics and loss see float32 (bf16 keeps 8 bits of mantissa, so
-    close logits would collapse into ties and distort ranking metrics such as AUROC or mAP).
+    scored over all of them together (batches from :func:`eval_outputs`).
     """
     wanted = list(tasks) if tasks is not None else list(model.tasks)
     metrics = {t: {k: m.to(env.device) for k, m in model.tasks[t].new_metrics().items()} for t in wanted}
     loss_sums = torch.zeros(len(wanted), 2, dtype=torch.float64, device=env.device)  # (sum, count)
-    was_training = model.training
-    model.eval()
-    try:
-        for source in sources:
-            present = [t for t in source.tasks if t in metrics]
-            if not present:
-                continue
-            for batch in eval_loader(source, loading, env.rank, env.world_size):
-                batch = move(batch, env.device)
-                with autocast():
-                    features = model.encode(batch[source.input_key])
-                outputs = model.decode(tree_map(_float, features), present)
-                for t in present:
-                    task = model.tasks[t]
-                    target = batch[task.label_key]
-                    task.update_metrics(metrics[t], outputs[t], target)
-                    task.validate_target(target)
-                    total, count = task.masked_loss(outputs[t], target)
-                    loss_sums[wanted.index(t)] += torch.stack([total.double(), count.double()])
-    finally:
-        model.train(was_training)
+    with torch.no_grad():
+        for batch, outputs in eval_outputs(model, sources, loading, env, autocast, wanted):
+            for t, output in outputs.items():
+                task = model.tasks[t]
+                target = batch[task.label_key]
+                task.update_metrics(metrics[t], output, target)
+                task.validate_target(target)
+                total, count = task.masked_loss(output, target)
+                loss_sums[wanted.index(t)] += torch.stack([total.double(), count.double()])
     all_reduce_sum(loss_sums, env)
     results: Results = {}
     for i, t in enumerate(wanted):

@@ -56,7 +56,7 @@ class JointModel(nn.Module):
         self.head_dropout = nn.Dropout(head_dropout)
         self.backbone_spec = backbone_spec or {}
         self.extra = extra or {}  # JSON-able preprocessing / metadata saved with the model
-        # -- architecture (issue 13): built last, it may take blocks over from the backbone --
+        # -- architecture: built last, it may take blocks over from the backbone --
         self.architecture = ARCHITECTURES.build(
             architecture or {"name": "hard"}, backbone=backbone, tasks=list(self.tasks)
         )

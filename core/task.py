@@ -14,9 +14,16 @@ A task type owns its label semantics in one class (see ``core.tasks``):
 - ``masked_loss`` -> ``(sum, count)``: the training loss over the labelled entries as device
   tensors, computed without reading anything back to the host (masked entries are weighted 0,
   not selected, so no shape depends on the data);
-- ``labelled`` / ``loss`` / ``update_metrics``: selection of the labelled entries, their mean loss
-  (a convenience that reads the count) and scoring;
+- ``validate_target(target)``: labels out of range fail here, on the CPU batch (:meth:`Task.check_range`);
+- ``labelled`` / ``loss``: selection of the labelled entries and their mean loss (a convenience
+  that reads the count);
+- ``metric_inputs(output, target) -> (preds, refs)``: what the metrics compare, from the labelled
+  entries; ``update_metrics`` (select, transform, update) is written once, here;
 - ``postprocess(output)``: the documented per-sample prediction record (docs/tabular.md).
+
+Structured tasks (detection, generation: a target per sample that is not one tensor entry) subclass
+:class:`Task` directly: they select their labelled samples on the host in ``labelled`` and score them
+through :func:`labelled_loss`, which owns the case of a batch without any.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from .distributed import connected_zero
 from .errors import ConfigError, DataError
 from .metrics import Sense, sense
 
@@ -148,6 +156,20 @@ class Task:
         """Raise DataError when labels are out of range; the trainer calls it on each CPU batch,
         before the batch moves to the device, so the check costs no device sync."""
 
+    def check_range(
+        self, values: Tensor, limit: int, what: str, bound: str, fix: str, lowest: int | None = None
+    ) -> None:
+        """The "out of range" error, naming the first of ``values`` at or above ``limit`` (or below
+        ``lowest``; by default negatives are the missing-label convention, not an error)."""
+        bad = values >= limit
+        if lowest is not None:
+            bad |= values < lowest
+        if bool(bad.any()):
+            raise DataError(
+                f"task '{self.name}': {what} {int(values[bad][0])} is out of range for {bound} "
+                f"(label key '{self.label_key}'); {fix}"
+            )
+
     def count_labelled(self, target: Any) -> int:
         """The count ``masked_loss`` returns, read from the CPU batch before it moves (no device sync)."""
         return int(label_mask(target).sum())
@@ -178,12 +200,32 @@ class Task:
     def new_metrics(self) -> dict[str, Metric]:
         return {name: factory() for name, factory in self.metrics.items()}
 
+    def metric_inputs(self, output: Any, target: Any) -> tuple[Any, Any]:
+        """(predictions, references) the metrics compare, from the labelled entries; task types
+        turn logits into probabilities, values or decoded structures here."""
+        return output.float(), target
+
     def update_metrics(self, metrics: Mapping[str, Metric], output: Any, target: Any) -> None:
+        """Select the labelled entries, turn them into the metrics' inputs, update every metric."""
         output, target, count = self.labelled(output, target)
         if count:
+            preds, refs = self.metric_inputs(output, target)
             for metric in metrics.values():
-                metric.update(output.float(), target)
+                metric.update(preds, refs)
 
     def postprocess(self, output: Tensor) -> list[Any]:
         """Per-sample JSON-friendly predictions (used by ``JointModel.predict``); task types override."""
         return output.float().tolist()
+
+
+def labelled_loss(
+    labelled: tuple[Any, Any, int], loss: Callable[[Any, Any, int], tuple[Tensor, Tensor]]
+) -> tuple[Tensor, Tensor]:
+    """``masked_loss`` of a structured task: ``loss(output, target, count) -> (sum, count)`` on the
+    labelled samples ``Task.labelled`` selected; with none, a zero whose graph reaches every output
+    (so every rank runs the same backward) and a count of 0."""
+    output, target, count = labelled
+    if count == 0:
+        zero = connected_zero(output)
+        return zero, torch.zeros((), dtype=torch.long, device=zero.device)
+    return loss(output, target, count)

@@ -19,6 +19,7 @@ import functools
 import inspect
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,12 +43,29 @@ RowName = Callable[[int], str]
 Calibration = Callable[[Any, Sequence[Any], Any, Sequence[str]], dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class TaskType:
+    """What a factory registered through :func:`task_type` declares besides building tasks."""
+
+    task_class: type[Task]  # owns the labels' semantics (datasets reading raw columns ask it)
+    calibrate: Calibration | None  # the stage fitted after training, if any
+
+
+#: each registered factory's declaration, by the factory the registry holds (import paths included)
+_DECLARED: dict[Callable[..., Task], TaskType] = {}
+
+
 def task_type(
-    type_name: str, task_class: type[Task], calibrate: Calibration | None = None
+    type_name: str,
+    task_class: type[Task],
+    calibrate: Calibration | None = None,
+    in_weights: Sequence[str] = (),
 ) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
     """Register a task factory under ``type_name``; its bound arguments (defaults filled, minus
-    ``name`` and ``backbone``) become the task's ``spec``. A factory puts into ``task.spec`` only
-    values it resolved itself (``pos_weight: auto`` -> the number), which take precedence.
+    ``name``, ``backbone`` and the ``in_weights`` ones) become the task's ``spec``. A factory puts
+    into ``task.spec`` only values it resolved itself (``pos_weight: auto`` -> the number), which
+    take precedence. ``in_weights`` names arguments the saved weights hold instead (a decoder's
+    vocabulary ids: the spec keeps their count, which the factory resolves).
 
     ``calibrate`` is the type's stage after training: every run fits it on the validation split
     for the best model's tasks of this type before that model is saved for users and tested
@@ -61,12 +79,12 @@ def task_type(
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
             task = factory(*bound.args, **bound.kwargs)
-            arguments = {k: _jsonable(v) for k, v in bound.arguments.items() if k not in ("name", "backbone")}
+            left_out = ("name", "backbone", *in_weights)
+            arguments = {k: _jsonable(v) for k, v in bound.arguments.items() if k not in left_out}
             task.spec = {"type": type_name, **arguments, **task.spec}
             return task
 
-        build.task_class = task_class  # type: ignore[attr-defined]
-        build.calibrate = calibrate  # type: ignore[attr-defined]
+        _DECLARED[build] = TaskType(task_class, calibrate)
         TASKS.register(type_name)(build)
         return build
 
@@ -75,10 +93,10 @@ def task_type(
 
 def task_class(type_name: str) -> type[Task]:
     """The class that owns the labels of a registered task type (for datasets reading raw columns)."""
-    cls = getattr(TASKS.get(type_name), "task_class", None)
-    if cls is None:
+    declared = _DECLARED.get(TASKS.get(type_name))
+    if declared is None:
         raise ConfigError(f"task type '{type_name}' is not registered with core.tasks.task_type; it cannot read labels")
-    return cls
+    return declared.task_class
 
 
 def calibration_stages(model: Any) -> dict[Calibration, list[str]]:
@@ -86,7 +104,8 @@ def calibration_stages(model: Any) -> dict[Calibration, list[str]]:
     stages: dict[Calibration, list[str]] = {}
     for name, task in model.tasks.items():
         type_name = task.spec.get("type")
-        stage = getattr(TASKS.get(type_name), "calibrate", None) if type_name else None
+        declared = _DECLARED.get(TASKS.get(type_name)) if type_name else None
+        stage = declared.calibrate if declared is not None else None
         if stage is not None:
             stages.setdefault(stage, []).append(name)
     return stages
@@ -176,12 +195,7 @@ class ClassificationTask(Task):
                 "ids with -1 for unknown, or read the column with a table dataset, which encodes them"
             )
         num_classes = self.spec["num_classes"]
-        bad = target >= num_classes
-        if bool(bad.any()):
-            raise DataError(
-                f"task '{self.name}': label {int(target[bad][0])} is out of range for "
-                f"num_classes={num_classes} (label key '{self.label_key}'); fix the data or num_classes"
-            )
+        self.check_range(target, num_classes, "label", f"num_classes={num_classes}", "fix the data or num_classes")
 
     def postprocess(self, output: Tensor) -> list[Any]:
         probs = output.float().softmax(-1)
@@ -252,11 +266,8 @@ class BinaryTask(Task):
     def probabilities(self, output: Tensor) -> Tensor:
         return output.float().sigmoid()
 
-    def update_metrics(self, metrics: Any, output: Tensor, target: Tensor) -> None:
-        output, target, count = self.labelled(output, target)
-        if count:
-            for metric in metrics.values():
-                metric.update(self.probabilities(output), target.long())
+    def metric_inputs(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        return self.probabilities(output), target.long()
 
     def threshold(self) -> float:
         return 0.5
@@ -377,11 +388,8 @@ class RegressionTask(Task):
         mean, std = self._scale()
         return output.float() * std + mean
 
-    def update_metrics(self, metrics: Any, output: Tensor, target: Tensor) -> None:
-        output, target, count = self.labelled(output, target)
-        if count:
-            for metric in metrics.values():
-                metric.update(self.value(output), target)
+    def metric_inputs(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        return self.value(output), target
 
     def postprocess(self, output: Tensor) -> list[Any]:
         values = self.value(output)

@@ -26,7 +26,8 @@ from torch import Tensor
 
 from core.data import DATASETS, DataBundle, Source
 from core.errors import ConfigError, DataError
-from core.tabular import TableDataset, prepare_table, read_table
+from core.tabular import TableDataset, TablePreparation, prepare_table, read_table
+from core.tabular.preparation import read_preparation
 
 from .imaging import check_channels, load_image
 
@@ -90,22 +91,13 @@ def records_bundle(
     diseases: Sequence[str],
     source: str = "<table>",
     labels: Mapping[str, str | Mapping[str, Any]] | None = None,
-    features: Sequence[str] | None = None,
-    categorical: Sequence[str] = (),
-    numeric: Sequence[str] = (),
-    coerce: Sequence[str] = (),
-    id_column: str | None = None,
     cohort_column: str | None = None,
     image_column: str | None = None,
     image_root: str | Path | None = None,
     image_size: int = 64,
     image_channels: int = 3,
     strict_images: bool = False,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    seed: int = 0,
-    min_category_count: int = 5,
-    numeric_bins: int = 16,
+    preparation: TablePreparation = TablePreparation(),
 ) -> DataBundle:
     """Everything the trainer and the saved model need from one table of patient records."""
     diseases = list(diseases)
@@ -121,17 +113,8 @@ def records_bundle(
         frame,
         {**dict.fromkeys(diseases, "disease"), **(labels or {})},
         source,
-        features=features,
-        categorical=categorical,
-        numeric=numeric,
-        coerce=coerce,
-        id_column=id_column,
+        preparation,
         reserved=[c for c in (cohort_column, image_column) if c is not None],
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        seed=seed,
-        min_category_count=min_category_count,
-        numeric_bins=numeric_bins,
     )
     for d in diseases:
         counts = table.task_updates[d]["label_counts"]
@@ -166,7 +149,7 @@ def records_bundle(
         return out
 
     backbone_updates: dict[str, Any] = {"schema": table.schema.to_json()}
-    extra: dict[str, Any] = {"predictor": "records", "diseases": diseases, "id_column": id_column}
+    extra: dict[str, Any] = {"predictor": "records", "diseases": diseases, "id_column": preparation.id_column}
     if image_column is not None:
         backbone_updates["image_channels"] = image_channels
         extra.update(image_column=image_column, image_size=image_size, image_channels=image_channels)
@@ -186,47 +169,30 @@ def records(
     path: str,
     diseases: Sequence[str],
     labels: dict[str, Any] | None = None,
-    features: Sequence[str] | None = None,
-    categorical: Sequence[str] = (),
-    numeric: Sequence[str] = (),
-    coerce: Sequence[str] = (),
-    id_column: str | None = None,
     cohort_column: str | None = None,
     image_column: str | None = None,
     image_root: str | None = None,
     image_size: int = 64,
     image_channels: int = 3,
     strict_images: bool = False,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    seed: int = 0,
-    min_category_count: int = 5,
-    numeric_bins: int = 16,
+    **options: Any,
 ) -> DataBundle:
     """A table file of patient records (CSV, Parquet, JSON lines). ``labels`` adds tasks of any
-    core type (``{task: type}`` or ``{task: {type, column, ...}}``, as in ``table``); ``features``
-    defaults to every column that is not a label, id, cohort or image column; ``coerce`` lists numeric columns whose
-    stray words are read as missing; relative image paths are resolved against ``image_root``
-    (default: the file's folder)."""
+    core type (``{task: type}`` or ``{task: {type, column, ...}}``, as in ``table``); relative image
+    paths are resolved against ``image_root`` (default: the file's folder). ``options`` are the
+    table preparation (:class:`~core.tabular.preparation.TablePreparation`, as in ``table``):
+    ``features`` defaults to every column that is not a label, id, cohort or image column;
+    ``coerce`` lists numeric columns whose stray words are read as missing."""
     return records_bundle(
         read_table(path),
         diseases,
         source=str(path),
         labels=labels,
-        features=features,
-        categorical=categorical,
-        numeric=numeric,
-        coerce=coerce,
-        id_column=id_column,
         cohort_column=cohort_column,
         image_column=image_column,
         image_root=image_root,
         image_size=image_size,
         image_channels=image_channels,
         strict_images=strict_images,
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        seed=seed,
-        min_category_count=min_category_count,
-        numeric_bins=numeric_bins,
+        preparation=read_preparation(options),
     )

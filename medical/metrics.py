@@ -22,7 +22,9 @@ from torchmetrics.functional.classification import (
     binary_calibration_error,
 )
 
+from core.distributed import DistEnv
 from core.errors import ConfigError
+from core.evaluation import eval_outputs
 from core.metrics import METRICS
 
 ECE_BINS = 15
@@ -100,29 +102,17 @@ def macro(per_disease: dict[str, dict[str, Any]], keys: Sequence[str] = ("auroc"
     return out
 
 
-@torch.no_grad()
 def collect_logits(
     model: Any, sources: Sequence[Any], loading: Any, tasks: Sequence[str] | None = None
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Raw logits and labels (NaN = unknown) per task over every source that labels it."""
-    from core.data import eval_loader
-    from core.evaluation import move
-
-    device = next(model.parameters()).device
+    """Raw logits and labels (NaN = unknown) per task over every source that labels it (the
+    evaluation pass, ``core.evaluation.eval_outputs``, on the model's device)."""
     wanted = list(tasks) if tasks is not None else list(model.tasks)
     logits: dict[str, list[np.ndarray]] = {t: [] for t in wanted}
     labels: dict[str, list[np.ndarray]] = {t: [] for t in wanted}
-    was_training = model.training
-    model.eval()
-    try:
-        for source in sources:
-            present = [t for t in source.tasks if t in logits]
-            for batch in eval_loader(source, loading) if present else []:
-                batch = move(batch, device)
-                outputs = model(batch[source.input_key], present)
-                for t in present:
-                    logits[t].append(outputs[t].float().reshape(-1).cpu().numpy())
-                    labels[t].append(batch[model.tasks[t].label_key].float().reshape(-1).cpu().numpy())
-    finally:
-        model.train(was_training)
+    env = DistEnv(device=next(model.parameters()).device)
+    for batch, outputs in eval_outputs(model, sources, loading, env, tasks=wanted):
+        for t, output in outputs.items():
+            logits[t].append(output.float().reshape(-1).cpu().numpy())
+            labels[t].append(batch[model.tasks[t].label_key].float().reshape(-1).cpu().numpy())
     return {t: (np.concatenate(logits[t]), np.concatenate(labels[t])) for t in wanted if logits[t]}

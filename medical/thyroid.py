@@ -16,7 +16,7 @@ import pandas as pd
 
 from core.data import DATASETS, DataBundle
 from core.errors import ConfigError, DataError
-from core.tabular import read_table
+from core.tabular import TablePreparation, read_table
 
 from .data import records_bundle
 
@@ -77,10 +77,7 @@ def thyroid(
     labels = group_labels(frame[TARGET], groups, str(file))
     features = [c for c in frame.columns if c not in (TARGET, ID)]
     table = pd.concat([frame[[ID, *features]], labels], axis=1)
-    return records_bundle(
-        table,
-        list(groups),
-        source=str(file),
+    preparation = TablePreparation(
         features=features,
         id_column=ID,
         val_fraction=val_fraction,
@@ -89,3 +86,4 @@ def thyroid(
         min_category_count=min_category_count,
         numeric_bins=numeric_bins,
     )
+    return records_bundle(table, list(groups), source=str(file), preparation=preparation)

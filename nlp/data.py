@@ -2,18 +2,17 @@
 
 A config's ``data.sources`` maps a source name to one dataset and the task labels it carries:
 one source per task (combined by the samplers) or one source labelling several tasks (the
-multi-labelled regime). Label kinds: ``class`` (one name per text), ``multilabel`` (a list of
-names), ``regression`` (a number), ``token`` (one tag per word of a ``tokens`` column),
-``generation`` (a target text, tokenised with the same tokenizer, for a decoder).
+multi-labelled regime). Label kinds (``nlp.label_kinds``): ``class`` (one name per text),
+``multilabel`` (a list of names), ``regression`` (a number), ``token`` (one tag per word of a
+``tokens`` column), ``generation`` (a target text, tokenised with the same tokenizer, for a decoder).
 Missing labels (null / empty) are normal and masked.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,18 +22,17 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from core.config import from_dict
 from core.data import DATASETS, DataBundle, Source
 from core.errors import ConfigError, DataError
 from core.registry import suggest
+from core.spec import from_dict
 from core.tabular.read import check_json_lines
 
 from .encoder import MINILM, load_tokenizer
+from .label_kinds import LABEL_KINDS, Batch, label_kind
 
 log = logging.getLogger(__name__)
 
-IGNORE = -100  # the position carries no label (padding, special and continuation sub-tokens)
-KINDS = ("class", "multilabel", "regression", "token", "generation")
 SPLITS = ("train", "validation", "test")
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 #: the column of each example's name as its file shows it (``line 5``), added before any split is
@@ -51,7 +49,7 @@ def label_column(task: str) -> str:
 @dataclass
 class LabelSpec:
     column: str
-    kind: str = "class"  # class | multilabel | regression | token | generation
+    kind: str = "class"  # nlp.label_kinds: class | multilabel | regression | token | generation
     names: list[str] | None = None  # label (or tag) names; default: sorted values of the train split
 
 
@@ -74,36 +72,14 @@ def parse_labels(source: str, raw: dict[str, Any]) -> dict[str, LabelSpec]:
     labels = {}
     for task, spec in raw.items():
         label = from_dict(LabelSpec, {"column": spec} if isinstance(spec, str) else spec, f"{source}.labels.{task}")
-        if label.kind not in KINDS:
-            raise ConfigError(f"{source}.labels.{task}: kind must be one of {', '.join(KINDS)}, got '{label.kind}'")
+        if label.kind not in LABEL_KINDS:
+            raise ConfigError(
+                f"{source}.labels.{task}: kind must be one of {', '.join(LABEL_KINDS.names())}, got '{label.kind}'"
+            )
         labels[task] = label
     if not labels:
         raise ConfigError(f"data source '{source}' labels no task")
     return labels
-
-
-def _missing(value: Any) -> bool:
-    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
-
-
-def _name(value: Any) -> str:
-    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
-
-
-def infer_names(column: Sequence[Any], kind: str) -> list[str]:
-    """Label names seen in a (training) column: sorted, with ``O`` first for tags."""
-    seen: set[str] = set()
-    for value in column:
-        if _missing(value):
-            continue
-        if kind in ("multilabel", "token"):
-            seen.update(_name(v) for v in value)
-        else:
-            seen.add(_name(value))
-    names = sorted(seen)
-    if kind == "token" and "O" in seen:
-        names = ["O", *(n for n in names if n != "O")]
-    return names
 
 
 def encode_batch(
@@ -141,91 +117,10 @@ def encode_batch(
         enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
     out: dict[str, list[Any]] = {k: enc[k] for k in INPUT_KEYS if k in enc}
     out["truncated"] = [bool(e.overflowing) for e in enc.encodings]
-    for task, spec in labels.items():
-        values = batch[spec["column"]]
-        encoded: list[Any] = []
-        if spec["kind"] == "generation":  # [CLS] target [SEP]; an empty target is missing ([])
-            present = [i for i, v in enumerate(values) if not _missing(v) and str(v).strip()]
-            ids = tokenizer([str(values[i]) for i in present], truncation=True, max_length=max_target_length)
-            encoded = [[] for _ in values]
-            for i, row in zip(present, ids["input_ids"], strict=True):
-                encoded[i] = row
-            out[label_column(task)] = encoded
-            continue
-        index = {n: j for j, n in enumerate(spec["names"])}
-        for i, value in enumerate(values):
-            if spec["kind"] == "token":
-                encoded.append(_align(enc.word_ids(i), value, index, columns, fail, i, len(texts[i])))
-            elif spec["kind"] == "regression":
-                try:
-                    encoded.append(float("nan") if _missing(value) else float(value))
-                except (TypeError, ValueError):
-                    raise fail(i, f"task '{task}': label {value!r} is not a number") from None
-            elif spec["kind"] == "multilabel":
-                row = [float("nan")] * len(index) if _missing(value) else [0.0] * len(index)
-                for name in [] if _missing(value) else value:
-                    if _name(name) not in index:
-                        raise fail(i, f"task '{task}': label {name!r} is not in the label list {spec['names']}")
-                    row[index[_name(name)]] = 1.0
-                encoded.append(row)
-            elif _missing(value) or (isinstance(value, int) and value < 0 and spec["class_label"]):
-                encoded.append(-1)
-            else:
-                name = spec["names"][value] if spec["class_label"] else _name(value)
-                if name not in index:
-                    raise fail(i, f"task '{task}': label {value!r} is not in the label list {spec['names']}")
-                encoded.append(index[name])
-        out[label_column(task)] = encoded
+    context = Batch(tokenizer, enc, texts, columns, fail, max_target_length)
+    for task, info in labels.items():
+        out[label_column(task)] = label_kind(info["kind"]).encode(batch[info["column"]], info, task, context)
     return out
-
-
-def _align(
-    word_ids: list[int | None],
-    tags: Any,
-    index: dict[str, int],
-    columns: dict[str, Any],
-    fail: Any,
-    i: int,
-    n_words: int,
-) -> list[int]:
-    """Each word's tag on its first sub-token; -100 elsewhere (an unlabelled sentence is all -100)."""
-    if _missing(tags):
-        return [IGNORE] * len(word_ids)
-    if len(tags) != n_words:
-        raise fail(i, f"{n_words} words in column '{columns['tokens']}' but {len(tags)} tags")
-    out, previous = [], None
-    for word in word_ids:
-        if word is None or word == previous:
-            out.append(IGNORE)
-        else:
-            tag = _name(tags[word])
-            if tag not in index:
-                raise fail(i, f"tag {tag!r} (word {word}) is not in the tag list {list(index)}")
-            out.append(index[tag])
-        previous = word
-    return out
-
-
-def generation_updates(tokenizer: Any) -> dict[str, Any]:
-    """What a generation task takes from the tokenizer: its vocabulary and start / end / pad ids."""
-    bos = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
-    eos = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
-    if bos is None or eos is None or tokenizer.pad_token_id is None:
-        raise ConfigError("generation tasks need a tokenizer with start ([CLS]/<s>), end ([SEP]/</s>) and pad tokens")
-    return {
-        "type": "generation",
-        "vocab_size": len(tokenizer),
-        "bos_token_id": int(bos),
-        "eos_token_id": int(eos),
-        "pad_token_id": int(tokenizer.pad_token_id),
-        "unk_token_id": tokenizer.unk_token_id,
-    }
-
-
-def target_vocab(tokenizer: Any, targets: Iterable[list[int]]) -> list[int]:
-    """The ids a decoder writes: those of the training targets and the special tokens (``[UNK]`` included)."""
-    ids = {i for row in targets for i in row} | {i for i in tokenizer.all_special_ids if i is not None}
-    return sorted(ids) if tokenizer.unk_token_id is not None else list(range(len(tokenizer)))
 
 
 class TextDataset(Dataset):
@@ -241,20 +136,9 @@ class TextDataset(Dataset):
         return self.data[int(index)]
 
     def labelled_counts(self) -> dict[str, int]:
-        counts = {}
-        for task, kind in self.kinds.items():
-            column = self.data[label_column(task)]
-            if kind == "token":
-                counts[task] = sum(any(t >= 0 for t in row) for row in column)
-            elif kind == "generation":
-                counts[task] = sum(bool(row) for row in column)
-            elif kind == "class":
-                counts[task] = sum(v >= 0 for v in column)
-            elif kind == "multilabel":
-                counts[task] = sum(any(not math.isnan(v) for v in row) for row in column)
-            else:
-                counts[task] = sum(not math.isnan(v) for v in column)
-        return counts
+        return {
+            task: label_kind(kind).labelled_count(self.data[label_column(task)]) for task, kind in self.kinds.items()
+        }
 
 
 class Collator:
@@ -272,16 +156,7 @@ class Collator:
         pads = {"input_ids": self.pad_id, "attention_mask": 0, "token_type_ids": 0}
         batch: dict[str, Any] = {"inputs": {k: pad(k, v) for k, v in pads.items() if k in rows[0]}}
         for task, kind in self.kinds.items():
-            key = label_column(task)
-            if kind == "token":
-                batch[task] = pad(key, IGNORE)
-            elif kind == "generation":  # its own length; a sample without a target is a row of -100
-                width = max(1, *(len(r[key]) for r in rows))
-                batch[task] = torch.tensor([r[key] + [IGNORE] * (width - len(r[key])) for r in rows])
-            elif kind == "class":
-                batch[task] = torch.tensor([r[key] for r in rows], dtype=torch.long)
-            else:
-                batch[task] = torch.tensor([r[key] for r in rows], dtype=torch.float32)
+            batch[task] = label_kind(kind).collate([r[label_column(task)] for r in rows], length)
         return batch
 
 
@@ -413,7 +288,8 @@ def text_data(
     for source_name, raw in sources.items():
         spec: SourceSpec = from_dict(SourceSpec, raw, f"data.sources.{source_name}")
         labels = parse_labels(source_name, spec.labels)
-        if any(lab.kind == "token" for lab in labels.values()) and not spec.tokens:
+        kinds = {t: label_kind(lab.kind) for t, lab in labels.items()}
+        if any(kind.reads_words for kind in kinds.values()) and not spec.tokens:
             raise ConfigError(f"data source '{source_name}' has a token task: set 'tokens' to its word-list column")
         parts = load_splits(source_name, spec, val_fraction, test_fraction, seed)
         if max_train_samples and len(parts["train"]) > max_train_samples:
@@ -429,18 +305,15 @@ def text_data(
                     f"data source '{source_name}' has no column '{lab.column}' (the label of task '{task}'); it "
                     f"has {have}.{suggest(lab.column, have)}"
                 )
-            if lab.kind == "generation":
-                label_info[task] = {"column": lab.column, "kind": lab.kind}
-                task_updates[task] = generation_updates(tok)
-                continue
+            kind = kinds[task]
             class_label = isinstance(feature, datasets.ClassLabel)
-            names = lab.names or (feature.names if class_label else infer_names(parts["train"][lab.column], lab.kind))
+            names: list[str] = []
+            if kind.named:
+                names = lab.names or (feature.names if class_label else kind.names(parts["train"][lab.column]))
             label_info[task] = {"column": lab.column, "kind": lab.kind, "names": names, "class_label": class_label}
-            task_updates[task] = {} if lab.kind == "regression" else {"num_classes": len(names), "label_names": names}
-            if lab.kind == "multilabel":
-                task_updates[task]["multi_label"] = True
+            task_updates[task] = kind.task_updates(names, tok)
         columns = {"text": spec.text, "text_pair": spec.text_pair, "tokens": spec.tokens, "id": spec.id}
-        kinds = {t: lab.kind for t, lab in labels.items()}
+        kind_names = {t: lab.kind for t, lab in labels.items()}
         for split, data in parts.items():
             where = f"data source '{source_name}' split '{split}'"
             _check_columns(source_name, split, data, {**columns, "text": None if spec.tokens else spec.text})
@@ -465,11 +338,10 @@ def text_data(
                 )
             encoded = encoded.remove_columns("truncated")
             if split == "train":
-                for task in (t for t, lab in labels.items() if lab.kind == "generation"):
-                    task_updates[task]["vocab"] = target_vocab(tok, encoded[label_column(task)])
-            splits[split].append(
-                Source(source_name, TextDataset(encoded, kinds), list(labels), Collator(tok.pad_token_id, kinds))
-            )
+                for task, kind in kinds.items():
+                    task_updates[task].update(kind.train_updates(encoded[label_column(task)], tok))
+            dataset, collate = TextDataset(encoded, kind_names), Collator(tok.pad_token_id, kind_names)
+            splits[split].append(Source(source_name, dataset, list(labels), collate))
     return DataBundle(
         train=splits["train"],
         val=splits["validation"],

@@ -19,26 +19,31 @@ strips accents: references are normalised the same way, so exact match is attain
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import Metric
 from transformers import BertGenerationConfig, BertGenerationDecoder
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions, CausalLMOutputWithCrossAttentions
 
-from core.distributed import connected_zero
-from core.errors import CheckpointError, ConfigError, DataError
+from core.errors import CheckpointError, ConfigError
 from core.heads import HEADS
-from core.task import Task
-from core.tasks import TASKS
+from core.task import Task, labelled_loss
+from core.tasks import task_type
 
+from .label_kinds import IGNORE
 from .metrics import generation_metric
 
-IGNORE = -100
 GENERATION_METRICS = ("chrf", "bleu", "exact_match")
+
+
+class TokenizerBackbone(Protocol):
+    """An encoder that carries its tokenizer (``nlp.encoder.HFEncoder``; None until it is loaded)."""
+
+    tokenizer: Any
 
 
 class PointerDecoder(BertGenerationDecoder):
@@ -242,12 +247,15 @@ class DecoderHead(nn.Module):
         )
 
 
+@dataclass
 class GenerationTask(Task):
-    """Text out: teacher-forced cross-entropy over target tokens, scored on generated strings."""
+    """Text out: teacher-forced cross-entropy over target tokens, scored on generated strings.
 
-    backbone: Any = None  # holds the tokenizer (set after load_extra), for ids -> strings
-    max_new_tokens: int = 32
-    num_beams: int = 1
+    ``loss_fn`` is the decoder head's teacher-forced ``(summed token NLL, token count)``; the
+    encoder (``backbone``) holds the tokenizer that turns ids into text (a loaded model gets it
+    from its folder after the task is built, so it is read when decoding)."""
+
+    backbone: TokenizerBackbone | None = field(default=None, repr=False, compare=False)
 
     @staticmethod
     def _rows(target: Tensor) -> Tensor:
@@ -268,25 +276,20 @@ class GenerationTask(Task):
         """(summed token NLL, target token count) over the labelled rows: a token-level mean whatever
         the split into rows, micro-batches or ranks. The decoder runs on the labelled rows only:
         selecting them reads their count (one host sync)."""
-        output, target, count = self.labelled(output, target)
-        if count == 0:  # a zero whose graph reaches the outputs, so every rank runs the same backward
-            return connected_zero(output), target.new_zeros(())
-        return self._loss(output, target)
+        return labelled_loss(self.labelled(output, target), lambda output, target, _: self.loss_fn(output, target))
 
     def validate_target(self, target: Tensor) -> None:
         vocab = self.head.decoder.config.tokenizer_size
-        bad = target >= vocab
-        if bool(bad.any()):
-            raise DataError(
-                f"task '{self.name}': target token id {int(target[bad][0])} is out of range for the decoder's "
-                f"{vocab} tokens; the data and the model use different tokenizers"
-            )
-
-    def _loss(self, output: dict[str, Tensor], target: Tensor) -> tuple[Tensor, Tensor]:
-        return self.head.loss(output, target)
+        self.check_range(
+            target,
+            vocab,
+            "target token id",
+            f"the decoder's {vocab} tokens",
+            "the data and the model use different tokenizers",
+        )
 
     def decode(self, ids: Tensor) -> list[str]:
-        tokenizer = getattr(self.backbone, "tokenizer", None)
+        tokenizer = self.backbone.tokenizer if self.backbone is not None else None
         if tokenizer is None:
             raise CheckpointError(
                 f"task '{self.name}' needs the encoder's tokenizer to turn ids into text; load the model with "
@@ -296,21 +299,17 @@ class GenerationTask(Task):
         return [text.strip() for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]
 
     def generate(self, output: dict[str, Tensor]) -> list[str]:
-        ids = self.head.generate(output, self.max_new_tokens, self.num_beams)
+        ids = self.head.generate(output, self.spec["max_new_tokens"], self.spec["num_beams"])
         return self.decode(ids[:, 1:])
 
-    def update_metrics(self, metrics: Mapping[str, Metric], output: Any, target: Tensor) -> None:
-        output, target, count = self.labelled(output, target)
-        if count:
-            predicted, references = self.generate(output), self.decode(target)
-            for metric in metrics.values():
-                metric.update(predicted, [[r] for r in references])
+    def metric_inputs(self, output: dict[str, Tensor], target: Tensor) -> tuple[list[str], list[list[str]]]:
+        return self.generate(output), [[r] for r in self.decode(target)]
 
     def postprocess(self, output: dict[str, Tensor]) -> list[Any]:
         return [{"text": text} for text in self.generate(output)]
 
 
-@TASKS.register("generation")
+@task_type("generation", GenerationTask, in_weights=("vocab",))
 def generation(
     name: str,
     backbone: nn.Module,
@@ -341,9 +340,8 @@ def generation(
         raise ConfigError(f"task '{name}': unknown metrics {unknown}; valid: {', '.join(GENERATION_METRICS)}")
     if num_beams < 1 or max_new_tokens < 1:
         raise ConfigError(f"task '{name}': num_beams and max_new_tokens must be >= 1")
-    head_spec = {"name": "decoder", **(head or {})}
     module = HEADS.build(
-        head_spec,
+        {"name": "decoder", **(head or {})},
         in_dim=backbone.out_dim,
         out_dim=vocab_size,
         bos_token_id=bos_token_id,
@@ -352,29 +350,13 @@ def generation(
         unk_token_id=unk_token_id,
         vocab=vocab if vocab is not None else target_vocab_size,
     )
-    spec = {
-        "type": "generation",
-        "vocab_size": vocab_size,
-        "target_vocab_size": len(module.decoder.vocab),
-        "bos_token_id": bos_token_id,
-        "eos_token_id": eos_token_id,
-        "pad_token_id": pad_token_id,
-        "unk_token_id": unk_token_id,
-        "head": head or {},
-        "max_new_tokens": max_new_tokens,
-        "num_beams": num_beams,
-        "metrics": list(metrics),
-        "label_key": label_key or name,
-        "weight": weight,
-    }
-    task = GenerationTask(
+    return GenerationTask(
         name=name,
         head=module,
-        loss_fn=lambda output, target: task._loss(output, target),
+        loss_fn=module.loss,
         metrics={m: generation_metric(m) for m in metrics},
         label_key=label_key or name,
         weight=weight,
-        spec=spec,
+        spec={"target_vocab_size": len(module.decoder.vocab), "head": head or {}},
+        backbone=backbone,
     )
-    task.backbone, task.max_new_tokens, task.num_beams = backbone, max_new_tokens, num_beams
-    return task

@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from core.config import from_dict
 from core.data import Source
 from core.errors import CheckpointError, DataError
 from core.model import JointModel
 from core.predict import LABELLED, PREDICTORS
+from core.spec import from_dict
 
 from .data import ROW, Collator, SourceSpec, TextDataset, encode_batch, parse_labels, row_numbers
 from .metrics import bio_spans

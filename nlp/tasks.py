@@ -15,10 +15,10 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.errors import ConfigError, DataError
+from core.errors import ConfigError
 from core.heads import HEADS
-from core.task import Task
-from core.tasks import TASKS, classification, multilabel, regression
+from core.task import Task, label_mask
+from core.tasks import TASKS, classification, multilabel, regression, task_type
 
 from .metrics import EntityScore
 
@@ -88,18 +88,16 @@ class TokenClassificationTask(Task):
     """Per-word tags; targets ``(B, L)`` with -100 on positions that carry no word label."""
 
     def validate_target(self, target: Tensor) -> None:
-        num_classes = len(self.label_names or ())
-        bad = target >= num_classes
-        if bool(bad.any()):
-            raise DataError(
-                f"task '{self.name}': tag index {int(target[bad][0])} is out of range for {num_classes} tags "
-                f"(label key '{self.label_key}')"
-            )
+        tags = len(self.label_names or ())
+        self.check_range(target, tags, "tag index", f"{tags} tags", "fix the data or the tag list (label_names)")
 
-    def update_metrics(self, metrics: Any, output: Tensor, target: Tensor) -> None:
-        preds = output.argmax(-1)
-        for metric in metrics.values():
-            metric.update(preds, target)
+    def labelled(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor, int]:
+        """The sentences with a tagged word, whole: entity spans are read along each one."""
+        rows = label_mask(target).any(-1)
+        return output[rows], target[rows], int(rows.sum())
+
+    def metric_inputs(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        return output.argmax(-1), target
 
     def postprocess(self, output: Tensor) -> list[Any]:
         """Tag names per sub-token position; ``nlp.predict`` maps them back to words."""
@@ -110,7 +108,7 @@ class TokenClassificationTask(Task):
 _ENTITY_METRICS = {"entity_f1": "f1", "entity_precision": "precision", "entity_recall": "recall"}
 
 
-@TASKS.register("token_classification")
+@task_type("token_classification", TokenClassificationTask)
 def token_classification(
     name: str,
     backbone: nn.Module,
@@ -127,14 +125,6 @@ def token_classification(
     unknown = [m for m in metrics if m not in _ENTITY_METRICS]
     if unknown or not metrics:
         raise ConfigError(f"task '{name}': unknown metrics {unknown}; valid: {', '.join(_ENTITY_METRICS)}")
-    spec = {
-        "type": "token_classification",
-        "label_names": list(label_names),
-        "head": head,
-        "metrics": list(metrics),
-        "label_key": label_key or name,
-        "weight": weight,
-    }
     return TokenClassificationTask(
         name=name,
         head=HEADS.build(head, in_dim=backbone.out_dim, out_dim=len(label_names)),
@@ -143,5 +133,4 @@ def token_classification(
         label_key=label_key or name,
         weight=weight,
         label_names=list(label_names),
-        spec=spec,
     )

@@ -26,10 +26,10 @@ from typing import Any
 import torch
 
 from core.config import load_config
+from core.data import move
 from core.engine.host_syncs import HostSyncCounter
 from core.engine.optim import build_optimizer, build_scheduler
 from core.engine.trainer import Trainer
-from core.evaluation import move
 from core.experiments.builder import Experiment
 
 

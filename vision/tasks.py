@@ -7,18 +7,16 @@ or ``None`` where the image carries no box labels (it is then masked out of loss
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import Metric
 
-from core.distributed import connected_zero
-from core.errors import ConfigError, DataError
-from core.metrics import METRICS
-from core.task import Task
-from core.tasks import TASKS
+from core.backbones import MultiScaleBackbone
+from core.errors import ConfigError
+from core.task import Task, labelled_loss
+from core.tasks import check_label_names, metric_factories, task_type
 
 from .heads import FCOSHead, decode, fcos_loss
 from .heads.fcos_loss import PER_IMAGE
@@ -45,36 +43,34 @@ class DetectionTask(Task):
 
     def masked_loss(self, output: dict[str, Tensor], target: Sequence[Target]) -> tuple[Tensor, Tensor]:
         """Which images carry boxes is a host-side list: the count needs no device read."""
-        output, target, count = self.labelled(output, target)
-        if count == 0:  # a zero whose graph reaches the outputs, so every rank runs the same backward
-            return connected_zero(output), torch.zeros((), device=output["cls_logits"].device)
-        return self.loss_fn(output, target).float() * count, torch.tensor(count, device=output["cls_logits"].device)
+
+        def loss(output: dict[str, Tensor], target: list[dict[str, Tensor]], count: int) -> tuple[Tensor, Tensor]:
+            device = output["cls_logits"].device
+            return self.loss_fn(output, target).float() * count, torch.tensor(count, device=device)
+
+        return labelled_loss(self.labelled(output, target), loss)
 
     def validate_target(self, target: Sequence[Target]) -> None:
         num_classes = self.spec["num_classes"]
         for t in target:
             if t is None or len(t["labels"]) == 0:
                 continue
-            bad = (t["labels"] < 0) | (t["labels"] >= num_classes)
-            if bool(bad.any()):
-                where = f" in {t['source']}" if "source" in t else ""
-                raise DataError(
-                    f"task '{self.name}': box label {int(t['labels'][bad][0])}{where} is out of range for "
-                    f"num_classes={num_classes} (label key '{self.label_key}'); the data's categories "
-                    "do not match the model's (a checkpoint trained on other categories?)"
-                )
+            where = f" of {t['source']}" if "source" in t else ""
+            self.check_range(
+                t["labels"],
+                num_classes,
+                "box label",
+                f"num_classes={num_classes}",
+                f"the data's categories{where} do not match the model's (a checkpoint trained on other categories?)",
+                lowest=0,
+            )
 
     def detections(self, output: dict[str, Tensor]) -> list[dict[str, Tensor]]:
         s = self.spec
         return decode(output, s["score_threshold"], s["nms_iou"], s["max_detections"])
 
-    def update_metrics(self, metrics: Mapping[str, Metric], output: Any, target: Any) -> None:
-        output, target, count = self.labelled(output, target)
-        if count:
-            preds = self.detections(output)
-            gts = [{"boxes": t["boxes"].float(), "labels": t["labels"]} for t in target]
-            for metric in metrics.values():
-                metric.update(preds, gts)
+    def metric_inputs(self, output: dict[str, Tensor], target: list[dict[str, Tensor]]) -> tuple[Any, Any]:
+        return self.detections(output), [{"boxes": t["boxes"].float(), "labels": t["labels"]} for t in target]
 
     def postprocess(self, output: dict[str, Tensor]) -> list[Any]:
         names = self.label_names
@@ -94,7 +90,7 @@ class DetectionTask(Task):
         ]
 
 
-@TASKS.register("detection")
+@task_type("detection", DetectionTask)
 def detection(
     name: str,
     backbone: nn.Module,
@@ -119,39 +115,19 @@ def detection(
     (in strides) sets which locations learn an object; ``score_threshold``, ``nms_iou`` and
     ``max_detections`` shape the decoded detections.
     """
-    in_channels, strides = getattr(backbone, "channels", None), getattr(backbone, "strides", None)
-    if not in_channels or not strides:
+    if not isinstance(backbone, MultiScaleBackbone) or not backbone.channels or not backbone.strides:
         raise ConfigError(
-            f"task '{name}': detection needs a multi-scale backbone exposing 'channels' and 'strides' "
-            f"(e.g. the 'timm' backbone), got {type(backbone).__name__}"
+            f"task '{name}': detection needs a multi-scale backbone (core.backbones.MultiScaleBackbone: "
+            f"'channels' and 'strides' per stage, e.g. the 'timm' backbone), got {type(backbone).__name__}"
         )
     if num_classes < 1:
         raise ConfigError(f"task '{name}': num_classes must be >= 1, got {num_classes}")
-    if label_names is not None and len(label_names) != num_classes:
-        raise ConfigError(f"task '{name}': {len(label_names)} label_names given for {num_classes} classes")
-    spec = {
-        "type": "detection",
-        "num_classes": num_classes,
-        "label_names": list(label_names) if label_names is not None else None,
-        "channels": channels,
-        "num_convs": num_convs,
-        "groups": groups,
-        "levels": list(levels) if levels is not None else None,
-        "center_radius": center_radius,
-        "score_threshold": score_threshold,
-        "nms_iou": nms_iou,
-        "max_detections": max_detections,
-        "metrics": list(metrics),
-        "label_key": label_key or name,
-        "weight": weight,
-    }
     return DetectionTask(
         name=name,
-        head=FCOSHead(in_channels, strides, num_classes, channels, num_convs, groups, levels=levels),
+        head=FCOSHead(backbone.channels, backbone.strides, num_classes, channels, num_convs, groups, levels=levels),
         loss_fn=functools.partial(fcos_loss, center_radius=center_radius),
-        metrics={m: functools.partial(METRICS.get(m), "detection", num_classes) for m in metrics},
+        metrics=metric_factories(metrics, "detection", num_classes),
         label_key=label_key or name,
         weight=weight,
-        label_names=spec["label_names"],
-        spec=spec,
+        label_names=check_label_names(label_names, num_classes, name),
     )

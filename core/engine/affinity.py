@@ -15,8 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..data import Loading, Source, open_stream
-from ..evaluation import move
+from ..data import Loading, Source, move, open_stream
 from ..model import JointModel
 
 

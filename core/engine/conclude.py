@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..config import ReportConfig
-from ..data import DataBundle, Loading, Source
+from ..data import DataBundle, Loading, Source, StreamingDataset
 from ..distributed import DistEnv, barrier
 from ..evaluation import Results, delta_m, evaluate, higher_is_better
 from ..model import JointModel
@@ -50,7 +50,7 @@ def train_sample(sources: list[Source], samples: int, seed: int) -> list[Source]
     """At most ``samples`` seeded random training examples per source (-1 = all)."""
     out = []
     for s in sources:
-        if callable(getattr(s.dataset, "training_sample", None)):  # a stream (core.streams) reads its own
+        if isinstance(s.dataset, StreamingDataset):  # a stream (core.streams) reads its own
             out.append(dataclasses.replace(s, dataset=s.dataset.training_sample(samples, seed)))
         elif samples < 0:
             out.append(s)

@@ -18,9 +18,9 @@ import torch
 
 from ..balancing import Balancer, BalancerSetup, NonFiniteGradients, StepContext
 from ..config import ReportConfig, TrainConfig
-from ..data import DataBundle, Loading, labelled_sizes, open_stream
+from ..data import DataBundle, Loading, labelled_sizes, move, open_stream
 from ..distributed import DistEnv, connected_zero, gather_objects, resolve_device
-from ..evaluation import Results, evaluate, metric_senses, move
+from ..evaluation import Results, evaluate, metric_senses
 from ..model import JointModel
 from ..rundir.directory import RunStatus
 from ..sampling import TaskSampler

@@ -6,19 +6,19 @@ single-task runs, the budget change. Budgets (``compare.budgets``) give each tas
 the joint run's optimizer steps (``steps``: ``train.max_steps``) or the steps in which the joint
 run's sampler drew that task's batches (``examples``: equal examples per task). Where every task
 is in every batch the two coincide and the ``examples`` runs are not repeated. Each run is an
-ordinary run directory (``core.run.train``: best checkpoint chosen on validation, test scored
-once), under::
+ordinary run directory (``core.experiments.run.train``: best checkpoint chosen on validation, test
+scored once), under::
 
     output_dir/single/<task>/seed<k>/            each task alone (balancing: ew), budget ``steps``
     output_dir/single/<task>/<budget>/seed<k>/   each task alone, any other budget
     output_dir/joint/<label>/seed<k>/            all tasks, one balancing method, variant or architecture
 
-Finished runs (``eval.json`` present) are skipped, interrupted ones resumed, so re-running the
-command continues a comparison. The summary (``compare.json``, ``report.md``, ``plots/``) goes in
-``output_dir``: per-task test metrics (mean ± std over seeds), Δm of each joint row against the
-single-task means of each budget (LibMTL's formula, ``core.evaluation.delta_m``), the same Δm on
-validation (what picks a row, e.g. a branch point, without looking at test), training time,
-parameter count and peak memory.
+Finished runs (``results.json`` says so and ``compare_run.json`` holds their cost) are skipped,
+interrupted ones resumed, so re-running the command continues a comparison. The summary
+(``compare.json``, ``report.md``, ``plots/``) goes in ``output_dir``: per-task test metrics (mean ±
+std over seeds), Δm of each joint row against the single-task means of each budget (LibMTL's
+formula, ``core.evaluation.delta_m``), the same Δm on validation (what picks a row, e.g. a branch
+point, without looking at test), training time, parameter count and peak memory.
 """
 
 from __future__ import annotations
@@ -40,12 +40,13 @@ import torch
 import yaml
 
 from .. import plugins
-from ..config import RunConfig, apply_overrides, from_dict, load_config, read_yaml
+from ..config import RunConfig, apply_overrides, load_config, read_yaml
 from ..data import SourceStream
 from ..errors import ConfigError
 from ..evaluation import delta_m, primary_metric
 from ..io import atomic_write_json
 from ..rundir.directory import RunDir, RunStatus, config_changes
+from ..spec import from_dict
 from .builder import Experiment
 from .compare_report import SINGLE, single_label, write_compare_report
 

@@ -17,8 +17,7 @@ from typing import Any
 
 import torch
 
-from ..data import Loading, Source, eval_loader
-from ..evaluation import move
+from ..data import Loading, Source, eval_loader, move
 from ..model import JointModel
 from ..rundir.directory import RunDir
 

@@ -19,8 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data import Loading, Source, eval_loader
-from ..evaluation import move
+from ..data import Loading, Source, eval_loader, move
 from ..model import JointModel
 from ..rundir.directory import RunDir
 from ..task import Task

@@ -43,13 +43,14 @@ import numpy as np
 import torch
 import yaml
 
-from ..config import RunConfig, apply_overrides, from_dict, load_config, read_yaml
+from ..config import RunConfig, apply_overrides, load_config, read_yaml
 from ..data import DataBundle, Source
 from ..distributed import init_distributed
 from ..engine.rng import seed_everything
 from ..errors import ConfigError
 from ..evaluation import Results, evaluate
 from ..io import atomic_write_json, atomic_write_text
+from ..spec import from_dict
 from .builder import Experiment
 from .tuning.searches import PRUNERS, SEARCHES, from_spec
 from .tuning.space import Dimension, decoded, dimensions

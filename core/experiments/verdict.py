@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig, apply_overrides, from_dict, load_config, read_yaml
+from ..config import RunConfig, apply_overrides, load_config, read_yaml
 from ..distributed import resolve_device
 from ..errors import ConfigError
 from ..io import atomic_write_json
+from ..spec import from_dict
 from .builder import Experiment
 from .compare import (
     CompareSpec,

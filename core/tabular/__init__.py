@@ -7,12 +7,14 @@ pandas is imported only where a table is read (``core`` imports with torch alone
 
 from . import backbone, dataset, encoders, predict, synthetic
 from .dataset import PreparedTable, TableDataset, prepare_table, table_bundle
+from .preparation import TablePreparation
 from .read import read_table
 from .schema import TabularSchema
 
 __all__ = [
     "PreparedTable",
     "TableDataset",
+    "TablePreparation",
     "TabularSchema",
     "backbone",
     "dataset",

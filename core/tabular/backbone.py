@@ -6,7 +6,7 @@ codes, as :meth:`core.tabular.schema.TabularSchema.encode` gives them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
@@ -15,6 +15,15 @@ from core.errors import ConfigError
 
 from .encoders import TABULAR_ENCODERS
 from .schema import TabularSchema
+
+
+@runtime_checkable
+class SchemaBackbone(Protocol):
+    """A backbone that reads table rows through a fitted schema (None where it reads no table):
+    new rows are encoded with it before prediction."""
+
+    @property
+    def schema(self) -> TabularSchema | None: ...
 
 
 @BACKBONES.register("tabular")

@@ -23,6 +23,7 @@ from core.errors import ConfigError, DataError
 from core.task import Task
 
 from .labels import label_columns, read_labels
+from .preparation import TablePreparation, read_preparation
 from .read import read_table
 from .schema import TabularSchema
 from .split import split_from_column, split_rows
@@ -87,23 +88,15 @@ def prepare_table(
     frame: pd.DataFrame,
     labels: Mapping[str, str | Mapping[str, Any]],
     source: str = "<table>",
-    features: Sequence[str] | None = None,
-    categorical: Sequence[str] = (),
-    numeric: Sequence[str] = (),
-    coerce: Sequence[str] = (),
-    id_column: str | None = None,
-    split_column: str | None = None,
+    preparation: TablePreparation = TablePreparation(),
     reserved: Sequence[str] = (),
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    seed: int = 0,
-    min_category_count: int = 5,
-    numeric_bins: int = 16,
 ) -> PreparedTable:
     """Read labels through their task types, split, fit the schema on training rows, encode all rows.
 
-    ``features`` defaults to every column that is not a label, id, split or ``reserved`` column.
+    ``preparation.features`` defaults to every column that is not a label, id, split or ``reserved`` one.
     """
+    p = preparation
+    id_column, split_column, features = p.id_column, p.split_column, p.features
     specs = label_columns(labels)
     for column in (id_column, split_column):
         if column is not None and column not in frame.columns:
@@ -121,7 +114,7 @@ def prepare_table(
         split = split_from_column(frame[split_column], split_column, source)
     else:
         ids = frame[id_column].to_numpy() if id_column else None
-        split = split_rows(len(frame), seed, val_fraction, test_fraction, ids)
+        split = split_rows(len(frame), p.seed, p.val_fraction, p.test_fraction, ids)
     train = np.flatnonzero(split == "train")
     owners = {s.task: s.owner for s in specs}
     updates, sizes = {}, {}
@@ -137,11 +130,11 @@ def prepare_table(
     schema = TabularSchema.fit(
         frame.iloc[train],
         features,
-        categorical,
-        numeric,
-        min_category_count,
-        bins=numeric_bins,
-        coerce=coerce,
+        p.categorical,
+        p.numeric,
+        p.min_category_count,
+        bins=p.numeric_bins,
+        coerce=p.coerce,
         source=f"{source} (training split)",
     )
     # values unseen (or rarer than min_category_count) in training map to the unknown category
@@ -150,10 +143,13 @@ def prepare_table(
 
 
 def table_bundle(
-    frame: pd.DataFrame, labels: Mapping[str, str | Mapping[str, Any]], source: str = "<table>", **options: Any
+    frame: pd.DataFrame,
+    labels: Mapping[str, str | Mapping[str, Any]],
+    source: str = "<table>",
+    preparation: TablePreparation = TablePreparation(),
 ) -> DataBundle:
-    """One shared source per split labelling every task (see :func:`prepare_table` for ``options``)."""
-    table = prepare_table(frame, labels, source, **options)
+    """One shared source per split labelling every task."""
+    table = prepare_table(frame, labels, source, preparation)
 
     def sources(part: str) -> list[Source]:
         rows = np.flatnonzero(table.split == part)
@@ -165,57 +161,21 @@ def table_bundle(
         val=sources("val"),
         test=sources("test"),
         task_sizes=table.task_sizes,
-        extra={"predictor": "table", "id_column": options.get("id_column")},
+        extra={"predictor": "table", "id_column": preparation.id_column},
         task_updates=table.task_updates,
         backbone_updates={"schema": table.schema.to_json()},
     )
 
 
 @DATASETS.register("table")
-def table(
-    path: str,
-    labels: dict[str, Any],
-    features: Sequence[str] | None = None,
-    categorical: Sequence[str] = (),
-    numeric: Sequence[str] = (),
-    coerce: Sequence[str] = (),
-    id_column: str | None = None,
-    split_column: str | None = None,
-    val_fraction: float | None = None,
-    test_fraction: float | None = None,
-    seed: int = 0,
-    min_category_count: int = 5,
-    numeric_bins: int = 16,
-) -> DataBundle:
+def table(path: str, labels: dict[str, Any], **options: Any) -> DataBundle:
     """A table file (``.csv``, ``.tsv``, ``.parquet``, ``.jsonl``; absolute or relative to the
     working directory) with the tasks of ``labels``.
 
     Args:
         labels: ``{task: type}`` or ``{task: {type, column | columns, **options}}`` (see ``core.tabular.labels``).
-        features: feature columns; default every column that is not a label, id or split column.
-        categorical / numeric: force a column's kind (default: numeric when its values parse as numbers).
-        coerce: numeric columns whose stray non-numeric values are read as missing (counted, warned).
-        id_column: rows sharing an id stay in one split; predictions echo it.
-        split_column: a column of train / val / test instead of the seeded fractions.
-        val_fraction / test_fraction: of the rows (of the ids), default 0.15 each.
-        min_category_count: rarer training categories go to the unknown bucket.
-        numeric_bins: quantile bins per numeric column (piecewise-linear encoding; 0 = none).
+        options: the preparation (:class:`~core.tabular.preparation.TablePreparation`): features,
+            categorical / numeric, coerce, id_column, split_column, val_fraction / test_fraction, seed,
+            min_category_count, numeric_bins.
     """
-    if split_column is not None and (val_fraction, test_fraction) != (None, None):
-        raise ConfigError("give split_column or val_fraction / test_fraction, not both")
-    return table_bundle(
-        read_table(path),
-        labels,
-        str(path),
-        features=features,
-        categorical=categorical,
-        numeric=numeric,
-        coerce=coerce,
-        id_column=id_column,
-        split_column=split_column,
-        val_fraction=0.15 if val_fraction is None else val_fraction,
-        test_fraction=0.15 if test_fraction is None else test_fraction,
-        seed=seed,
-        min_category_count=min_category_count,
-        numeric_bins=numeric_bins,
-    )
+    return table_bundle(read_table(path), labels, str(path), read_preparation(options))

@@ -16,10 +16,11 @@ from core.errors import DataError
 from core.model import JointModel
 from core.predict import LABELLED, PREDICTORS
 
+from .backbone import SchemaBackbone
 from .dataset import TableDataset
 from .labels import label_columns, read_labels
 from .read import read_table
-from .schema import TabularSchema, warn_unknown
+from .schema import warn_unknown
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -27,8 +28,8 @@ if TYPE_CHECKING:
 
 def encode_rows(model: JointModel, frame: pd.DataFrame, source: str) -> dict[str, torch.Tensor]:
     """The model's own preprocessing of ``frame``: ``{"numeric", "categorical"}`` for every row."""
-    schema = getattr(model.backbone, "schema", None)
-    if not isinstance(schema, TabularSchema):
+    schema = model.backbone.schema if isinstance(model.backbone, SchemaBackbone) else None
+    if schema is None:
         raise DataError(f"{source}: this model's backbone ({type(model.backbone).__name__}) has no tabular schema")
     numeric, categorical, unknown = schema.encode(frame, source)
     warn_unknown(unknown, source)

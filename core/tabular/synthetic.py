@@ -19,6 +19,7 @@ import numpy as np
 from core.data import DATASETS, DataBundle
 
 from .dataset import table_bundle
+from .preparation import TablePreparation
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -73,9 +74,11 @@ def near_linear(
         frame,
         {f"y{k}": "regression" for k in range(targets)},
         f"<near_linear rows={rows} seed={seed}>",
-        id_column="molecule",
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        seed=seed,
-        numeric_bins=numeric_bins,
+        TablePreparation(
+            id_column="molecule",
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            seed=seed,
+            numeric_bins=numeric_bins,
+        ),
     )

@@ -6,7 +6,18 @@ import os
 import pytest
 import torch
 
-from core.data import CUDA_WORKERS, DictDataset, Loading, Source, SourceStream, eval_loader
+from core.data import (
+    CUDA_WORKERS,
+    DictDataset,
+    LabelCounting,
+    Loading,
+    Source,
+    SourceStream,
+    StreamingDataset,
+    count_labelled,
+    eval_loader,
+    open_stream,
+)
 from core.errors import DataError
 
 
@@ -89,3 +100,19 @@ def test_dict_dataset_counts_labelled_samples():
     assert data.labelled_counts() == {"x": 4, "y": 2, "z": 3}
     with pytest.raises(DataError, match="same length"):
         DictDataset({"x": torch.zeros(3), "y": torch.zeros(4)})
+
+
+def test_the_data_source_protocol_is_declared_not_probed(tmp_path):
+    """The optional dataset members are protocols: a stream is recognised as one (opens its own
+    stream, is refused by evaluation), a map-style dataset may count its labels itself."""
+    from core.streams import JsonlShards
+
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"inputs": [0.0], "y": 1}\n')
+    stream, table = JsonlShards([path]), DictDataset({"inputs": torch.zeros(2, 1), "y": torch.tensor([0, -1])})
+    assert isinstance(stream, StreamingDataset) and isinstance(stream, LabelCounting)
+    assert not isinstance(table, StreamingDataset) and isinstance(table, LabelCounting)
+    assert count_labelled(Source("t", table, ["y"]), {"y": "y"}) == {"y": 1}
+    assert isinstance(open_stream(Source("t", table, ["y"]), Loading(batch_size=1), 0), SourceStream)
+    with pytest.raises(DataError, match="is a stream"):
+        eval_loader(Source("s", stream, ["y"]), Loading())

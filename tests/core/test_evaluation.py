@@ -8,7 +8,15 @@ from torchmetrics.classification import BinaryAUROC
 
 from core.data import DictDataset, Loading, Source
 from core.engine.precision import Precision
-from core.evaluation import delta_m, evaluate, higher_is_better, metric_senses, monitored_value, selection_score
+from core.evaluation import (
+    delta_m,
+    eval_outputs,
+    evaluate,
+    higher_is_better,
+    metric_senses,
+    monitored_value,
+    selection_score,
+)
 from core.metrics import Sense
 from core.model import JointModel
 from core.task import Task
@@ -88,3 +96,28 @@ def test_bf16_evaluation_scores_float32_head_outputs():
         assert len(head(x[:, None]).unique()) < 10  # what the metric would have seen
     results = evaluate(model, [source], Loading(batch_size=250), autocast=autocast)
     assert results["b"]["auroc"] == 1.0  # every positive above every negative: no ties
+
+
+def test_eval_outputs_is_the_forward_pass_over_each_source_in_eval_mode():
+    """The one evaluation pass (``evaluate`` and medical calibration read it): every sample once, in
+    order, only the tasks its source labels, dropout off, the model's mode restored, no graph."""
+    heads = {name: nn.Sequential(nn.Dropout(0.5), nn.Linear(3, 1)) for name in ("a", "b")}
+    tasks = [Task(n, h, nn.functional.mse_loss, {"pearson": PearsonCorrCoef}, n) for n, h in heads.items()]
+    model = JointModel(nn.Identity(), tasks).train()
+    x = torch.randn(10, 3)
+    sources = [
+        Source("both", DictDataset({"inputs": x[:6], "a": x[:6, 0], "b": x[:6, 1]}), ["a", "b"]),
+        Source("only_b", DictDataset({"inputs": x[6:], "b": x[6:, 1]}), ["b"]),
+    ]
+    seen: dict[str, list[torch.Tensor]] = {"a": [], "b": []}
+    for batch, outputs in eval_outputs(model, sources, Loading(batch_size=2)):
+        assert not model.training and all(not o.requires_grad for o in outputs.values())
+        for t, output in outputs.items():
+            assert len(output) == len(batch[t])
+            seen[t].append(output)
+    assert model.training
+    with torch.no_grad():
+        expected = model.eval()(x)
+    torch.testing.assert_close(torch.cat(seen["a"]), expected["a"][:6], rtol=0, atol=0)
+    torch.testing.assert_close(torch.cat(seen["b"]), expected["b"], rtol=0, atol=0)
+    assert list(next(iter(eval_outputs(model, sources, Loading(batch_size=2), tasks=["b"])))[1]) == ["b"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from core.tabular import TablePreparation
 from medical.baseline import gradient_boosting
 from medical.data import records_bundle
 
@@ -9,7 +10,11 @@ from .helpers import records_frame
 
 
 def test_baseline_picks_its_hyperparameters_on_validation():
-    data = records_bundle(records_frame(400), ["renal", "cardiac"], features=["age", "creatinine", "smoker", "site"])
+    data = records_bundle(
+        records_frame(400),
+        ["renal", "cardiac"],
+        preparation=TablePreparation(features=["age", "creatinine", "smoker", "site"]),
+    )
     grid = {"max_iter": [5, 60], "learning_rate": [0.1]}
     report = gradient_boosting(data.train, data.val, data.test, ["renal", "cardiac"], grid=grid)
     for disease in ("renal", "cardiac"):

@@ -4,6 +4,7 @@ import torch
 
 from core.backbones import BACKBONES
 from core.model import JointModel
+from core.tabular import TablePreparation
 from core.tasks import build_task
 from medical.calibration import calibrate
 from medical.calibrators import CALIBRATORS, fit_disease, sensitivity, youden
@@ -47,7 +48,7 @@ def test_fit_disease_refuses_a_single_class_validation_split() -> None:
 
 
 def test_calibrate_writes_buffers_that_survive_save_and_predict(tmp_path) -> None:
-    bundle = records_bundle(records_frame(300), ["renal", "cardiac"], id_column="patient")
+    bundle = records_bundle(records_frame(300), ["renal", "cardiac"], preparation=TablePreparation(id_column="patient"))
     backbone = BACKBONES.build({"name": "records", "dim": 8, **bundle.backbone_updates})
     tasks = [build_task(t, {"type": "disease", **bundle.task_updates[t]}, backbone) for t in ("renal", "cardiac")]
     model = JointModel(backbone, tasks, extra=bundle.extra)

@@ -13,6 +13,7 @@ from core.engine.trainer import Trainer
 from core.errors import DataError
 from core.model import JointModel
 from core.sampling import SAMPLERS
+from core.tabular import TablePreparation
 from core.tasks import build_task
 from medical.data import records, records_bundle
 
@@ -26,7 +27,7 @@ def model_for(bundle, tasks=("renal", "cardiac"), **task_spec) -> JointModel:
 
 
 def test_unknown_labels_never_reach_the_loss() -> None:
-    bundle = records_bundle(records_frame(200), ["renal", "cardiac"], id_column="patient")
+    bundle = records_bundle(records_frame(200), ["renal", "cardiac"], preparation=TablePreparation(id_column="patient"))
     task = model_for(bundle).tasks["renal"]
     target = torch.tensor([1.0, float("nan"), 0.0, float("nan")])
     logits = torch.tensor([[0.3], [float("nan")], [-0.2], [1e30]], requires_grad=True)
@@ -41,7 +42,7 @@ def test_unknown_labels_never_reach_the_loss() -> None:
 
 
 def test_metrics_ignore_unknown_labels() -> None:
-    bundle = records_bundle(records_frame(200), ["renal", "cardiac"], id_column="patient")
+    bundle = records_bundle(records_frame(200), ["renal", "cardiac"], preparation=TablePreparation(id_column="patient"))
     task = model_for(bundle).tasks["renal"]
     logits = torch.tensor([[2.0], [-1.0], [0.5], [3.0], [-2.0]])
     target = torch.tensor([1.0, 0.0, float("nan"), 0.0, float("nan")])
@@ -54,7 +55,7 @@ def test_metrics_ignore_unknown_labels() -> None:
 
 def test_pos_weight_is_computed_from_training_labels_only() -> None:
     frame = records_frame(300)
-    bundle = records_bundle(frame, ["renal", "cardiac"], id_column="patient", seed=3)
+    bundle = records_bundle(frame, ["renal", "cardiac"], preparation=TablePreparation(id_column="patient", seed=3))
     train = bundle.train[0].dataset.labels["cardiac"].numpy()
     seen = train[~np.isnan(train)]
     counts = bundle.task_updates["cardiac"]["label_counts"]
@@ -67,7 +68,7 @@ def test_pos_weight_is_computed_from_training_labels_only() -> None:
 def test_patient_level_split_keeps_a_patients_rows_together() -> None:
     frame = records_frame(300)
     frame["patient"] = [f"p{i // 3}" for i in range(300)]  # three visits per patient
-    bundle = records_bundle(frame, ["renal"], id_column="patient", seed=1)
+    bundle = records_bundle(frame, ["renal"], preparation=TablePreparation(id_column="patient", seed=1))
     parts = [set(frame["patient"].iloc[s.dataset.rows]) for s in (*bundle.train, *bundle.val, *bundle.test)]
     assert sum(len(p) for p in parts) == 100 and not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
 
@@ -92,7 +93,9 @@ def test_cohorts_labelled_for_different_diseases_train_jointly() -> None:
     frame["cohort"] = np.where(np.arange(400) % 2 == 0, "renal_study", "cardiac_study")
     frame.loc[frame.cohort == "renal_study", "cardiac"] = None  # each cohort labels one disease
     frame.loc[frame.cohort == "cardiac_study", "renal"] = None
-    bundle = records_bundle(frame, ["renal", "cardiac"], id_column="patient", cohort_column="cohort")
+    bundle = records_bundle(
+        frame, ["renal", "cardiac"], cohort_column="cohort", preparation=TablePreparation(id_column="patient")
+    )
     assert {s.name: s.tasks for s in bundle.train} == {"cardiac_study": ["cardiac"], "renal_study": ["renal"]}
     model = model_for(bundle)
     trainer = Trainer(
@@ -115,7 +118,7 @@ def test_records_take_other_task_types_beside_diseases() -> None:
     frame["egfr"] = 120 - frame["age"] + np.random.default_rng(0).normal(0, 2, 300)
     frame.loc[::4, "stage"] = None
     labels = {"stage": "classification", "egfr": "regression"}
-    bundle = records_bundle(frame, ["renal"], labels=labels, id_column="patient")
+    bundle = records_bundle(frame, ["renal"], labels=labels, preparation=TablePreparation(id_column="patient"))
     assert {t: bundle.task_updates[t]["type"] for t in ("renal", "stage", "egfr")} == {
         "renal": "disease", "stage": "classification", "egfr": "regression"
     }  # fmt: skip
@@ -140,7 +143,7 @@ def test_records_take_other_task_types_beside_diseases() -> None:
 def test_yes_no_disease_labels_name_the_predicted_label() -> None:
     frame = records_frame(200)
     frame["renal"] = frame["renal"].map({1.0: "Yes", 0.0: "No"})
-    bundle = records_bundle(frame, ["renal"], id_column="patient")
+    bundle = records_bundle(frame, ["renal"], preparation=TablePreparation(id_column="patient"))
     assert bundle.task_updates["renal"]["label_names"] == ["no", "yes"]
     model = model_for(bundle, tasks=("renal",))
     data = bundle.test[0].dataset

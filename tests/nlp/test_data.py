@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from core.errors import DataError
-from nlp.data import IGNORE, ROW, encode_batch, label_column, text_data
+from nlp.data import ROW, encode_batch, label_column, text_data
 from nlp.encoder import load_tokenizer
+from nlp.label_kinds import IGNORE
 
 from .conftest import write_jsonl
 

@@ -15,8 +15,8 @@ from core.config import load_config
 from core.experiments.run import train
 from core.model import JointModel
 from core.tasks import build_task
-from nlp.data import generation_updates, target_vocab
 from nlp.encoder import HFEncoder
+from nlp.label_kinds import generation_updates, target_vocab
 from nlp.predict import predict_records
 
 from .conftest import write_jsonl
@@ -53,6 +53,30 @@ def test_loss_ignores_padding_and_rows_without_target(tiny_encoder: str) -> None
     assert task.labelled(output, _targets(encoder, [None, "bob"]))[2] == 1
     assert task.loss(output, _targets(encoder, [None, None])) is None
     assert loss.requires_grad and float(loss) > 0
+
+
+def test_spec_keeps_the_vocabulary_count_and_old_saved_specs_rebuild(tiny_encoder: str) -> None:
+    """``task_type`` records the spec: the target ids stay out of it (the weights hold them), their
+    count goes in; the spec a saved model wrote by hand before rebuilds the task and is written back."""
+    encoder = HFEncoder(tiny_encoder)
+    vocab = target_vocab(encoder.tokenizer, [encoder.tokenizer("alice paris")["input_ids"]])
+    task = _task(encoder, vocab=vocab, max_new_tokens=6)
+    updates = generation_updates(encoder.tokenizer)
+    old = {
+        **{k: v for k, v in updates.items() if k != "type"},
+        "type": "generation",
+        "target_vocab_size": len(vocab),
+        "head": {},
+        "max_new_tokens": 6,
+        "num_beams": 1,
+        "metrics": ["chrf", "bleu", "exact_match"],
+        "label_key": "gen",
+        "weight": 1.0,
+    }
+    assert "vocab" not in task.spec and task.spec == {**old, "label_key": None}
+    rebuilt = build_task("gen", old, encoder)
+    assert rebuilt.spec == old and len(rebuilt.head.decoder.vocab) == len(vocab)
+    assert rebuilt.backbone is encoder and rebuilt.loss_fn == rebuilt.head.loss
 
 
 @pytest.mark.parametrize("copy", [False, True])

@@ -94,6 +94,19 @@ def test_round_trip_gives_identical_predictions(trained: Path) -> None:
             torch.testing.assert_close(out, reloaded(inputs)[task], rtol=0, atol=0)
 
 
+def test_a_model_saved_with_the_old_hand_written_token_spec_loads(trained: Path, tmp_path: Path) -> None:
+    """Token tasks' specs were written by hand, without ``num_classes``; such a folder still loads."""
+    old = tmp_path / "old"
+    JointModel.from_pretrained(trained / "best").save_pretrained(old)
+    config = json.loads((old / "config.json").read_text())
+    assert config["tasks"]["ner"].pop("num_classes") == len(TAG_NAMES)
+    (old / "config.json").write_text(json.dumps(config))
+    records = [{"text": "alice went to paris !"}]
+    model = JointModel.from_pretrained(old)
+    assert predict_records(model, records) == predict_records(JointModel.from_pretrained(trained / "best"), records)
+    assert model.tasks["ner"].label_names == TAG_NAMES
+
+
 def test_predict_on_raw_text_spans_map_back(trained: Path, tmp_path: Path) -> None:
     model = JointModel.from_pretrained(trained / "best")
     with torch.no_grad():  # make the tagger call every word B-person, so spans certainly exist

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchvision.ops import sigmoid_focal_loss
 
-from core.errors import DataError
+from core.errors import ConfigError, DataError
 from core.tasks import build_task
 from tests.core.helpers import build_trainer
 from tests.vision.helpers import TINY_BACKBONE, vision_config
@@ -129,3 +129,36 @@ def test_select_reindexes_images_as_running_the_head_on_them_again():
     assert {k: float(m.compute()) for k, m in metrics.items()} == pytest.approx(
         {k: float(m.compute()) for k, m in reference.items()}
     )
+
+
+def test_spec_is_the_factory_arguments_and_old_saved_specs_rebuild():
+    """The spec is recorded by ``task_type``; a spec a saved model wrote by hand before (label_key filled
+    with the task's name) rebuilds the same task and is written back unchanged."""
+    backbone = TimmBackbone(**{k: v for k, v in TINY_BACKBONE.items() if k != "name"})
+    old = {
+        "type": "detection",
+        "num_classes": 3,
+        "label_names": ["a", "b", "c"],
+        "channels": 16,
+        "num_convs": 2,
+        "groups": 4,
+        "levels": None,
+        "center_radius": 1.5,
+        "score_threshold": 0.05,
+        "nms_iou": 0.6,
+        "max_detections": 100,
+        "metrics": ["map", "map_50"],
+        "label_key": "det",
+        "weight": 1.0,
+    }
+    task = build_task("det", old, backbone)
+    assert task.spec == old and task.label_key == "det" and task.label_names == ["a", "b", "c"]
+    fresh = build_task("det", {"type": "detection", "num_classes": 3, "channels": 16, "groups": 4}, backbone)
+    assert set(fresh.spec) == set(old) and fresh.label_key == "det"
+
+
+def test_detection_needs_a_multi_scale_backbone():
+    from core.backbones import MLPBackbone
+
+    with pytest.raises(ConfigError, match="MultiScaleBackbone"):
+        build_task("det", {"type": "detection", "num_classes": 3}, MLPBackbone(4))

@@ -9,53 +9,17 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from core.config import from_dict
 from core.data import DATASETS, DataBundle, Source
 from core.errors import ConfigError, DataError
+from core.spec import from_dict
 
-from .coco import load_coco
-from .folders import load_csv, load_image_folder
-from .records import ClassSpec, ImageDataset, ImageRecord, collate
+from .records import ClassSpec, ImageDataset, collate
+from .sources import parse_source
 from .transforms import Augment, build_transform, size_hw
 
-SPLITS = ("train", "val", "test")
 _CHECKED = {"val": "validated (model selection)", "test": "tested"}
-
-
-@dataclass
-class SourceSpec:
-    name: str
-    format: str  # coco | folder | csv
-    train: str
-    val: str | None = None
-    test: str | None = None
-    image_root: str | None = None  # coco / csv: folder the file names are relative to
-    detection: str | None = None  # coco: the detection task its boxes label
-    labels: list[str] = field(default_factory=list)  # coco image-level / csv columns: classification tasks
-    multilabel: list[str] = field(default_factory=list)  # those of ``labels`` with several names per image
-    task: str | None = None  # folder: the classification task its sub-folders name
-    path_column: str = "image"  # csv
-
-
-def _read(spec: SourceSpec, split_path: str) -> tuple[list[ImageRecord], list[str] | None]:
-    if spec.format == "coco":
-        return load_coco(split_path, spec.image_root, spec.detection)
-    if spec.format == "folder":
-        if not spec.task:
-            raise ConfigError(f"source '{spec.name}': a folder source needs 'task' (the task its sub-folders name)")
-        return load_image_folder(split_path, spec.task), None
-    if spec.format == "csv":
-        return load_csv(split_path, spec.labels, spec.image_root, spec.path_column, spec.multilabel), None
-    raise ConfigError(f"source '{spec.name}': unknown format '{spec.format}'; valid: coco, folder, csv")
-
-
-def _tasks_of(spec: SourceSpec) -> list[str]:
-    tasks = [spec.detection] if spec.format == "coco" and spec.detection else []
-    tasks += [spec.task] if spec.format == "folder" and spec.task else list(spec.labels)
-    return tasks
 
 
 @DATASETS.register("images")
@@ -74,32 +38,33 @@ def images(
     if not sources:
         raise ConfigError("the images dataset needs at least one entry in 'sources'")
     keep, label_names = tasks, label_names or {}
-    specs = [from_dict(SourceSpec, s, f"data.sources[{i}]") for i, s in enumerate(sources)]
+    specs = [parse_source(s, f"data.sources[{i}]") for i, s in enumerate(sources)]
     for s in specs:
-        absent = [split for split in ("val", "test") if not getattr(s, split)]
+        absent = [split for split in ("val", "test") if split not in s.splits()]
         if absent:
             warnings.warn(
                 f"data source '{s.name}' gives no {' and no '.join(absent)} {s.format}: its task(s) "
-                f"{_tasks_of(s)} are never {' nor '.join(_CHECKED[a] for a in absent)}; add "
+                f"{s.tasks()} are never {' nor '.join(_CHECKED[a] for a in absent)}; add "
                 f"{' and '.join(f'{a}: <{s.format}>' for a in absent)} to the source",
                 stacklevel=2,
             )
-    read = {(s.name, split): _read(s, getattr(s, split)) for s in specs for split in SPLITS if getattr(s, split)}
-    source_tasks = {s.name: [t for t in _tasks_of(s) if keep is None or t in keep] for s in specs}
+    read = {(s.name, split): s.read(path) for s in specs for split, path in s.splits().items()}
+    source_tasks = {s.name: [t for t in s.tasks() if keep is None or t in keep] for s in specs}
     # classes of every image-level task, from the training records of every source labelling it
     classes: dict[str, ClassSpec] = {}
     categories: dict[str, list[str]] = {}
     for s in specs:
         records, cats = read[(s.name, "train")]
-        if s.detection and cats is not None:
-            if categories.setdefault(s.detection, cats) != cats:
-                raise DataError(f"source '{s.name}': categories {cats} differ from {categories[s.detection]}")
-        for task in _tasks_of(s):
-            if task == s.detection:
+        boxes = s.detection_task()
+        if boxes and cats is not None:
+            if categories.setdefault(boxes, cats) != cats:
+                raise DataError(f"source '{s.name}': categories {cats} differ from {categories[boxes]}")
+        for task in s.tasks():
+            if task == boxes:
                 continue
             seen = {v for r in records for v in _names(r.labels.get(task))}
             names = label_names.get(task) or sorted(seen | set(classes[task].names if task in classes else []))
-            classes[task] = ClassSpec(list(names), multilabel=task in s.multilabel)
+            classes[task] = ClassSpec(list(names), multilabel=task in s.multilabel_tasks())
     resize = size_hw(image_size)
     train_transform = build_transform(resize, from_dict(Augment, augment, "data.augment") if augment else None)
     eval_transform = build_transform(resize)
@@ -111,7 +76,7 @@ def images(
             if (s.name, split) not in read or not tasks:
                 continue
             records, _ = read[(s.name, split)]
-            det = s.detection if s.detection in tasks else None
+            det = s.detection_task() if s.detection_task() in tasks else None
             dataset = ImageDataset(
                 records,
                 det,

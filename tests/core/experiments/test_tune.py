@@ -24,12 +24,13 @@ import core
 from core.balancing import build
 from core.balancing.base import BalancerSetup, StepContext
 from core.cli import main
-from core.config import dump_config, from_dict, load_config
+from core.config import dump_config, load_config
 from core.errors import ConfigError
 from core.experiments.builder import Experiment
 from core.experiments.tune import TuneSpec, folds, read_tune_config, tune
 from core.experiments.tuning.searches import PRUNERS, SEARCHES, from_spec
 from core.experiments.tuning.space import dimensions
+from core.spec import from_dict
 
 from ..helpers import toy_config
 

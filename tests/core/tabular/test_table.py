@@ -15,7 +15,7 @@ from core.config import load_config
 from core.errors import ConfigError, DataError
 from core.experiments.run import train
 from core.model import JointModel
-from core.tabular import read_table, table_bundle
+from core.tabular import TablePreparation, read_table, table_bundle
 from core.tabular.dataset import table
 from core.tasks import build_task
 
@@ -90,7 +90,7 @@ def test_parquet_and_json_lines_read_like_csv(tmp_path: Path) -> None:
 
 def test_training_statistics_come_from_the_training_split_only() -> None:
     frame = issue_frame(300)
-    bundle = table_bundle(frame, LABELS, seed=2)
+    bundle = table_bundle(frame, LABELS, preparation=TablePreparation(seed=2))
     rows = bundle.train[0].dataset.rows
     train_target = frame["target"].iloc[rows].dropna()
     updates = bundle.task_updates["target"]
@@ -115,7 +115,7 @@ def test_split_column_and_relative_paths(tmp_path: Path, monkeypatch: pytest.Mon
     assert "part" not in bundle.backbone_updates["schema"]["categorical"]
     frame.loc[70, "part"] = "holdout"
     with pytest.raises(DataError, match=r"split column 'part' has the value 'holdout' at index 70"):
-        table_bundle(frame, LABELS, split_column="part")
+        table_bundle(frame, LABELS, preparation=TablePreparation(split_column="part"))
 
 
 def test_a_task_without_training_labels_is_refused() -> None:
@@ -123,7 +123,7 @@ def test_a_task_without_training_labels_is_refused() -> None:
     with pytest.raises(DataError, match=r"task 'target' .* has no label in the training split"):
         table_bundle(frame, LABELS)
     with pytest.raises(ConfigError, match=r"columns \['flag'\] are labels"):
-        table_bundle(issue_frame(80), LABELS, features=["x0", "flag"])
+        table_bundle(issue_frame(80), LABELS, preparation=TablePreparation(features=["x0", "flag"]))
 
 
 def test_one_prediction_schema_per_task_type_survives_save_and_load(tmp_path: Path) -> None:
@@ -148,3 +148,13 @@ def test_one_prediction_schema_per_task_type_survives_save_and_load(tmp_path: Pa
         logits = model.eval()({k: v[None] for k, v in sample.items()})["target"]
     spec = model.tasks["target"].spec
     assert out["target"][0]["value"] == pytest.approx(float(logits) * spec["target_std"] + spec["target_mean"])
+
+
+def test_the_preparation_options_are_one_spec_read_with_their_names() -> None:
+    """The table datasets' preparation keys are one TablePreparation: a misspelled key names the close one."""
+    from core.tabular.preparation import DEFAULT_FRACTION, read_preparation
+
+    assert read_preparation({"seed": 3, "numeric_bins": 0}) == TablePreparation(seed=3, numeric_bins=0)
+    assert TablePreparation().val_fraction == TablePreparation().test_fraction == DEFAULT_FRACTION
+    with pytest.raises(ConfigError, match=r"unknown key 'data.id_colum'\. Did you mean 'id_column'"):
+        read_preparation({"id_colum": "patient"})
