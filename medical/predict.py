@@ -16,6 +16,7 @@ from core.predict import PREDICTORS
 from core.tabular.predict import as_frame, encode_rows, row_batches, row_records
 
 from .data import image_paths
+from .fusion import RecordsBackbone
 from .imaging import load_image
 
 
@@ -32,10 +33,10 @@ def predict_records(
     working folder)."""
     frame, where = as_frame(inputs)
     folder = Path(inputs).parent if isinstance(inputs, (str, Path)) else Path.cwd()
-    modalities = getattr(model.backbone, "modalities", None)
-    if modalities is None:
+    if not isinstance(model.backbone, RecordsBackbone):
         name = type(model.backbone).__name__
         raise DataError(f"the 'records' predictor needs a 'records' backbone, this model has {name}")
+    modalities = model.backbone.modalities
     encoded = encode_rows(model, frame, where) if "tabular" in modalities else {}
     extra = model.extra
     images = None

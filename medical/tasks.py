@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
+from core.backbones import feature_width
 from core.errors import ConfigError
 from core.heads import HEADS
 from core.tasks import BinaryTask, bce_loss, check_label_names, metric_factories, task_type
@@ -90,9 +91,7 @@ def disease(
         THRESHOLDS.get(threshold)
     if not 0 < target_sensitivity <= 1:
         raise ConfigError(f"task '{name}': target_sensitivity must be in (0, 1], got {target_sensitivity}")
-    in_dim = getattr(backbone, "out_dim", None)
-    if not isinstance(in_dim, int):
-        raise ConfigError(f"backbone {type(backbone).__name__} has no integer 'out_dim' for a disease head")
+    in_dim = feature_width(backbone)
     resolved = resolve_pos_weight(name, pos_weight, label_counts)
     return DiseaseTask(
         name=name,

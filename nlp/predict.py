@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from core.data import Source
 from core.errors import CheckpointError, DataError
@@ -27,6 +28,7 @@ from core.predict import LABELLED, PREDICTORS
 from core.spec import from_dict
 
 from .data import ROW, Collator, SourceSpec, TextDataset, encode_batch, parse_labels, row_numbers
+from .encoder import HFEncoder
 from .metrics import bio_spans
 from .tasks import TokenClassificationTask
 
@@ -91,12 +93,22 @@ def entities(text: str, words: list[tuple[str, int, int]], tags: list[str]) -> l
     return out
 
 
+def model_tokenizer(model: JointModel) -> PreTrainedTokenizerBase:
+    """The tokenizer of a text model's encoder (saved in its model folder)."""
+    backbone = model.backbone
+    if not isinstance(backbone, HFEncoder):
+        raise CheckpointError(
+            f"text predictions need an 'hf_encoder' backbone, this model has {type(backbone).__name__}"
+        )
+    if backbone.tokenizer is None:
+        raise CheckpointError("this model has no tokenizer: load it with JointModel.from_pretrained(model_dir)")
+    return backbone.tokenizer
+
+
 @torch.no_grad()
 def predict_records(model: JointModel, records: list[dict[str, str]], batch_size: int = 32) -> list[dict[str, Any]]:
     """Per record: each sequence task's postprocessed output, each token task's entities."""
-    tokenizer = getattr(model.backbone, "tokenizer", None)
-    if tokenizer is None:
-        raise CheckpointError("this model has no tokenizer: load it with JointModel.from_pretrained(model_dir)")
+    tokenizer = model_tokenizer(model)
     max_length = int(model.extra.get("max_length", 128))
     token_tasks = [t for t, task in model.tasks.items() if isinstance(task, TokenClassificationTask)]
     sequence_tasks = [t for t in model.tasks if t not in token_tasks]
@@ -202,9 +214,7 @@ def labelled_texts(model: JointModel, path: str | Path) -> list[Source]:
     builder = BUILDERS.get(path.suffix.lower())
     if builder is None:
         raise DataError(f"{path}: give a labelled {', '.join(BUILDERS)} file")
-    tokenizer = getattr(model.backbone, "tokenizer", None)
-    if tokenizer is None:
-        raise CheckpointError("this model has no tokenizer: load it with JointModel.from_pretrained(model_dir)")
+    tokenizer = model_tokenizer(model)
     data = datasets.load_dataset(builder, data_files=str(path), split="train")
     row, first = row_numbers(builder, [str(path)])
     data = data.add_column(ROW, [row.format(first + i) for i in range(len(data))])  # errors name file rows

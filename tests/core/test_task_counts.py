@@ -32,8 +32,8 @@ def _text(spec: dict[str, Any], target: Callable[[bool], Tensor]) -> Callable[[P
     """A task on a tiny BERT over 3 texts (token targets have the tokenized width, 7)."""
 
     def make(root: Path) -> tuple[Task, Any, Callable[[bool], Any]]:
-        from nlp.data import generation_updates
         from nlp.encoder import HFEncoder
+        from nlp.label_kinds import generation_updates
         from tests.nlp.conftest import make_encoder
 
         encoder = HFEncoder(str(make_encoder(root / "bert"))).eval()

@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from ...errors import ConfigError
 
+SCHEMA_ATTEMPTS = 5  # opening a new database while another worker creates its tables
 READY_WAIT_S = 600.0  # how long a worker waits for the creating worker to measure its references and write the budget
 
 
@@ -28,16 +29,23 @@ def storage(url: str, heartbeat_s: int) -> optuna.storages.BaseStorage:
     ``heartbeat_s`` seconds; one silent for twice that (a killed process, a lost machine) is failed by
     the next worker that looks and its values go back into the budget (Optuna's retry callback)."""
     sqlite = url.startswith("sqlite")
-    try:
-        db = optuna.storages.RDBStorage(
-            url,
-            engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else {},
-            heartbeat_interval=heartbeat_s,
-            grace_period=2 * heartbeat_s,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None),
-        )
-    except Exception as e:  # SQLAlchemy / driver errors: a bad URL or an unreachable server
-        raise ConfigError(f"tune storage '{shown(url)}' cannot be opened: {e}") from e
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            db = optuna.storages.RDBStorage(
+                url,
+                engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else {},
+                heartbeat_interval=heartbeat_s,
+                grace_period=2 * heartbeat_s,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None),
+            )
+            break
+        except Exception as e:  # SQLAlchemy / driver errors: a bad URL or an unreachable server
+            # two workers opening a new database at once both create its tables; the later one
+            # fails with "already exists" and finds them there when it opens the database again
+            if "already exists" in str(e) and attempt + 1 < SCHEMA_ATTEMPTS:
+                time.sleep(0.5)
+                continue
+            raise ConfigError(f"tune storage '{shown(url)}' cannot be opened: {e}") from e
     if sqlite:
         serialize(db.engine)
     return db
