@@ -28,14 +28,10 @@ BACKBONES: Registry[nn.Module] = Registry("backbone", builtins=("core.tabular",)
 class Backbone(Protocol):
     """What ``JointModel`` needs of a backbone: any ``nn.Module`` with these members.
 
-    - ``out_dim``: the width of pooled features, read by the pooled heads (required for them).
-    - ``export_spec() -> dict``: optional; the JSON that rebuilds this backbone offline (e.g. a
-      hub name replaced by the saved config). Without it the spec it was built from is saved.
-    - ``save_extra(folder)`` / ``load_extra(folder)``: optional; files beside the weights
-      (a tokenizer), written into and read from the model folder.
-    - ``default_head``: optional; the head a pooled task gets when its config names none. A
-      backbone whose features are not one vector (timm's feature maps) names the head that pools
-      them; without it, ``linear``.
+    ``out_dim`` is the width of pooled features, read by the pooled heads (required for them).
+    Optional capabilities are protocols of their own: :class:`ExportingBackbone` (without it the
+    spec it was built from is saved), :class:`FilesBackbone`, :class:`HeadNamingBackbone` (without
+    it, ``linear``), :class:`BlockBackbone`, :class:`MultiScaleBackbone`.
     """
 
     out_dim: int
@@ -43,29 +39,49 @@ class Backbone(Protocol):
     def __call__(self, inputs: Any) -> Any: ...
 
 
+@runtime_checkable
+class ExportingBackbone(Protocol):
+    """Saves the JSON that rebuilds it offline (e.g. a hub name replaced by the saved config)."""
+
+    def export_spec(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class FilesBackbone(Protocol):
+    """Keeps files beside the weights in a model folder (a tokenizer)."""
+
+    def save_extra(self, folder: Path) -> None: ...
+
+    def load_extra(self, folder: Path) -> None: ...
+
+
+@runtime_checkable
+class HeadNamingBackbone(Protocol):
+    """Names the head a pooled task gets when its config names none (timm's feature maps: a pooling head)."""
+
+    default_head: str
+
+
 def export_spec(backbone: nn.Module, built_from: dict[str, Any]) -> dict[str, Any]:
-    export = getattr(backbone, "export_spec", None)  # the optional members, resolved here only
-    return export() if callable(export) else built_from
+    return backbone.export_spec() if isinstance(backbone, ExportingBackbone) else built_from
 
 
 def save_extra(backbone: nn.Module, folder: Path) -> None:
-    save = getattr(backbone, "save_extra", None)
-    if callable(save):
-        save(folder)
+    if isinstance(backbone, FilesBackbone):
+        backbone.save_extra(folder)
 
 
 def load_extra(backbone: nn.Module, folder: Path) -> None:
-    load = getattr(backbone, "load_extra", None)
-    if callable(load):
-        load(folder)
+    if isinstance(backbone, FilesBackbone):
+        backbone.load_extra(folder)
 
 
 def default_head(backbone: nn.Module) -> str:
-    return str(getattr(backbone, "default_head", "linear"))
+    return backbone.default_head if isinstance(backbone, HeadNamingBackbone) else "linear"
 
 
 def feature_width(backbone: nn.Module) -> int:
-    width = getattr(backbone, "out_dim", None)
+    width = backbone.out_dim if isinstance(backbone, Backbone) else None
     if not isinstance(width, int):
         raise ConfigError(
             f"backbone {type(backbone).__name__} has no integer 'out_dim' (the width of its pooled features) "
