@@ -46,6 +46,7 @@ from ..errors import ConfigError, DataError
 from ..registry import split_spec
 from .base import Balancer, BalancerSetup, StepContext
 from .gradient import GradientBalancer, GradientMethod
+from .layers import graph_nodes
 
 #: K scalar losses by name, K scalar losses in order, or a 1-D tensor of K losses (e.g. per sample)
 Losses = Mapping[str, Tensor] | Sequence[Tensor] | Tensor
@@ -253,19 +254,8 @@ def _named(losses: Losses) -> tuple[dict[str, Tensor], bool]:
 
 def _leaves(losses: Iterable[Tensor]) -> list[Tensor]:
     """The leaves the losses' graph reaches (what ``loss.backward()`` fills), in a stable order."""
-    seen: set[object] = set()
-    leaves: list[Tensor] = []
-    stack = [loss.grad_fn for loss in losses]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        variable = getattr(node, "variable", None)  # an AccumulateGrad node holds its leaf
-        if variable is not None:
-            leaves.append(variable)
-        stack.extend(nxt for nxt, _ in reversed(node.next_functions))
-    return leaves
+    # an AccumulateGrad node holds its leaf
+    return [node.variable for node in graph_nodes(losses) if getattr(node, "variable", None) is not None]
 
 
 def _env() -> DistEnv:

@@ -121,7 +121,7 @@ class Recorder:
     def take(self, losses: Iterable[Tensor]) -> list[Layer]:
         """Per module, its calls that ``losses`` depend on, unless the losses also read its parameters
         outside those calls; the recorder starts afresh."""
-        graph = _nodes(losses)
+        graph = graph_nodes(losses)
         readers = _readers(graph)
         out = []
         for module, layer in self.layers.items():
@@ -148,19 +148,20 @@ def _record(recorder: weakref.ref[Recorder], module: nn.Module, args: tuple[Tens
         live._record(module, args, output)
 
 
-def _nodes(roots: Iterable[Tensor]) -> set[object]:
-    seen: set[object] = set()
+def graph_nodes(roots: Iterable[Tensor]) -> dict[object, None]:
+    """The autograd nodes the roots' graph reaches, depth first (inputs in order): an ordered set."""
+    seen: dict[object, None] = {}
     stack = [r.grad_fn for r in roots]
     while stack:
         node = stack.pop()
         if node is None or node in seen:
             continue
-        seen.add(node)
-        stack.extend(nxt for nxt, _ in node.next_functions)
+        seen[node] = None
+        stack.extend(nxt for nxt, _ in reversed(node.next_functions))
     return seen
 
 
-def _readers(graph: set[object]) -> dict[int, list[object]]:
+def _readers(graph: Iterable[object]) -> dict[int, list[object]]:
     """Per parameter (by id), the graph's nodes that read it (point to its gradient accumulator)."""
     readers: dict[int, list[object]] = {}
     for node in graph:
