@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.masking_utils import create_bidirectional_mask
 
 from core.backbones import BACKBONES
 from core.errors import CheckpointError, ConfigError
@@ -173,6 +174,8 @@ class HFEncoder(nn.Module):
     # The state between layers is {"hidden", "attention", "mask", "ids"}: tensor-state architectures
     # (cross_stitch, mtan) refuse it; branched copies layers.
     def _layers(self) -> nn.ModuleList:
+        # BERT-family encoders: embeddings, then layers called as layer(hidden, mask); the mask is built by
+        # transformers' public masking_utils (the model's own mask helper is private and changes signature).
         if not (hasattr(self.encoder, "embeddings") and hasattr(self.encoder, "_create_attention_masks")):
             raise ConfigError(
                 f"{type(self.encoder).__name__} does not expose BERT-style embeddings and attention masks, so its "
@@ -193,12 +196,8 @@ class HFEncoder(nn.Module):
         self._layers()
         kwargs = self._encoder_kwargs(inputs)
         hidden = self.encoder.embeddings(input_ids=kwargs["input_ids"], token_type_ids=kwargs.get("token_type_ids"))
-        attention, _ = self.encoder._create_attention_masks(
-            attention_mask=kwargs["attention_mask"],
-            encoder_attention_mask=None,
-            embedding_output=hidden,
-            encoder_hidden_states=None,
-            cache=None,
+        attention = create_bidirectional_mask(
+            config=self.encoder.config, inputs_embeds=hidden, attention_mask=kwargs["attention_mask"]
         )
         return {"hidden": hidden, "attention": attention, "mask": inputs["attention_mask"], "ids": inputs["input_ids"]}
 

@@ -13,7 +13,8 @@ outside the timing). Two settings:
   ``autojac`` = ``mtl_backward(losses, features)`` + ``jac_to_grad(backbone params, UPGrad())``;
   ``autogram`` = ``Engine(backbone, batch_dim=None)`` on the K losses (its heads get the weighted,
   not the plain, sum of their gradients: the same cost); ``ours`` = the same LoopBalancer
-  with ``shared=backbone`` (exact gradients, space ``params``); ``ours_rep`` = space
+  with ``shared=backbone`` (exact gradients, space ``params``; ``ours_batched``: its K task
+  backwards as one ``torch.vmap``-ed backward, engine ``batched``); ``ours_rep`` = space
   ``rep`` (gradients w.r.t. the backbone's output, MGDA-UB style: not the same update).
 
 ``autograd`` (the plain backward of the summed losses) is timed beside them as the unit. Each
@@ -221,12 +222,14 @@ def autogram_step(problem: Problem) -> Callable[[], None]:
     return step
 
 
-def ours_step(problem: Problem, space: str = "params") -> Callable[[], None]:
+def ours_step(problem: Problem, space: str = "params", engine: str = "auto") -> Callable[[], None]:
     from core.balancing import LoopBalancer
 
     # torchjd's batch_dim=0 makes the same declaration: none of the nine models mixes samples
     independent = problem.setting == "per_sample"
-    balancer = LoopBalancer("upgrad", shared=problem.backbone, space=space, independent_samples=independent)
+    balancer = LoopBalancer(
+        "upgrad", shared=problem.backbone, space=space, engine=engine, independent_samples=independent
+    )
 
     def step() -> None:
         losses, features = problem.losses()
@@ -240,9 +243,11 @@ METHODS: dict[str, Callable[[Problem], Callable[[], None]]] = {
     "autojac": autojac_step,
     "autogram": autogram_step,
     "ours": ours_step,
+    "ours_batched": partial(ours_step, engine="batched"),
     "ours_rep": partial(ours_step, space="rep"),
 }
-#: methods per setting (``rep`` needs several tasks on one representation)
+#: methods per setting (``rep`` needs several tasks on one representation; ``batched`` vmaps K = B
+#: per-sample backwards, which the per-sample path replaces by one)
 SETTING_METHODS = {"per_sample": ["autograd", "autojac", "autogram", "ours"], "multi_task": list(METHODS)}
 
 

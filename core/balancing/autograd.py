@@ -14,16 +14,17 @@ Two spaces:
   stages computed from earlier stages) are reduced to the ones not computed from another, whose
   gradients already carry every head's signal; counting both would double the shared gradient.
 - ``params``: exact gradients w.r.t. the shared parameters, one backward per task on the retained
-  graph (``engine: loop`` / ``gramian``) or one vmapped backward (``batched``, opt-in: torch's
-  legacy vmap falls back to a per-op loop for conv/norm/GELU/softmax backwards and was measured
-  slower on the CPU). ``gramian`` (the ``auto`` choice for weightings) takes each shared layer's
-  share of the K x K Gramian from its inputs and output gradients where that is cheaper
+  graph (``engine: loop`` / ``gramian``) or one ``torch.vmap``-ed backward (``batched``, opt-in:
+  fewer, larger ops, faster on MLPs and small CNNs, slower where norm-layer and pooling backwards
+  batch poorly: measured in docs/balancing.md). ``gramian`` (the ``auto`` choice for weightings)
+  takes each shared layer's share of the K x K Gramian from its inputs and output gradients where that is cheaper
   (:mod:`.layers`: a CNN's last stages, MLPs on small batches; the task backwards then stop at
   those layers' outputs and their K weight gradients are never formed, one product gives the
-  update), and keeps the other task gradients as per-parameter pieces, accumulating the Gramian
-  piece by piece in float32 with a float64 retry on overflow and writing ``sum_k w_k g_k`` in
-  place: the K x P Jacobian is never concatenated, and no weighted backward is needed. ``loop``
-  (the ``auto`` choice for aggregators) concatenates the K x P Jacobian. Heads always get the
+  update), and keeps the other task gradients as K x n blocks of consecutive parameters (one copy
+  of at most :data:`BLOCK` entries per task at a time), accumulating the Gramian block by block in
+  float32 with a float64 retry on overflow and writing ``sum_k w_k g_k`` with one product per
+  block: no weighted backward is needed. ``loop`` (the ``auto`` choice for aggregators)
+  concatenates the K x P Jacobian. Heads always get the
   plain gradient of their own loss.
 
 Both spaces end in one tail (:meth:`TaskAutograd._finish`): remember the Gramian, the non-finite
@@ -246,7 +247,7 @@ class TaskAutograd:
             grads = torch.autograd.grad(loss * scale, z, retain_graph=True, allow_unused=True)
             rows.append(torch.cat([g.reshape(-1) for g in _filled(grads, z)]))
         jac = _as_float(torch.stack(rows)) / scale
-        gramian = _gramian([[r] for r in jac])
+        gramian = _gramian([jac])
         if targets.env.enabled:
             gramian = _global_gramian(gramian, targets.env)
 
@@ -291,45 +292,35 @@ class TaskAutograd:
             calls = slice(start, start + len(layer.outputs))
             prepared.append(prepare(layer, [row[calls] for row in grads], scale if amp else 1.0))
             start = calls.stop
-        # unscaled in place: autograd's outputs are ours, so no second copy of the K x P pieces
-        pieces = [[_as_float(g).div_(scale) if amp else _as_float(g) for g in row[: len(direct)]] for row in grads]
         for i, p in enumerate(others):  # a head is reached by its own task(s) only: the plain sum
             _accumulate(p, sum(row[len(direct) + i] for row in grads))  # type: ignore[arg-type]
-        del grads  # only the shared pieces stay alive
-        if targets.env.enabled:
-            for row in pieces:
-                for g in row:
-                    dist.all_reduce(g)
-                    g /= targets.env.world_size
-            self.synchronised = shared
-        gramian = _gramian(pieces) + sum((layer_gramian(p).cpu() for p in prepared), torch.zeros(()))
+        blocks = _blocks(grads, direct)
+        del grads  # only the shared blocks stay alive
+        for block in blocks:
+            if amp:  # unscaled in place: the blocks are ours, so no second copy
+                block.div_(scale)
+            if targets.env.enabled:
+                dist.all_reduce(block)
+                block /= targets.env.world_size
+        self.synchronised = shared if targets.env.enabled else []
+        gramian = _gramian(blocks) + sum((layer_gramian(p).cpu() for p in prepared), torch.zeros(()))
 
         def weighted(w: list[float]) -> None:
             coef = [wk * float(scale) for wk in w]
             for layer in prepared:
                 for p, g in zip(layer.layer.params, weighted_gradients(layer, coef), strict=True):
                     _accumulate(p, g)
-            for j, p in enumerate(direct):  # sum_k w_k g_k written in place into the first task's piece
-                out = pieces[0][j].mul_(coef[0])
-                for k in range(1, len(pieces)):
-                    out.add_(pieces[k][j], alpha=coef[k])
-                if out.untyped_storage().nbytes() != out.numel() * out.element_size():
-                    out = out.clone()  # a view into the batched engine's [K, ...] output: do not keep it alive
-                _accumulate(p, out)
+            if blocks:
+                combine = torch.tensor(coef, dtype=blocks[0].dtype, device=blocks[0].device)
+                _write(direct, [combine @ block for block in blocks])
 
         def jacobian() -> Tensor:
-            dtype = pieces[0][0].dtype if pieces and pieces[0] else torch.float32
-            jac = torch.empty(len(pieces), sum(p.numel() for p in shared), device=shared[0].device, dtype=dtype)
-            for k in range(len(pieces)):  # fill the K x P Jacobian, releasing each task's pieces as it goes
-                torch.cat([g.reshape(-1) for g in pieces[k]], out=jac[k])
-                pieces[k] = []
+            jac = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+            blocks.clear()  # the K x P Jacobian replaces them
             return jac
 
         def update(u: Tensor) -> None:
-            offset = 0
-            for p in shared:
-                _accumulate(p, u[offset : offset + p.numel()].view_as(p) * scale)
-                offset += p.numel()
+            _write(shared, [u * scale])
 
         return Gathered(gramian, weighted, jacobian, update)
 
@@ -400,11 +391,15 @@ class TaskAutograd:
             return []
         if self.engine == "batched" and not self.batched_failed:
             try:
-                eye = torch.eye(len(losses), device=losses[0].device, dtype=losses[0].dtype)
-                grads = torch.autograd.grad(
-                    torch.stack(losses), inputs, eye, retain_graph=True, allow_unused=True, is_grads_batched=True
-                )
-                stacked = _filled(grads, inputs, len(losses))
+                stacked_losses = torch.stack(losses)
+                eye = torch.eye(len(losses), device=stacked_losses.device, dtype=stacked_losses.dtype)
+
+                def vjp(v: Tensor) -> tuple[Tensor, ...]:
+                    return torch.autograd.grad(
+                        stacked_losses, inputs, v, retain_graph=True, allow_unused=True, materialize_grads=True
+                    )
+
+                stacked = torch.vmap(vjp)(eye)  # torch.func's vmap: batching rules for conv / norm backwards
                 return [[g[k] for g in stacked] for k in range(len(losses))]
             except torch.OutOfMemoryError:
                 raise  # memory is not a missing batching rule
@@ -441,21 +436,50 @@ def _compiled(model: nn.Module) -> bool:
     return any(getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
 
 
-def _gramian(pieces: list[list[Tensor]]) -> Tensor:
-    """``J J^T`` in float64 from per-task lists of gradient pieces, one piece at a time."""
-    k = len(pieces)
-    gramian = torch.zeros(k, k, dtype=torch.float64)
-    if k == 0 or not pieces[0]:
-        return gramian
-    acc = torch.zeros(k, k, dtype=torch.float64, device=pieces[0][0].device)
-    for j in range(len(pieces[0])):
-        block = torch.stack([row[j].reshape(-1) for row in pieces])
-        part = block @ block.T
-        if not bool(torch.isfinite(part).all()):  # float32 overflow of huge but finite gradients
-            block = block.double()
-            part = block @ block.T
-        acc += part.double()
-    return gramian + acc.cpu()  # host sync: the method runs on the CPU
+#: elements per task row of one Jacobian block: few products for small models, bounded copies for large ones
+BLOCK = 1 << 22
+
+
+def _blocks(grads: list[list[Tensor]], params: Sequence[Tensor], size: int = BLOCK) -> list[Tensor]:
+    """The K x P Jacobian as K x n blocks of consecutive parameters (float32 or float64), ``grads[k][j]``
+    (j < len(params)) being task k's gradient w.r.t. ``params[j]``. Each block is one concatenation;
+    the pieces it copies are dropped from ``grads`` as it goes, so the copy costs one block at most."""
+    blocks: list[Tensor] = []
+    start = 0
+    while start < len(params):
+        stop, n = start, 0
+        while stop < len(params) and (stop == start or n + params[stop].numel() <= size):
+            n += params[stop].numel()
+            stop += 1
+        flat = [_as_float(row[j]).reshape(-1) for row in grads for j in range(start, stop)]
+        blocks.append(torch.cat(flat).view(len(grads), n))
+        for row in grads:
+            row[start:stop] = [None] * (stop - start)  # type: ignore[list-item]
+        start = stop
+    return blocks
+
+
+def _gramian(blocks: list[Tensor]) -> Tensor:
+    """``J J^T`` in float64 from the Jacobian's blocks, float64 throughout if float32 overflows."""
+    if not blocks:
+        return torch.zeros((), dtype=torch.float64)
+    gramian = sum((b @ b.T).double() for b in blocks)
+    if not bool(torch.isfinite(gramian).all()):  # float32 overflow of huge but finite gradients
+        gramian = sum(b.double() @ b.double().T for b in blocks)
+    return gramian.cpu()  # type: ignore[union-attr]  # host sync: the method runs on the CPU
+
+
+def _write(params: Sequence[Tensor], flats: list[Tensor]) -> None:
+    """Add each parameter's slice of the flat vectors (the parameters in order, block after block,
+    none split between two) into its ``.grad``."""
+    rows = iter(flats)
+    row, offset = next(rows), 0
+    for p in params:
+        n = p.numel()
+        while offset + n > row.numel():  # this block is used up
+            row, offset = next(rows), 0
+        _accumulate(p, row[offset : offset + n].view_as(p))
+        offset += n
 
 
 def _applied(jac: Tensor, update: Tensor, gramian: Tensor) -> Tensor:

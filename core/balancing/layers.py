@@ -16,9 +16,10 @@ are never held for the layers it takes: that is where a CNN keeps most of its pa
 
 Idea from torchjd's autogram engine (Gramian from activations and output gradients, Quinton &
 Rey, 2025); the per-layer choice and the closed forms here are ours. Exact for ``nn.Linear`` and
-``nn.Conv2d`` (zero padding, one group) whose parameters belong to that module alone and are read
+``nn.Conv2d`` (zero padding, any groups) whose parameters belong to that module alone and are read
 only by its calls: a layer whose weight the losses also reach another way (a tied decoder, a
-penalty on the weight) is left to the exact per-task gradients.
+penalty on the weight) is left to the exact per-task gradients. A grouped convolution is g such maps
+side by side, each reading its own channels: every product above is taken group by group.
 """
 
 from __future__ import annotations
@@ -39,8 +40,24 @@ def _eligible(module: nn.Module) -> bool:
     if type(module) is nn.Linear:  # exact types: subclasses may change what forward computes
         return True
     if type(module) is nn.Conv2d:
-        return module.groups == 1 and module.padding_mode == "zeros" and not isinstance(module.padding, str)
+        return module.padding_mode == "zeros" and not isinstance(module.padding, str)
     return False
+
+
+def groups(module: nn.Module) -> int:
+    return module.groups if isinstance(module, nn.Conv2d) else 1
+
+
+def by_group(rows: Tensor, g: int) -> Tensor:
+    """N x C rows as g x N x C/g: group g of a grouped conv reads (and writes) only its channels, which
+    are contiguous in :func:`patches` and :func:`positions`."""
+    return rows.view(rows.shape[0], g, -1).transpose(0, 1)
+
+
+def weight_product(module: nn.Module, combined: Tensor, rows: Tensor) -> Tensor:
+    """``combined^T @ rows`` group by group, shaped as the module's weight (a sum of weight gradients)."""
+    g = groups(module)
+    return (by_group(combined, g).transpose(1, 2) @ by_group(rows, g)).reshape(module.weight.shape)
 
 
 def patches(module: nn.Module, x: Tensor) -> Tensor:
@@ -84,8 +101,8 @@ class Layer:
     def cost(self, k: int) -> tuple[int, int]:
         """Multiply-adds of (K weight gradients, the Gramian from activations + one weighted product)."""
         n, o = self.n_positions(), self.module.weight.shape[0]
-        i = self.module.weight[0].numel()
-        return k * n * o * i, n * n * (i + k * o) + n * o * i
+        i = self.module.weight[0].numel()  # inputs per output channel: one group's
+        return k * n * o * i, n * n * (groups(self.module) * i + k * o) + n * o * i
 
 
 class Recorder:
@@ -216,19 +233,16 @@ def prepare(layer: Layer, grads: list[list[Tensor]], scale: Tensor | float) -> P
 
 def layer_gramian(prepared: Prepared) -> Tensor:
     """This layer's K x K share of ``J J^T`` (float64), float64 throughout if float32 overflows."""
+    module = prepared.layer.module
+    g = groups(module)
     for dtype in (torch.float32, torch.float64):
-        rows, grads = prepared.rows.to(dtype), [g.to(dtype) for g in prepared.grads]
-        inner = rows @ rows.T
-        if prepared.layer.module.bias is not None:
+        rows = by_group(prepared.rows.to(dtype), g)
+        d = torch.stack([by_group(d.to(dtype), g) for d in prepared.grads])  # K x g x N x O/g
+        inner = rows @ rows.transpose(1, 2)  # A per group
+        if module.bias is not None:
             inner += 1
-        mixed = inner @ torch.cat(grads, dim=1)  # A [D_1 ... D_K], one product
-        o = grads[0].shape[1]
-        part = torch.stack(
-            [
-                torch.stack([(grads[i] * mixed[:, j * o : (j + 1) * o]).sum() for j in range(len(grads))])
-                for i in range(len(grads))
-            ]
-        )
+        mixed = inner @ d  # A D_k for every task at once
+        part = d.flatten(1) @ mixed.flatten(1).T  # <D_i, A D_j>
         if bool(torch.isfinite(part).all()):
             break
     return part.double()
@@ -238,7 +252,7 @@ def weighted_gradients(prepared: Prepared, coef: list[float]) -> list[Tensor]:
     """``sum_k coef_k G_k`` for the layer's weight (and bias), in one product."""
     module = prepared.layer.module
     combined = sum(c * g for c, g in zip(coef, prepared.grads, strict=True))
-    out = [(combined.T @ prepared.rows).view_as(module.weight)]  # type: ignore[union-attr]
+    out = [weight_product(module, combined, prepared.rows)]  # type: ignore[arg-type]
     if module.bias is not None:
         out.append(combined.sum(0))  # type: ignore[union-attr]
     return out
@@ -261,9 +275,11 @@ class SampleRows:
 
     def inner_cheaper(self, k: int, max_positions: int) -> bool:
         """Whether ``(P P^T) * (D D^T)`` (N^2 (I + O) multiply-adds, N^2 memory) beats forming the K
-        per-sample weight gradients (N O I + K^2 O I, K O I memory): few positions against the weight."""
+        per-sample weight gradients (N W + K^2 W for a weight of W entries, K W memory): few positions
+        against the weight."""
         n, o, i = self.rows.shape[0], self.grads.shape[1], self.rows.shape[1]
-        return n <= max_positions and n * n * (i + o) <= n * o * i + k * k * o * i
+        w = self.layer.module.weight.numel()
+        return n <= max_positions and n * n * (i + o) <= n * w + k * k * w
 
 
 def sample_rows(layer: Layer, grads: list[Tensor], k: int, scale: Tensor | float) -> SampleRows:
@@ -291,22 +307,25 @@ def sample_gramian(part: SampleRows, k: int, max_positions: int = 4096) -> Tenso
 
 
 def _inner_gramian(part: SampleRows, rows: Tensor, d: Tensor, k: int) -> Tensor:
-    inner = rows @ rows.T
+    g = groups(part.layer.module)
+    rows, d = by_group(rows, g), by_group(d, g)
+    inner = rows @ rows.transpose(1, 2)
     if part.layer.module.bias is not None:
         inner += 1
-    m = inner * (d @ d.T)
-    by_row = m.new_zeros(k, rows.shape[0]).index_add_(0, part.sample, m)
+    m = (inner * (d @ d.transpose(1, 2))).sum(0)
+    by_row = m.new_zeros(k, m.shape[0]).index_add_(0, part.sample, m)
     return m.new_zeros(k, k).index_add_(1, part.sample, by_row)
 
 
 def _outer_gramian(part: SampleRows, rows: Tensor, d: Tensor, k: int) -> Tensor:
-    weight = d.new_zeros(k, d.shape[1], rows.shape[1])
+    g = groups(part.layer.module)
+    weight = d.new_zeros(k, g, d.shape[1] // g, rows.shape[1] // g)
     bias = d.new_zeros(k, d.shape[1])
     start = 0
     for n in part.per:  # one call: rows start .. start + K n, sample-major
-        dc = d[start : start + k * n].view(k, n, -1)
-        weight += torch.bmm(dc.transpose(1, 2), rows[start : start + k * n].view(k, n, -1))
-        bias += dc.sum(1)
+        dc = d[start : start + k * n].view(k, n, g, -1)
+        weight += torch.einsum("knga,kngb->kgab", dc, rows[start : start + k * n].view(k, n, g, -1))
+        bias += dc.sum(1).flatten(1)
         start += k * n
     flat = weight.flatten(1)
     gram = flat @ flat.T
@@ -319,7 +338,7 @@ def sample_weighted_gradients(part: SampleRows, coef: Tensor) -> list[Tensor]:
     """``sum_k coef_k G_k`` for the layer's weight (and bias): each row weighted by its sample's coefficient."""
     module = part.layer.module
     combined = part.grads * coef.to(part.grads)[part.sample][:, None]
-    out = [(combined.T @ part.rows).view_as(module.weight)]
+    out = [weight_product(module, combined, part.rows)]
     if module.bias is not None:
         out.append(combined.sum(0))
     return out

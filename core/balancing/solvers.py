@@ -36,10 +36,11 @@ def normalized(gramian: Tensor, eps: float = 1e-30) -> np.ndarray:
     return g / trace if trace > eps else np.zeros_like(g)
 
 
-def jacobi(gramian: Tensor) -> tuple[np.ndarray, np.ndarray]:
+def jacobi(gramian: Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``G = D C D`` with ``D = diag(|g_k|)``: the cosine matrix C is well conditioned even when
-    the gradients' norms span many orders of magnitude (rows of zero norm get ``d = 1``)."""
-    g = normalized(gramian)
+    the gradients' norms span many orders of magnitude (rows of zero norm get ``d = 1``).
+    A NumPy array is taken as already normalised (:func:`normalized`; D is defined up to a scale)."""
+    g = gramian if isinstance(gramian, np.ndarray) else normalized(gramian)
     d = np.sqrt(np.clip(np.diag(g), 0.0, None))
     d = np.where(d * d > _ZERO, d, 1.0)
     return g / d[:, None] / d[None, :], d
@@ -86,14 +87,16 @@ def project_dual_cone(gramian: Tensor, u: Tensor, ridge: float = 0.0) -> Tensor:
     rows only: left in, its columns of ``A`` are only ``sqrt(ridge)`` long and the NNLS stopped at
     tolerances that depend on where those rows sit (a row-order-dependent update).
     """
+    # NumPy throughout: K is small, and each torch op on a K x K tensor costs more than its arithmetic
     rows = u.detach().double().cpu().numpy().reshape(-1, gramian.shape[0])
     out = rows.copy()
-    live = torch.from_numpy(np.diag(normalized(gramian)) > _ZERO)
+    g = normalized(gramian)
+    live = np.diag(g) > _ZERO
     if live.any():
-        cos, d = jacobi(gramian[live][:, live])
+        cos, d = jacobi(g[np.ix_(live, live)])
         a = factor(cos, ridge)
-        nnls, index = scipy_optimize().nnls, live.numpy()
+        nnls = scipy_optimize().nnls
         for row, v in zip(rows, out, strict=True):
-            x, _ = nnls(a, -a @ (d * row[index]), maxiter=50 * len(d))
-            v[index] = row[index] + x / d
+            x, _ = nnls(a, -a @ (d * row[live]), maxiter=50 * len(d))
+            v[live] = row[live] + x / d
     return torch.from_numpy(out).reshape(u.shape)

@@ -48,6 +48,21 @@ def cnn() -> nn.Module:
     )
 
 
+def grouped_cnn() -> nn.Module:
+    """A grouped conv (4 groups) and a depthwise one (one group per channel), as in MobileNets."""
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 64, 3, stride=2, padding=1, groups=4),
+        nn.ReLU(),
+        nn.Conv2d(64, 64, 3, padding=1, groups=64, bias=False),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 32),
+    )
+
+
 def step(model: Net, balancer: Any, x: Tensor, calls: int = 1, scaler: Any = None) -> None:
     """One micro-step: ``calls`` trunk calls (sources) on slices of x, every task on each."""
     model.zero_grad()
@@ -71,6 +86,7 @@ CASES = {
     "mlp": (mlp, torch.randn(8, 64, generator=torch.Generator().manual_seed(1)), 1),
     "mlp, two calls": (mlp, torch.randn(8, 64, generator=torch.Generator().manual_seed(1)), 2),
     "cnn": (cnn, torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1)), 1),
+    "grouped cnn": (grouped_cnn, torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1)), 1),
 }
 
 
@@ -83,6 +99,13 @@ def test_gramian_and_update_equal_one_backward_per_task(case: str) -> None:
     assert reference.last_activation_params == 0
     assert torch.allclose(engine.last_gramian, reference.last_gramian, rtol=1e-5, atol=1e-9)
     assert torch.allclose(grads, expected, rtol=1e-5, atol=1e-8)
+
+
+def test_grouped_convs_take_their_gramian_from_activations() -> None:
+    trunk, x, _ = CASES["grouped cnn"]
+    _, engine = train(trunk, "gramian", x)
+    grouped = [m for m in trunk().modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert engine.last_activation_params >= sum(p.numel() for m in grouped for p in m.parameters())
 
 
 def test_amp_scale_is_undone_on_the_layer_path() -> None:
@@ -218,7 +241,13 @@ def test_a_model_not_given_at_setup_is_hooked_at_its_first_step() -> None:
 
 @pytest.mark.parametrize(
     ("module", "shape"),
-    [(nn.Conv2d(3, 8, 3, stride=2, padding=1), (5, 3, 7, 7)), (nn.Linear(7, 4), (5, 3, 7)), (nn.Linear(7, 4), (5, 7))],
+    [
+        (nn.Conv2d(3, 8, 3, stride=2, padding=1), (5, 3, 7, 7)),
+        (nn.Conv2d(4, 6, 3, padding=1, groups=2), (5, 4, 6, 6)),
+        (nn.Conv2d(4, 4, 3, groups=4, bias=False), (5, 4, 6, 6)),  # depthwise
+        (nn.Linear(7, 4), (5, 3, 7)),
+        (nn.Linear(7, 4), (5, 7)),
+    ],
 )
 def test_per_sample_gramian_both_forms_equal_the_per_sample_jacobian(module: nn.Module, shape: tuple[int, ...]) -> None:
     """Two calls of the layer on the same K samples, one backward of the summed per-sample losses:
