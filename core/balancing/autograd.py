@@ -50,6 +50,7 @@ Composition with a training loop, per call:
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -59,6 +60,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.autograd.graph import GradientEdge
 
 from ..distributed import DistEnv
 from ..errors import ConfigError
@@ -285,7 +287,9 @@ class TaskAutograd:
         taken = {id(p) for layer in layers for p in layer.params}
         direct = [p for p in shared if id(p) not in taken]
         outputs = [y for layer in layers for y in layer.outputs]
-        grads = self.task_gradients([loss * scale if amp else loss for loss in losses], direct + others + outputs)
+        edges = [None] * (len(direct) + len(others)) + [e for layer in layers for e in layer.edges]
+        scaled = [loss * scale if amp else loss for loss in losses]
+        grads = self.task_gradients(scaled, direct + others + outputs, edges)
         prepared: list[Prepared] = []
         start = len(direct) + len(others)
         for layer in layers:  # the K task gradients of these layers are never formed
@@ -365,7 +369,8 @@ class TaskAutograd:
             return None
         outputs = [y for layer in layers for y in layer.outputs]
         inputs = [*targets.others, *outputs]
-        grads = _filled(torch.autograd.grad(sum(losses) * scale, inputs, allow_unused=True), inputs)
+        at = [*targets.others, *(e for layer in layers for e in layer.edges)]
+        grads = _filled(torch.autograd.grad(sum(losses) * scale, at, allow_unused=True), inputs)
         for p, g in zip(targets.others, grads[: len(targets.others)], strict=True):  # the plain sum
             _accumulate(p, g)
         parts, start = [], len(targets.others)
@@ -385,10 +390,14 @@ class TaskAutograd:
 
         return Gathered(gramian, weighted, _no_jacobian, _no_jacobian)
 
-    def task_gradients(self, losses: list[Tensor], inputs: Sequence[Tensor]) -> list[list[Tensor]]:
-        """Per loss, its gradient w.r.t. each input (zeros where unused)."""
+    def task_gradients(
+        self, losses: list[Tensor], inputs: Sequence[Tensor], edges: Sequence[GradientEdge | None] = ()
+    ) -> list[list[Tensor]]:
+        """Per loss, its gradient w.r.t. each input (zeros where unused); where ``edges[i]`` is given,
+        the gradient at that edge instead (a layer output's, from before an in-place change)."""
         if not losses:
             return []
+        at = [e if e is not None else x for x, e in itertools.zip_longest(inputs, edges)]
         if self.engine == "batched" and not self.batched_failed:
             try:
                 stacked_losses = torch.stack(losses)
@@ -396,7 +405,7 @@ class TaskAutograd:
 
                 def vjp(v: Tensor) -> tuple[Tensor, ...]:
                     return torch.autograd.grad(
-                        stacked_losses, inputs, v, retain_graph=True, allow_unused=True, materialize_grads=True
+                        stacked_losses, at, v, retain_graph=True, allow_unused=True, materialize_grads=True
                     )
 
                 stacked = torch.vmap(vjp)(eye)  # torch.func's vmap: batching rules for conv / norm backwards
@@ -410,7 +419,7 @@ class TaskAutograd:
                 self.batched_failed = True
         out = []
         for i, loss in enumerate(losses):
-            g = torch.autograd.grad(loss, list(inputs), retain_graph=i < len(losses) - 1, allow_unused=True)
+            g = torch.autograd.grad(loss, at, retain_graph=i < len(losses) - 1, allow_unused=True)
             out.append(_filled(g, inputs))
         return out
 

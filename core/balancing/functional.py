@@ -29,7 +29,8 @@ trainer's:
   :mod:`.layers`), which is cheaper than K weight gradients wherever a layer's positions per step
   are few against its weight's size: an MLP or a CNN's last stages on a small batch. With
   ``independent_samples=True`` (samples that never interact) and every shared parameter in such
-  layers, one backward of the summed losses replaces the K per-sample backwards.
+  layers or in affine GroupNorm / InstanceNorm / LayerNorm layers, one backward of the summed
+  losses replaces the K per-sample backwards.
 """
 
 from __future__ import annotations

@@ -20,6 +20,12 @@ Rey, 2025); the per-layer choice and the closed forms here are ours. Exact for `
 only by its calls: a layer whose weight the losses also reach another way (a tied decoder, a
 penalty on the weight) is left to the exact per-task gradients. A grouped convolution is g such maps
 side by side, each reading its own channels: every product above is taken group by group.
+
+Per-sample losses of independent samples (:class:`SampleRows`) also cover affine ``GroupNorm`` /
+``InstanceNorm`` / ``LayerNorm`` weights (``y = x_hat * weight + bias``: a sample's weight gradient is
+its ``sum D * x_hat``). Output gradients are taken at the edge each call returned, so an in-place
+activation or residual add on a layer's output afterwards (torchvision's ``ReLU(inplace=True)``,
+``out += identity``) leaves them exact.
 """
 
 from __future__ import annotations
@@ -27,13 +33,33 @@ from __future__ import annotations
 import functools
 import weakref
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.graph import GradientEdge, get_gradient_edge
 from torch.utils.hooks import RemovableHandle
+
+_INSTANCE_NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+
+
+def _instance_norm(module: nn.Module, x: Tensor) -> Tensor:
+    if module.training or not module.track_running_stats:  # each sample's own statistics
+        return F.instance_norm(x, eps=module.eps)
+    shape = (1, -1, *([1] * (x.ndim - 2)))
+    return (x - module.running_mean.view(shape)) / (module.running_var.view(shape) + module.eps).sqrt()
+
+
+#: affine norm layers by exact type: the input normalised without the affine part (``x_hat``);
+#: ``y = x_hat * weight + bias`` per channel, so a sample's weight gradient is its ``sum D * x_hat``.
+#: Per-sample Gramians only: their weights are small, the multi-task path keeps them direct.
+NORMS: dict[type[nn.Module], Callable[[nn.Module, Tensor], Tensor]] = {
+    nn.GroupNorm: lambda m, x: F.group_norm(x, m.num_groups, eps=m.eps),
+    nn.LayerNorm: lambda m, x: F.layer_norm(x, m.normalized_shape, eps=m.eps),
+    **dict.fromkeys(_INSTANCE_NORMS, _instance_norm),
+}
 
 
 def _eligible(module: nn.Module) -> bool:
@@ -41,7 +67,16 @@ def _eligible(module: nn.Module) -> bool:
         return True
     if type(module) is nn.Conv2d:
         return module.padding_mode == "zeros" and not isinstance(module.padding, str)
-    return False
+    return type(module) in NORMS and getattr(module, "weight", None) is not None
+
+
+def is_norm(module: nn.Module) -> bool:
+    return type(module) in NORMS
+
+
+def channels(module: nn.Module) -> int:
+    """The width of a row of :func:`positions`: output features, output channels, or a norm's weight."""
+    return module.weight.numel() if is_norm(module) else module.weight.shape[0]
 
 
 def groups(module: nn.Module) -> int:
@@ -61,35 +96,42 @@ def weight_product(module: nn.Module, combined: Tensor, rows: Tensor) -> Tensor:
 
 
 def patches(module: nn.Module, x: Tensor) -> Tensor:
-    """The layer's inputs as N x I rows: what its weight multiplies at each output position."""
+    """The layer's inputs as N x I rows: what its weight multiplies at each output position (a norm:
+    the normalised input, which its weight scales channel by channel)."""
     if isinstance(module, nn.Conv2d):
         cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
         return cols.transpose(1, 2).reshape(-1, cols.shape[1])  # (B * L, C * kh * kw), the weight's order
+    if is_norm(module):
+        return positions(module, NORMS[type(module)](module, x))
     return x.reshape(-1, x.shape[-1])
 
 
 def positions(module: nn.Module, grad: Tensor) -> Tensor:
-    """An output gradient as N x O rows, matching :func:`patches`."""
-    if isinstance(module, nn.Conv2d):
-        return grad.flatten(2).transpose(1, 2).reshape(-1, grad.shape[1])
-    return grad.reshape(-1, grad.shape[-1])
+    """An output gradient as N x O rows, matching :func:`patches`: channels last."""
+    if isinstance(module, nn.Linear | nn.LayerNorm):  # channels are the trailing dimension(s)
+        return grad.reshape(-1, channels(module) if is_norm(module) else grad.shape[-1])
+    return grad.reshape(*grad.shape[:2], -1).transpose(1, 2).reshape(-1, grad.shape[1])  # channels: dim 1
 
 
 @dataclass
 class Layer:
-    """One shared layer in one forward: its calls' inputs and outputs."""
+    """One shared layer in one forward: its calls' inputs and outputs.
+
+    The output gradients are taken at each call's gradient edge (the output's autograd node when the
+    call returned), so an in-place op on the output afterwards (``ReLU(inplace=True)``, a residual
+    ``out += x``) does not turn them into the gradient w.r.t. the op's result.
+    """
 
     module: nn.Module
     inputs: list[Tensor] = field(default_factory=list)
-    outputs: list[Tensor] = field(default_factory=list)
-    versions: list[tuple[int, int]] = field(default_factory=list)  # (input, output) at the call
+    outputs: list[Tensor] = field(default_factory=list)  # their shapes; their values may change in place
+    versions: list[int] = field(default_factory=list)  # each input's version at the call
     sources: list[object] = field(default_factory=list)  # the input's autograd node at the call
+    edges: list[GradientEdge] = field(default_factory=list)  # each output's gradient edge at the call
 
     def intact(self) -> bool:
-        """No input or output changed in place since the call (an in-place ReLU after a Linear would
-        make "the gradient w.r.t. the output" the gradient w.r.t. the ReLU's output)."""
-        now = [(x._version, y._version) for x, y in zip(self.inputs, self.outputs, strict=True)]
-        return now == self.versions
+        """No input changed in place since the call: the recorded activations are the ones used."""
+        return [x._version for x in self.inputs] == self.versions
 
     @property
     def params(self) -> list[nn.Parameter]:
@@ -98,7 +140,7 @@ class Layer:
     def n_positions(self) -> int:
         return sum(y.numel() // self.module.weight.shape[0] for y in self.outputs)
 
-    def cost(self, k: int) -> tuple[int, int]:
+    def cost(self, k: int) -> tuple[int, int]:  # Linear / Conv2d
         """Multiply-adds of (K weight gradients, the Gramian from activations + one weighted product)."""
         n, o = self.n_positions(), self.module.weight.shape[0]
         i = self.module.weight[0].numel()  # inputs per output channel: one group's
@@ -106,7 +148,7 @@ class Layer:
 
 
 class Recorder:
-    """Forward hooks on a model's shared ``Linear`` / ``Conv2d`` layers: their inputs and outputs.
+    """Forward hooks on a model's shared ``Linear`` / ``Conv2d`` / affine norm layers: their inputs and outputs.
 
     Records while gradients are enabled. :meth:`take` keeps the calls whose outputs the given
     losses depend on (a walk of their autograd graph, ~0.2 ms for a ResNet-18), so a forward by
@@ -132,8 +174,9 @@ class Recorder:
         if layer is not None and torch.is_grad_enabled() and output.requires_grad:
             layer.inputs.append(args[0].detach())  # shares the version counter with args[0]
             layer.outputs.append(output)
-            layer.versions.append((args[0]._version, output._version))
+            layer.versions.append(args[0]._version)
             layer.sources.append(args[0].grad_fn)
+            layer.edges.append(_edge(output))
 
     def take(self, losses: Iterable[Tensor]) -> list[Layer]:
         """Per module, its calls that ``losses`` depend on, unless the losses also read its parameters
@@ -143,12 +186,14 @@ class Recorder:
         out = []
         for module, layer in self.layers.items():
             live = Layer(module)
-            for x, y, v, s in zip(layer.inputs, layer.outputs, layer.versions, layer.sources, strict=True):
-                if y.grad_fn in graph:
+            calls = zip(layer.inputs, layer.outputs, layer.versions, layer.sources, layer.edges, strict=True)
+            for x, y, v, s, e in calls:
+                if e.node in graph:
                     live.inputs.append(x)
                     live.outputs.append(y)
                     live.versions.append(v)
                     live.sources.append(s)
+                    live.edges.append(e)
             if live.outputs and not _read_elsewhere(live, readers):
                 out.append(live)
             self.layers[module] = Layer(module)
@@ -157,6 +202,17 @@ class Recorder:
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
+
+
+def _edge(output: Tensor) -> GradientEdge:
+    """Where the output's gradient is taken: its autograd edge now. A reshaped view of a whole tensor
+    (``F.instance_norm`` returns one) takes its base's instead: an in-place op on the view later
+    replaces the view's node in the graph, but keeps the base's (callers reshape the gradient)."""
+    base = output._base
+    if base is not None and base.numel() == output.numel() and base.is_contiguous() and output.is_contiguous():
+        if base.storage_offset() == output.storage_offset():
+            return get_gradient_edge(base)
+    return get_gradient_edge(output)
 
 
 def _record(recorder: weakref.ref[Recorder], module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
@@ -194,7 +250,7 @@ def _read_elsewhere(layer: Layer, readers: dict[int, list[object]]) -> bool:
     parameters: the activations then miss that part of the weight gradient."""
     own: set[object] = set()
     stops = set(layer.sources)
-    stack = [y.grad_fn for y in layer.outputs]
+    stack = [e.node for e in layer.edges]
     while stack:
         node = stack.pop()
         if node is None or node in own or node in stops:
@@ -207,7 +263,7 @@ def _read_elsewhere(layer: Layer, readers: dict[int, list[object]]) -> bool:
 def plan(layers: list[Layer], k: int, max_positions: int = 4096, margin: float = 0.8) -> list[Layer]:
     """The layers whose Gramian is cheaper from activations (by ``margin``) and fits in memory."""
     chosen = []
-    for layer in layers:
+    for layer in filter(lambda layer: not is_norm(layer.module), layers):
         direct, activations = layer.cost(k)
         if layer.n_positions() <= max_positions and activations < margin * direct and layer.intact():
             chosen.append(layer)
@@ -227,7 +283,10 @@ def prepare(layer: Layer, grads: list[list[Tensor]], scale: Tensor | float) -> P
     """``grads[k][c]``: task k's (AMP-scaled) gradient w.r.t. the layer's c-th call output."""
     module = layer.module
     rows = torch.cat([patches(module, x.float()) for x in layer.inputs])
-    per_task = [torch.cat([positions(module, g.float()) for g in task]) / scale for task in grads]
+    per_task = [
+        torch.cat([positions(module, g.float().view_as(y)) for g, y in zip(task, layer.outputs, strict=True)]) / scale
+        for task in grads
+    ]
     return Prepared(layer, rows, per_task)
 
 
@@ -272,11 +331,16 @@ class SampleRows:
     grads: Tensor  # D, N x O: the summed losses' output gradients (float32)
     sample: Tensor  # N: the sample (objective) of each row
     per: list[int]  # each call's positions per sample
+    #: the K per-sample gradients of the weight (K x W) and bias (K x O) where a form formed them; P and
+    #: D are then dropped (K W is smaller than N I wherever positions outnumber the weight's entries)
+    per_sample: tuple[Tensor, Tensor | None] | None = None
 
     def inner_cheaper(self, k: int, max_positions: int) -> bool:
         """Whether ``(P P^T) * (D D^T)`` (N^2 (I + O) multiply-adds, N^2 memory) beats forming the K
         per-sample weight gradients (N W + K^2 W for a weight of W entries, K W memory): few positions
         against the weight."""
+        if is_norm(self.layer.module):  # K x C per-sample weight gradients: the outer form is tiny
+            return False
         n, o, i = self.rows.shape[0], self.grads.shape[1], self.rows.shape[1]
         w = self.layer.module.weight.numel()
         return n <= max_positions and n * n * (i + o) <= n * w + k * k * w
@@ -287,8 +351,8 @@ def sample_rows(layer: Layer, grads: list[Tensor], k: int, scale: Tensor | float
     holds the K samples."""
     module = layer.module
     rows = torch.cat([patches(module, x.float()) for x in layer.inputs])
-    d = torch.cat([positions(module, g.float()) for g in grads]) / scale
-    per = [y.numel() // (k * module.weight.shape[0]) for y in layer.outputs]  # positions per sample
+    d = torch.cat([positions(module, g.float().view_as(y)) for g, y in zip(grads, layer.outputs, strict=True)]) / scale
+    per = [y.numel() // (k * channels(module)) for y in layer.outputs]  # positions per sample
     sample = torch.cat([torch.arange(k, device=rows.device).repeat_interleave(n) for n in per])
     return SampleRows(layer, rows, d, sample, per)
 
@@ -297,12 +361,22 @@ def sample_gramian(part: SampleRows, k: int, max_positions: int = 4096) -> Tenso
     """The layer's K x K share (float64), float64 throughout if float32 overflows: from
     ``G_ij = sum over rows a of i, b of j of (P P^T)_ab (D D^T)_ab`` where that is cheaper, else
     from the K per-sample weight gradients (one batched product per call)."""
-    inner = part.inner_cheaper(k, max_positions)
+    if part.inner_cheaper(k, max_positions):
+        for dtype in (torch.float32, torch.float64):
+            gram = _inner_gramian(part, part.rows.to(dtype), part.grads.to(dtype), k)
+            if bool(torch.isfinite(gram).all()):
+                break
+        return gram.double()
+    form = _norm_gradients if is_norm(part.layer.module) else _outer_gradients
     for dtype in (torch.float32, torch.float64):
-        rows, d = part.rows.to(dtype), part.grads.to(dtype)
-        gram = _inner_gramian(part, rows, d, k) if inner else _outer_gramian(part, rows, d, k)
+        weight, bias = form(part, part.rows.to(dtype), part.grads.to(dtype), k)
+        gram = weight @ weight.T
+        if bias is not None:
+            gram += bias @ bias.T
         if bool(torch.isfinite(gram).all()):
             break
+    part.per_sample = (weight, bias)
+    part.rows = part.grads = torch.empty(0)  # the update is a combination of the per-sample gradients
     return gram.double()
 
 
@@ -317,7 +391,8 @@ def _inner_gramian(part: SampleRows, rows: Tensor, d: Tensor, k: int) -> Tensor:
     return m.new_zeros(k, k).index_add_(1, part.sample, by_row)
 
 
-def _outer_gramian(part: SampleRows, rows: Tensor, d: Tensor, k: int) -> Tensor:
+def _outer_gradients(part: SampleRows, rows: Tensor, d: Tensor, k: int) -> tuple[Tensor, Tensor | None]:
+    """The K per-sample weight gradients (K x W, one batched product per call) and bias gradients."""
     g = groups(part.layer.module)
     weight = d.new_zeros(k, g, d.shape[1] // g, rows.shape[1] // g)
     bias = d.new_zeros(k, d.shape[1])
@@ -327,18 +402,29 @@ def _outer_gramian(part: SampleRows, rows: Tensor, d: Tensor, k: int) -> Tensor:
         weight += torch.einsum("knga,kngb->kgab", dc, rows[start : start + k * n].view(k, n, g, -1))
         bias += dc.sum(1).flatten(1)
         start += k * n
-    flat = weight.flatten(1)
-    gram = flat @ flat.T
-    if part.layer.module.bias is not None:
-        gram += bias @ bias.T
-    return gram
+    return weight.flatten(1), bias if part.layer.module.bias is not None else None
+
+
+def _norm_gradients(part: SampleRows, rows: Tensor, d: Tensor, k: int) -> tuple[Tensor, Tensor | None]:
+    """An affine norm's per-sample gradients: ``sum D * x_hat`` (weight) and ``sum D`` (bias) over
+    each sample's rows."""
+    weight = d.new_zeros(k, d.shape[1]).index_add_(0, part.sample, d * rows)
+    if part.layer.module.bias is None:
+        return weight, None
+    return weight, d.new_zeros(k, d.shape[1]).index_add_(0, part.sample, d)
 
 
 def sample_weighted_gradients(part: SampleRows, coef: Tensor) -> list[Tensor]:
     """``sum_k coef_k G_k`` for the layer's weight (and bias): each row weighted by its sample's coefficient."""
     module = part.layer.module
+    if part.per_sample is not None:
+        weight, bias = part.per_sample
+        out = [(coef.to(weight) @ weight).view_as(module.weight)]
+        if bias is not None:
+            out.append((coef.to(bias) @ bias).view_as(module.bias))
+        return out
     combined = part.grads * coef.to(part.grads)[part.sample][:, None]
     out = [weight_product(module, combined, part.rows)]
     if module.bias is not None:
-        out.append(combined.sum(0))
+        out.append(combined.sum(0).view_as(module.bias))
     return out

@@ -286,10 +286,46 @@ def norm_net() -> nn.Module:
     return nn.Sequential(nn.Linear(64, 32), nn.LayerNorm(32), nn.Tanh(), nn.Linear(32, 1))
 
 
+def in_place_norm_cnn() -> nn.Module:
+    """torchvision's pattern: conv, affine norm, in-place activation (whose input is the norm's output)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.GroupNorm(2, 8),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(8, 8, 3, groups=8),  # depthwise
+        nn.InstanceNorm2d(8, affine=True),
+        nn.Hardswish(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 16),
+        nn.ReLU(inplace=True),
+        nn.Linear(16, 1),
+    )
+
+
+class Scale(nn.Module):
+    """A bare parameter, read outside any Linear / Conv2d / norm."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.linspace(0.5, 1.5, width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.weight
+
+
+def free_param_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 32), Scale(32), nn.Tanh(), nn.Linear(32, 1))
+
+
 INDEPENDENT = {  # net, input, whether one backward serves every shared layer
     "mlp": (per_sample_net, (6, 64), True),
     "cnn": (conv_net, (6, 3, 7, 7), True),
-    "layer norm": (norm_net, (6, 64), False),  # its affine weights are outside Linear / Conv2d
+    "layer norm": (norm_net, (6, 64), True),
+    "in-place norm cnn": (in_place_norm_cnn, (6, 3, 7, 7), True),
+    "free parameter": (free_param_net, (6, 64), False),  # K exact backwards
 }
 
 

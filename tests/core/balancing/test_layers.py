@@ -118,13 +118,13 @@ def test_amp_scale_is_undone_on_the_layer_path() -> None:
     assert torch.allclose(grads, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_a_layer_whose_output_is_changed_in_place_stays_direct() -> None:
-    """After ``ReLU(inplace=True)`` the output tensor's gradient is the ReLU's: that layer is not
-    taken (its version changed), the next one is, and the result stays exact."""
+def test_a_layer_whose_output_is_changed_in_place_is_taken_at_its_own_output() -> None:
+    """After ``ReLU(inplace=True)`` the output tensor's gradient would be the ReLU's: the gradient is
+    taken at the edge the Linear's call returned, so both layers are taken and the result is exact."""
     x = CASES["mlp"][1]
     grads, engine = train(lambda: mlp(inplace=True), "gramian", x)
     expected, _ = train(lambda: mlp(inplace=True), "loop", x)
-    assert engine.last_activation_params == 64 * 32 + 32  # the second Linear only
+    assert engine.last_activation_params == (64 * 64 + 64) + (64 * 32 + 32)
     assert torch.allclose(grads, expected, rtol=1e-5, atol=1e-8)
 
 
@@ -191,7 +191,7 @@ def test_plan_takes_few_positions_and_many_channels_only() -> None:
         conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         side = int((positions // 32) ** 0.5)
         out = torch.empty(32, channels, side, side, device="meta")
-        return Layer(conv, [out], [out], [(0, 0)])
+        return Layer(conv, [out], [out], [0])
 
     late, early = layer(128, 512), layer(8192, 64)
     assert plan([late, early], k=3) == [late]
@@ -247,25 +247,35 @@ def test_a_model_not_given_at_setup_is_hooked_at_its_first_step() -> None:
         (nn.Conv2d(4, 4, 3, groups=4, bias=False), (5, 4, 6, 6)),  # depthwise
         (nn.Linear(7, 4), (5, 3, 7)),
         (nn.Linear(7, 4), (5, 7)),
+        (nn.GroupNorm(2, 4), (5, 4, 6, 6)),
+        (nn.InstanceNorm2d(4, affine=True), (5, 4, 6, 6)),
+        (nn.LayerNorm(7), (5, 3, 7)),
+        (nn.LayerNorm((3, 7), bias=False), (5, 3, 7)),
     ],
 )
 def test_per_sample_gramian_both_forms_equal_the_per_sample_jacobian(module: nn.Module, shape: tuple[int, ...]) -> None:
     """Two calls of the layer on the same K samples, one backward of the summed per-sample losses:
     the inner form (P P^T * D D^T summed by sample) and the outer form (K per-sample weight gradients)
-    both give the Gramian of the per-sample gradients."""
+    both give the Gramian of the per-sample gradients; a norm's, from its per-sample ``sum D * x_hat``."""
     torch.manual_seed(0)
     x = torch.randn(*shape, dtype=torch.float64)
     module = module.double()
+    with torch.no_grad():
+        for p in module.parameters():  # not the identity a fresh norm starts as
+            p.normal_()
     ys = [module(x), module(x * 0.5)]
     losses = sum(y.flatten(1).pow(2).sum(1) * (i + 1) for i, y in enumerate(ys))
-    layer = Layer(module, [x, x * 0.5], ys, [(0, 0), (0, 0)], [None, None])
+    layer = Layer(module, [x, x * 0.5], ys, [0, 0], [None, None])
     part = sample_rows(layer, list(torch.autograd.grad(losses.sum(), ys, retain_graph=True)), 5, 1.0)
     params = list(module.parameters())
     jac = torch.stack(
         [torch.cat([g.flatten() for g in torch.autograd.grad(v, params, retain_graph=True)]) for v in losses]
     )
     expected = jac @ jac.T
-    rows, d = part.rows.double(), part.grads.double()
-    assert torch.allclose(layers._inner_gramian(part, rows, d, 5), expected, rtol=1e-5)
-    assert torch.allclose(layers._outer_gramian(part, rows, d, 5), expected, rtol=1e-5)
+    if not layers.is_norm(module):
+        rows, d = part.rows.double(), part.grads.double()
+        assert torch.allclose(layers._inner_gramian(part, rows, d, 5), expected, rtol=1e-5)
+        weight, bias = layers._outer_gradients(part, rows, d, 5)
+        outer = weight @ weight.T + (bias @ bias.T if bias is not None else 0)
+        assert torch.allclose(outer, expected, rtol=1e-5)
     assert torch.allclose(sample_gramian(part, 5), expected, rtol=1e-5)  # whichever form it picks
