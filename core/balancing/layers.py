@@ -319,64 +319,97 @@ def weighted_gradients(prepared: Prepared, coef: list[float]) -> list[Tensor]:
 
 @dataclass
 class SampleRows:
-    """A planned layer for per-sample losses of independent samples: one backward's output gradients.
+    """A layer's share of the per-sample Gramian, for per-sample losses of independent samples.
 
     Sample k's loss reaches only the rows (positions) of sample k, so the gradient of the summed
     losses w.r.t. those rows is sample k's own ``D_k`` there and zero elsewhere: the per-sample
-    Gramian needs one backward, not K (the per-example gradient inner-product trick).
+    Gramian needs one backward, not K (the per-example gradient trick). Two forms, chosen from the
+    shapes: few positions against the weight keep ``P`` and ``D`` (``G = (P P^T) * (D D^T)`` summed
+    by sample); otherwise the K per-sample weight gradients are formed (K x W) in the layer's own
+    layout (a conv's through a grouped convolution backward, one group per sample and group: no
+    unfolded patches) and the activations are dropped.
     """
 
     layer: Layer
-    rows: Tensor  # P, N x I (float32), call by call, each call's rows sample-major
-    grads: Tensor  # D, N x O: the summed losses' output gradients (float32)
-    sample: Tensor  # N: the sample (objective) of each row
-    per: list[int]  # each call's positions per sample
-    #: the K per-sample gradients of the weight (K x W) and bias (K x O) where a form formed them; P and
-    #: D are then dropped (K W is smaller than N I wherever positions outnumber the weight's entries)
+    rows: Tensor | None  # inner form: P, N x I (float32), call by call, each call's rows sample-major
+    grads: Tensor | None  # inner form: D, N x O (float32)
+    sample: Tensor | None  # inner form: the sample (objective) of each row
+    #: outer form: the K per-sample gradients of the weight (K x W) and of the bias (K x O)
     per_sample: tuple[Tensor, Tensor | None] | None = None
 
-    def inner_cheaper(self, k: int, max_positions: int) -> bool:
-        """Whether ``(P P^T) * (D D^T)`` (N^2 (I + O) multiply-adds, N^2 memory) beats forming the K
-        per-sample weight gradients (N W + K^2 W for a weight of W entries, K W memory): few positions
-        against the weight."""
-        if is_norm(self.layer.module):  # K x C per-sample weight gradients: the outer form is tiny
-            return False
-        n, o, i = self.rows.shape[0], self.grads.shape[1], self.rows.shape[1]
-        w = self.layer.module.weight.numel()
-        return n <= max_positions and n * n * (i + o) <= n * w + k * k * w
+
+def _inner_cheaper(module: nn.Module, n: int, k: int, max_positions: int) -> bool:
+    """Whether ``(P P^T) * (D D^T)`` (N^2 (I + O) multiply-adds, N^2 memory) beats forming the K
+    per-sample weight gradients (N W + K^2 W for a weight of W entries, K W memory): few positions
+    against the weight. Never for a norm: its K x C per-sample gradients are tiny."""
+    if is_norm(module):
+        return False
+    o, w = module.weight.shape[0], module.weight.numel()
+    i = module.weight[0].numel() * groups(module)
+    return n <= max_positions and n * n * (i + o) <= n * w + k * k * w
 
 
-def sample_rows(layer: Layer, grads: list[Tensor], k: int, scale: Tensor | float) -> SampleRows:
-    """``grads[c]``: the summed losses' gradient w.r.t. the c-th call's output, whose first dimension
+def sample_rows(
+    layer: Layer, grads: list[Tensor], k: int, scale: Tensor | float, max_positions: int = 4096
+) -> SampleRows:
+    """``grads[c]``: the summed losses' gradient at the c-th call's output, whose first dimension
     holds the K samples."""
     module = layer.module
-    rows = torch.cat([patches(module, x.float()) for x in layer.inputs])
-    d = torch.cat([positions(module, g.float().view_as(y)) for g, y in zip(grads, layer.outputs, strict=True)]) / scale
+    ds = [g.float().view_as(y) / scale for g, y in zip(grads, layer.outputs, strict=True)]
+    xs = [x.float() for x in layer.inputs]
     per = [y.numel() // (k * channels(module)) for y in layer.outputs]  # positions per sample
+    if not _inner_cheaper(module, k * sum(per), k, max_positions):
+        return SampleRows(layer, None, None, None, per_sample_gradients(module, xs, ds, k))
+    rows = torch.cat([patches(module, x) for x in xs])
+    d = torch.cat([positions(module, g) for g in ds])
     sample = torch.cat([torch.arange(k, device=rows.device).repeat_interleave(n) for n in per])
-    return SampleRows(layer, rows, d, sample, per)
+    return SampleRows(layer, rows, d, sample)
 
 
-def sample_gramian(part: SampleRows, k: int, max_positions: int = 4096) -> Tensor:
-    """The layer's K x K share (float64), float64 throughout if float32 overflows: from
-    ``G_ij = sum over rows a of i, b of j of (P P^T)_ab (D D^T)_ab`` where that is cheaper, else
-    from the K per-sample weight gradients (one batched product per call)."""
-    if part.inner_cheaper(k, max_positions):
-        for dtype in (torch.float32, torch.float64):
-            gram = _inner_gramian(part, part.rows.to(dtype), part.grads.to(dtype), k)
-            if bool(torch.isfinite(gram).all()):
-                break
-        return gram.double()
-    form = _norm_gradients if is_norm(part.layer.module) else _outer_gradients
+def per_sample_gradients(module: nn.Module, xs: list[Tensor], ds: list[Tensor], k: int) -> tuple[Tensor, Tensor | None]:
+    """The K per-sample weight gradients (K x W, the weight's order) and bias gradients (K x O) of
+    the calls with inputs ``xs`` and output gradients ``ds`` (samples along dim 0), summed over calls."""
+    weight: Tensor = torch.zeros(())
+    bias: Tensor = torch.zeros(())
+    for x, d in zip(xs, ds, strict=True):
+        if isinstance(module, nn.Conv2d):  # sample k's channels as groups of their own
+            g = module.groups
+            shape = (k * module.out_channels, module.in_channels // g, *module.kernel_size)
+            flat = torch.nn.grad.conv2d_weight(
+                x.reshape(1, -1, *x.shape[2:]), shape, d.reshape(1, -1, *d.shape[2:]),
+                module.stride, module.padding, module.dilation, k * g,
+            )  # fmt: skip
+            weight = weight + flat.view(k, -1)
+            bias = bias + d.flatten(2).sum(2)
+        elif is_norm(module):  # sum D * x_hat over each sample's positions, channel by channel
+            weight = weight + _sample_channel_sums(module, d * NORMS[type(module)](module, x), k)
+            bias = bias + _sample_channel_sums(module, d, k)
+        else:  # Linear: positions per sample along the middle dimensions
+            rows, dk = x.reshape(k, -1, x.shape[-1]), d.reshape(k, -1, d.shape[-1])
+            weight = weight + torch.bmm(dk.transpose(1, 2), rows).flatten(1)
+            bias = bias + dk.sum(1)
+    return weight, bias if module.bias is not None else None
+
+
+def _sample_channel_sums(module: nn.Module, t: Tensor, k: int) -> Tensor:
+    """``t`` (shaped as the layer's output) summed over each sample's positions: K x C."""
+    if isinstance(module, nn.LayerNorm):  # channels are the trailing dimensions
+        return t.reshape(k, -1, channels(module)).sum(1)
+    return t.reshape(k, channels(module), -1).sum(2)
+
+
+def sample_gramian(part: SampleRows, k: int) -> Tensor:
+    """The layer's K x K share (float64), float64 throughout if float32 overflows."""
     for dtype in (torch.float32, torch.float64):
-        weight, bias = form(part, part.rows.to(dtype), part.grads.to(dtype), k)
-        gram = weight @ weight.T
-        if bias is not None:
-            gram += bias @ bias.T
+        if part.per_sample is not None:
+            weight, bias = (t.to(dtype) if t is not None else None for t in part.per_sample)
+            gram = weight @ weight.T  # type: ignore[union-attr]
+            if bias is not None:
+                gram += bias @ bias.T
+        else:
+            gram = _inner_gramian(part, part.rows.to(dtype), part.grads.to(dtype), k)  # type: ignore[union-attr]
         if bool(torch.isfinite(gram).all()):
             break
-    part.per_sample = (weight, bias)
-    part.rows = part.grads = torch.empty(0)  # the update is a combination of the per-sample gradients
     return gram.double()
 
 
@@ -387,35 +420,13 @@ def _inner_gramian(part: SampleRows, rows: Tensor, d: Tensor, k: int) -> Tensor:
     if part.layer.module.bias is not None:
         inner += 1
     m = (inner * (d @ d.transpose(1, 2))).sum(0)
-    by_row = m.new_zeros(k, m.shape[0]).index_add_(0, part.sample, m)
-    return m.new_zeros(k, k).index_add_(1, part.sample, by_row)
-
-
-def _outer_gradients(part: SampleRows, rows: Tensor, d: Tensor, k: int) -> tuple[Tensor, Tensor | None]:
-    """The K per-sample weight gradients (K x W, one batched product per call) and bias gradients."""
-    g = groups(part.layer.module)
-    weight = d.new_zeros(k, g, d.shape[1] // g, rows.shape[1] // g)
-    bias = d.new_zeros(k, d.shape[1])
-    start = 0
-    for n in part.per:  # one call: rows start .. start + K n, sample-major
-        dc = d[start : start + k * n].view(k, n, g, -1)
-        weight += torch.einsum("knga,kngb->kgab", dc, rows[start : start + k * n].view(k, n, g, -1))
-        bias += dc.sum(1).flatten(1)
-        start += k * n
-    return weight.flatten(1), bias if part.layer.module.bias is not None else None
-
-
-def _norm_gradients(part: SampleRows, rows: Tensor, d: Tensor, k: int) -> tuple[Tensor, Tensor | None]:
-    """An affine norm's per-sample gradients: ``sum D * x_hat`` (weight) and ``sum D`` (bias) over
-    each sample's rows."""
-    weight = d.new_zeros(k, d.shape[1]).index_add_(0, part.sample, d * rows)
-    if part.layer.module.bias is None:
-        return weight, None
-    return weight, d.new_zeros(k, d.shape[1]).index_add_(0, part.sample, d)
+    by_row = m.new_zeros(k, m.shape[0]).index_add_(0, part.sample, m)  # type: ignore[arg-type]
+    return m.new_zeros(k, k).index_add_(1, part.sample, by_row)  # type: ignore[arg-type]
 
 
 def sample_weighted_gradients(part: SampleRows, coef: Tensor) -> list[Tensor]:
-    """``sum_k coef_k G_k`` for the layer's weight (and bias): each row weighted by its sample's coefficient."""
+    """``sum_k coef_k G_k`` for the layer's weight (and bias): a combination of the per-sample
+    gradients, or each row weighted by its sample's coefficient."""
     module = part.layer.module
     if part.per_sample is not None:
         weight, bias = part.per_sample
@@ -423,8 +434,8 @@ def sample_weighted_gradients(part: SampleRows, coef: Tensor) -> list[Tensor]:
         if bias is not None:
             out.append((coef.to(bias) @ bias).view_as(module.bias))
         return out
-    combined = part.grads * coef.to(part.grads)[part.sample][:, None]
-    out = [weight_product(module, combined, part.rows)]
+    combined = part.grads * coef.to(part.grads)[part.sample][:, None]  # type: ignore[index, operator]
+    out = [weight_product(module, combined, part.rows)]  # type: ignore[arg-type]
     if module.bias is not None:
         out.append(combined.sum(0).view_as(module.bias))
     return out

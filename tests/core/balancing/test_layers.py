@@ -265,17 +265,21 @@ def test_per_sample_gramian_both_forms_equal_the_per_sample_jacobian(module: nn.
             p.normal_()
     ys = [module(x), module(x * 0.5)]
     losses = sum(y.flatten(1).pow(2).sum(1) * (i + 1) for i, y in enumerate(ys))
-    layer = Layer(module, [x, x * 0.5], ys, [0, 0], [None, None])
-    part = sample_rows(layer, list(torch.autograd.grad(losses.sum(), ys, retain_graph=True)), 5, 1.0)
+    xs = [x, x * 0.5]
+    layer = Layer(module, xs, ys, [0, 0], [None, None])
+    ds = list(torch.autograd.grad(losses.sum(), ys, retain_graph=True))
     params = list(module.parameters())
     jac = torch.stack(
         [torch.cat([g.flatten() for g in torch.autograd.grad(v, params, retain_graph=True)]) for v in losses]
     )
     expected = jac @ jac.T
+    weight, bias = layers.per_sample_gradients(module, xs, ds, 5)
+    assert torch.allclose(weight @ weight.T + (bias @ bias.T if bias is not None else 0), expected, rtol=1e-5)
     if not layers.is_norm(module):
-        rows, d = part.rows.double(), part.grads.double()
-        assert torch.allclose(layers._inner_gramian(part, rows, d, 5), expected, rtol=1e-5)
-        weight, bias = layers._outer_gradients(part, rows, d, 5)
-        outer = weight @ weight.T + (bias @ bias.T if bias is not None else 0)
-        assert torch.allclose(outer, expected, rtol=1e-5)
+        n = ys[0].numel() // (5 * layers.channels(module))
+        rows = torch.cat([layers.patches(module, xi) for xi in xs])
+        d = torch.cat([layers.positions(module, g) for g in ds])
+        inner = layers.SampleRows(layer, rows, d, torch.arange(5).repeat_interleave(n).repeat(2))
+        assert torch.allclose(layers._inner_gramian(inner, rows, d, 5), expected, rtol=1e-5)
+    part = sample_rows(layer, ds, 5, 1.0)
     assert torch.allclose(sample_gramian(part, 5), expected, rtol=1e-5)  # whichever form it picks
