@@ -17,15 +17,14 @@ Two spaces:
   graph (``engine: loop`` / ``gramian``) or one ``torch.vmap``-ed backward (``batched``, opt-in:
   fewer, larger ops, faster on MLPs and small CNNs, slower where norm-layer and pooling backwards
   batch poorly: measured in docs/balancing.md). ``gramian`` (the ``auto`` choice for weightings)
-  takes each shared layer's share of the K x K Gramian from its inputs and output gradients where that is cheaper
-  (:mod:`.layers`: a CNN's last stages, MLPs on small batches; the task backwards then stop at
-  those layers' outputs and their K weight gradients are never formed, one product gives the
-  update), and keeps the other task gradients as K x n blocks of consecutive parameters (one copy
-  of at most :data:`BLOCK` entries per task at a time), accumulating the Gramian block by block in
-  float32 with a float64 retry on overflow and writing ``sum_k w_k g_k`` with one product per
-  block: no weighted backward is needed. ``loop`` (the ``auto`` choice for aggregators)
-  concatenates the K x P Jacobian. Heads always get the
-  plain gradient of their own loss.
+  takes each shared layer's share of the K x K Gramian from its inputs and output gradients where
+  that is cheaper (:mod:`.layers`: a CNN's last stages, MLPs on small batches; the task backwards
+  then stop at those layers' outputs and their K weight gradients are never formed, one product
+  gives the update), and keeps the other task gradients as K x n blocks of consecutive parameters
+  (one copy of at most :data:`BLOCK` entries per task at a time), accumulating the Gramian block by
+  block in float32 with a float64 retry on overflow and writing ``sum_k w_k g_k`` with one product
+  per block: no weighted backward is needed. ``loop`` (the ``auto`` choice for aggregators)
+  concatenates the K x P Jacobian. Heads always get the plain gradient of their own loss.
 
 Both spaces end in one tail (:meth:`TaskAutograd._finish`): remember the Gramian, the non-finite
 check, then a :class:`~.method.Weighting` gets the Gramian and an :class:`~.method.Aggregator` the

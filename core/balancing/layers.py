@@ -96,21 +96,18 @@ def weight_product(module: nn.Module, combined: Tensor, rows: Tensor) -> Tensor:
 
 
 def patches(module: nn.Module, x: Tensor) -> Tensor:
-    """The layer's inputs as N x I rows: what its weight multiplies at each output position (a norm:
-    the normalised input, which its weight scales channel by channel)."""
+    """The layer's inputs as N x I rows: what its weight multiplies at each output position."""
     if isinstance(module, nn.Conv2d):
         cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
         return cols.transpose(1, 2).reshape(-1, cols.shape[1])  # (B * L, C * kh * kw), the weight's order
-    if is_norm(module):
-        return positions(module, NORMS[type(module)](module, x))
     return x.reshape(-1, x.shape[-1])
 
 
 def positions(module: nn.Module, grad: Tensor) -> Tensor:
-    """An output gradient as N x O rows, matching :func:`patches`: channels last."""
-    if isinstance(module, nn.Linear | nn.LayerNorm):  # channels are the trailing dimension(s)
-        return grad.reshape(-1, channels(module) if is_norm(module) else grad.shape[-1])
-    return grad.reshape(*grad.shape[:2], -1).transpose(1, 2).reshape(-1, grad.shape[1])  # channels: dim 1
+    """An output gradient as N x O rows, matching :func:`patches`."""
+    if isinstance(module, nn.Conv2d):
+        return grad.flatten(2).transpose(1, 2).reshape(-1, grad.shape[1])
+    return grad.reshape(-1, grad.shape[-1])
 
 
 @dataclass
