@@ -40,15 +40,22 @@ def storage(url: str, heartbeat_s: int) -> optuna.storages.BaseStorage:
             )
             break
         except Exception as e:  # SQLAlchemy / driver errors: a bad URL or an unreachable server
-            # two workers opening a new database at once both create its tables; the later one
-            # fails with "already exists" and finds them there when it opens the database again
-            if "already exists" in str(e) and attempt + 1 < SCHEMA_ATTEMPTS:
+            if racing(e) and attempt + 1 < SCHEMA_ATTEMPTS:
                 time.sleep(0.5)
                 continue
             raise ConfigError(f"tune storage '{shown(url)}' cannot be opened: {e}") from e
     if sqlite:
         serialize(db.engine)
     return db
+
+
+def racing(error: Exception) -> bool:
+    """Whether opening a new database failed only because another worker was setting it up at the
+    same moment: both create its tables ("already exists") or both record its schema version (a
+    unique-key clash). The later one finds everything in place when it opens the database again."""
+    from sqlalchemy.exc import IntegrityError
+
+    return isinstance(error, IntegrityError) or "already exists" in str(error)
 
 
 def serialize(engine: Any) -> None:
