@@ -3,7 +3,7 @@ Convergence of Stochastic Multi-Objective Gradient Manipulation and Beyond", Neu
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -45,6 +45,9 @@ class CRMOGM(Weighting):
             self.inner.randomized,
         )
         self.average = torch.zeros(0, dtype=torch.float64)  # NaN: a task not seen yet
+
+    def name_tasks(self, tasks: Sequence[str]) -> None:
+        self.inner.name_tasks(tasks)
 
     def _weights(self, gramian: Tensor, losses: Tensor | None, rows: list[int]) -> Tensor:
         fresh = self.inner.weights(gramian, losses, rows)

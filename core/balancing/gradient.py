@@ -65,6 +65,7 @@ class GradientBalancer(Balancer):
 
     def setup(self, setup: BalancerSetup) -> None:
         super().setup(setup)
+        self.method.name_tasks(setup.tasks)
         if setup.model is not None:
             shared = setup.shared if setup.shared is not None else list(setup.model.shared_parameters())  # type: ignore[operator]
             self.autograd.attach(setup.model, shared)

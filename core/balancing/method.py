@@ -53,6 +53,10 @@ class Method(nn.Module):
         names = hyperparameters(type(self))
         return f"{type(self).__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in names)})"
 
+    def name_tasks(self, tasks: Sequence[str]) -> None:
+        """Learn which task each row index is (the setup's task order), before the first step: for
+        hyperparameters a config gives by task name. Most methods need nothing."""
+
     def _losses(self, losses: Tensor | None, k: int) -> Tensor | None:
         if not self.needs_losses:
             return None

@@ -30,7 +30,7 @@ class PCD(Weighting):
     the primary task's label has no primary gradient, so its shared update is zero as well.
 
     Args:
-        primary: the primary task, as its index in the config's task order.
+        primary: the primary task: its name, or its index in the config's task order.
         tau: guaranteed fraction in [0, 1]: one for every secondary task, or one per secondary task
             (in task order, the primary left out).
         beta: decay of the squared-norm EMA, in [0, 1).
@@ -41,12 +41,16 @@ class PCD(Weighting):
     state: ClassVar[str] = "per-task EMA of squared gradient norms, step counts"
 
     def __init__(
-        self, primary: int = 0, tau: float | Sequence[float] = 0.02, beta: float = 0.999, eps: float = 1e-8
+        self, primary: int | str = 0, tau: float | Sequence[float] = 0.02, beta: float = 0.999, eps: float = 1e-8
     ) -> None:
         super().__init__()
-        if isinstance(primary, bool) or int(primary) != primary or primary < 0:
-            raise ConfigError(f"PCD: primary must be a task index >= 0, got {primary}")
-        self.primary = int(primary)
+        if isinstance(primary, str):
+            self.primary: int | str = primary
+            self.row: int | None = None  # known once the setup names the tasks
+        elif isinstance(primary, bool) or int(primary) != primary or primary < 0:
+            raise ConfigError(f"PCD: primary must be a task name or a task index >= 0, got {primary!r}")
+        else:
+            self.primary = self.row = int(primary)
         if isinstance(tau, (int, float)):
             self.tau: float | list[float] = in_range("PCD", "tau", tau, 0.0, 1.0)
         else:
@@ -58,12 +62,29 @@ class PCD(Weighting):
         self.sq_norm_ema = torch.zeros(0, dtype=torch.float64)
         self.steps = torch.zeros(0, dtype=torch.int64)
 
+    def name_tasks(self, tasks: Sequence[str]) -> None:
+        if not tasks:  # a loop that names no tasks: an index is used as it is
+            return
+        if isinstance(self.primary, str) and self.primary not in tasks:
+            raise ConfigError(f"PCD: primary task {self.primary!r} is not a task here; use one of: {', '.join(tasks)}")
+        self.row = list(tasks).index(self.primary) if isinstance(self.primary, str) else self.primary
+        if self.row >= len(tasks):
+            raise ConfigError(
+                f"PCD: primary task index {self.row} is out of range for {len(tasks)} tasks ({', '.join(tasks)}); "
+                "give an index below that or the task's name"
+            )
+
     def _weights(self, gramian: Tensor, losses: Tensor | None, rows: list[int]) -> Tensor:
+        if self.row is None:
+            raise ConfigError(
+                f"PCD: primary={self.primary!r} names a task, but these rows have no task names; give the "
+                "primary task's row index, or name the tasks (a config's tasks, or tasks=[...] in the own-loop API)"
+            )
         weights = torch.zeros(gramian.shape[0], dtype=torch.float64)
         scales = self._update_scales(gramian.diagonal(), rows)
-        if self.primary not in rows:
+        if self.row not in rows:
             return weights
-        order = [rows.index(self.primary)] + [i for i, r in enumerate(rows) if r != self.primary]
+        order = [rows.index(self.row)] + [i for i, r in enumerate(rows) if r != self.row]
         g, s = gramian[order][:, order], scales[order]
         if not g[0, 0] > 0:
             return weights
@@ -91,7 +112,7 @@ class PCD(Weighting):
         if isinstance(self.tau, float):
             return torch.full((len(secondary),), self.tau, dtype=torch.float64)
         # position among the secondary tasks: the primary is left out of the list
-        position = [r - (r > self.primary) for r in secondary]
+        position = [r - (r > self.row) for r in secondary]  # type: ignore[operator]
         if max(position, default=-1) >= len(self.tau):
             raise ConfigError(
                 f"PCD: tau has {len(self.tau)} values but task {max(secondary)} is a secondary task; "

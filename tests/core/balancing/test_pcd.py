@@ -1,5 +1,5 @@
 """PCD: torchjd 0.18's values over steps, its guarantee on the normalised gradients, its edge cases,
-and a primary task that is not the first row or is absent."""
+and a primary task that is not the first row, is absent, or is given by name."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from core.balancing import build
+from core.balancing import Balancer, BalancerSetup, build
 from core.balancing.pcd import solve_pcd_qp
 from core.errors import ConfigError
 
@@ -71,6 +71,31 @@ def test_primary_task_by_index_and_absent() -> None:
     assert torch.equal(absent, torch.zeros(3, dtype=torch.float64))
 
 
+def named(spec: dict[str, object], tasks: list[str]) -> Balancer:
+    balancer = build(spec)
+    balancer.setup(BalancerSetup(tasks=tasks, task_weights={}, dataset_sizes={}, steps_per_epoch=1))
+    return balancer
+
+
+def test_primary_task_by_name_is_its_index_in_the_task_order() -> None:
+    gramian = _jac(5) @ _jac(5).T
+    by_index = build("pcd", primary=2).weights(gramian)
+    tasks = ["depth", "edges", "segment", "normals"]
+    torch.testing.assert_close(named({"name": "pcd", "primary": "segment"}, tasks).weights(gramian), by_index)
+    wrapped = named({"name": "cr_mogm", "weighting": {"name": "pcd", "primary": "segment"}}, tasks)
+    torch.testing.assert_close(wrapped.weights(gramian), by_index)  # a first step passes unsmoothed
+    assert repr(build("pcd", primary="segment").method) == "PCD(primary='segment', tau=0.02, beta=0.999, eps=1e-08)"  # type: ignore[attr-defined]
+
+
+def test_a_primary_task_that_is_not_a_task_is_refused_at_setup() -> None:
+    with pytest.raises(ConfigError, match="primary task 'segmnt' is not a task here; use one of: depth, segment"):
+        named({"name": "pcd", "primary": "segmnt"}, ["depth", "segment"])
+    with pytest.raises(ConfigError, match="primary task index 2 is out of range for 2 tasks"):
+        named({"name": "pcd", "primary": 2}, ["depth", "segment"])
+    with pytest.raises(ConfigError, match="names a task, but these rows have no task names"):
+        build("pcd", primary="segment").weights(_jac(5) @ _jac(5).T)
+
+
 def test_a_task_absent_from_a_step_keeps_its_moving_average() -> None:
     method = build("pcd", beta=0.5).method  # type: ignore[attr-defined]
     jac = _jac(6, k=3)
@@ -99,7 +124,7 @@ def test_state_round_trips() -> None:
         ({"tau": [0.1, -0.1]}, r"tau must be in \[0.0, 1.0\]"),
         ({"beta": 1.0}, r"beta must be in \[0, 1\)"),
         ({"eps": -1.0}, "eps must be >= 0"),
-        ({"primary": -1}, "primary must be a task index"),
+        ({"primary": -1}, "primary must be a task name or a task index"),
         ({"alpha": 0.9}, "Valid arguments: space, engine, loss_scales, primary, tau, beta, eps"),
     ],
 )
