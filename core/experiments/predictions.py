@@ -7,10 +7,14 @@ the task on resampled examples without running the model again: a replicate is a
 example, and each stored batch is re-indexed by those counts (``Task.select``: an example
 drawn twice appears twice) before the task's own ``update_metrics``. Examples are identified by (source, position),
 so two runs of the same data (one task alone, all tasks together) are paired example by example.
+The file records which model made it (a digest of its config and weights): a run resumed to more steps,
+or a merged baseline chosen again with other settings, has another best model, and its predictions are
+made again instead of read.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +24,7 @@ import numpy as np
 import torch
 
 from ..data import Loading, Source, eval_loader, move
-from ..model import JointModel
+from ..model import CONFIG_NAME, WEIGHTS_NAME, JointModel
 from ..rundir.directory import RunDir
 from ..task import Task
 from ..tree import tree_map
@@ -95,18 +99,29 @@ def predictions(
 ) -> dict[str, TaskPredictions]:
     """The run's test predictions per task: read from ``predictions.pt``, or computed once from its
     best model and saved there (a rerun of the verdict reuses them)."""
-    model = JointModel.from_pretrained(RunDir(run_dir).model("best"), map_location=device)
-    path = Path(run_dir) / FILE
-    if path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        batches = {t: [Batch(**b) for b in v] for t, v in saved.items()}
+    best = RunDir(run_dir).model("best")
+    model = JointModel.from_pretrained(best, map_location=device)
+    path, made_by = Path(run_dir) / FILE, digest(best)
+    saved = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else {}
+    if saved.get("model") == made_by:
+        batches = {t: [Batch(**b) for b in v] for t, v in saved["tasks"].items()}
     else:
         batches = collect(model, [s for s in sources if set(s.tasks) & set(model.tasks)], loading)
         tmp = path.with_suffix(".tmp")
-        torch.save({t: [vars(b) for b in v] for t, v in batches.items()}, tmp)
+        torch.save({"model": made_by, "tasks": {t: [vars(b) for b in v] for t, v in batches.items()}}, tmp)
         tmp.replace(path)  # atomic: a killed verdict never leaves a half-written file to reuse
     model.cpu()
     return {t: TaskPredictions(model.tasks[t], v) for t, v in batches.items()}
+
+
+def digest(model_dir: Path) -> str:
+    """SHA-256 of a saved model's config and weights: which model a predictions file belongs to."""
+    sha = hashlib.sha256()
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        with open(Path(model_dir) / name, "rb") as f:
+            while chunk := f.read(1 << 20):
+                sha.update(chunk)
+    return sha.hexdigest()
 
 
 def example_counts(rows: Sequence[Mapping[str, TaskPredictions]]) -> dict[str, int]:

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from core.experiments.builder import Experiment
-from core.experiments.predictions import predictions
+from core.experiments.predictions import collect, predictions
 from core.experiments.run import train
+from core.model import JointModel
+from core.rundir.directory import RunDir
 
 from ..helpers import toy_config
 
@@ -35,3 +37,21 @@ def test_rescored_predictions_match_the_run_and_a_by_hand_bootstrap(tmp_path):
     # reloaded from predictions.pt, the same numbers
     again = predictions(Path(config.output_dir), experiment.data.test, config.loading, torch.device("cpu"))
     assert again["digit"].score({"digits": counts}) == p.score({"digits": counts})
+
+
+def test_predictions_are_made_again_when_the_best_model_is_another_one(tmp_path):
+    config = toy_config(tmp_path, **{"train.max_steps": 20})
+    train(config)
+    run, test, cpu = Path(config.output_dir), Experiment(config).data.test, torch.device("cpu")
+    first = predictions(run, test, config.loading, cpu)["digit"]
+    # another best model in the same place, as a resumed run or a merged baseline chosen again writes it
+    best = RunDir(run).model("best")
+    model = JointModel.from_pretrained(best)
+    with torch.no_grad():
+        *_, bias = (p for n, p in model.heads["digit"].named_parameters() if n.endswith("bias"))
+        bias.add_(torch.arange(10.0))
+    model.save_pretrained(best)
+    again = predictions(run, test, config.loading, cpu)["digit"]
+    fresh = collect(model, test, config.loading)["digit"]
+    assert all(torch.equal(a.output, f.output) for a, f in zip(again.batches, fresh, strict=True))
+    assert not all(torch.equal(a.output, f.output) for a, f in zip(again.batches, first.batches, strict=True))
