@@ -151,10 +151,15 @@ def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def claim(study: optuna.Study) -> optuna.Trial | None:
     """Take one waiting trial of the budget (None when none is left). The WAITING -> RUNNING change is
     atomic in the database, so two workers never get the same trial. Trials of lost workers are
-    failed first, which puts their values back as waiting trials."""
+    failed first, which puts their values back as waiting trials.
+
+    The trial's heartbeat is recorded before the claim: Optuna never fails a running trial that has
+    no heartbeat, so a worker killed between its claim and its first beat would hold the trial forever.
+    A beat on a trial that another worker claims first only tells that worker's trial is alive."""
     optuna.storages.fail_stale_trials(study)
     for waiting in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         try:
+            study._storage.record_heartbeat(waiting._trial_id)  # type: ignore[attr-defined]
             if study._storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
                 return optuna.Trial(study, waiting._trial_id)
         except UpdateFinishedTrialError:  # finished by another worker between the read and the claim

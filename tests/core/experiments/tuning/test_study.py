@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,9 @@ from core.experiments.tuning.study import claim, give_back, open_study, storage
 from ...helpers import spawn
 
 
-def make(url: str, record: dict[str, Any] | None = None, slots: int = 40) -> optuna.Study:
+def make(url: str, record: dict[str, Any] | None = None, slots: int = 40, heartbeat_s: int = 60) -> optuna.Study:
     return open_study(
-        storage(url, heartbeat_s=60),
+        storage(url, heartbeat_s=heartbeat_s),
         "s",
         optuna.samplers.RandomSampler(seed=0),
         optuna.pruners.NopPruner(),
@@ -80,3 +81,14 @@ def test_an_unfinished_trial_fails_and_its_values_go_back_into_the_budget(tmp_pa
     assert retry.state == TrialState.WAITING and retry.user_attrs["retry_of"] == failed.number
     again = claim(study)
     assert again is not None and again.suggest_float("x", 0.0, 1.0) == x  # the same values, run again
+
+
+def test_a_worker_killed_right_after_its_claim_loses_the_trial_to_the_next_one(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    lost = claim(make(url, slots=1, heartbeat_s=1))  # and then nothing: no heartbeat thread ever started
+    assert lost is not None
+    time.sleep(3.5)  # past the grace period of two heartbeats (SQLite's clock counts whole seconds)
+    study = make(url, slots=1, heartbeat_s=1)
+    again = claim(study)  # Optuna fails only running trials that have a heartbeat: the claim recorded one
+    assert again is not None and again.number != lost.number
+    assert study.get_trials()[lost.number].state == TrialState.FAIL
