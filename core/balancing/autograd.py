@@ -74,7 +74,6 @@ from .layers import (
     prepare,
     sample_gramian,
     sample_rows,
-    sample_weighted_gradients,
     weighted_gradients,
 )
 from .method import Aggregator, Method, Weighting
@@ -357,7 +356,7 @@ class TaskAutograd:
         self, losses: list[Tensor], targets: Targets, records: list[Layer], scale: Tensor | float
     ) -> Gathered | None:
         """Per-sample losses of independent samples: every shared layer's per-sample Gramian from one
-        backward of their sum (:class:`~.layers.SampleRows`); the heads get that backward's gradients.
+        backward of their sum (:func:`~.layers.sample_rows`); the heads get that backward's gradients.
         None (exact per-sample backwards instead) unless the hooked layers hold every shared parameter
         with the samples along their calls' first dimension."""
         k = len(losses)
@@ -384,7 +383,7 @@ class TaskAutograd:
         def weighted(w: list[float]) -> None:
             coef = torch.tensor(w, dtype=torch.float64) * float(scale)
             for part in parts:
-                for p, g in zip(part.layer.params, sample_weighted_gradients(part, coef), strict=True):
+                for p, g in zip(part.layer.params, part.weighted(coef), strict=True):
                     _accumulate(p, g)
 
         return Gathered(gramian, weighted, _no_jacobian, _no_jacobian)

@@ -21,7 +21,7 @@ only by its calls: a layer whose weight the losses also reach another way (a tie
 penalty on the weight) is left to the exact per-task gradients. A grouped convolution is g such maps
 side by side, each reading its own channels: every product above is taken group by group.
 
-Per-sample losses of independent samples (:class:`SampleRows`) also cover affine ``GroupNorm`` /
+Per-sample losses of independent samples (:func:`sample_rows`) also cover affine ``GroupNorm`` /
 ``InstanceNorm`` / ``LayerNorm`` weights (``y = x_hat * weight + bias``: a sample's weight gradient is
 its ``sum D * x_hat``). Output gradients are taken at the edge each call returned, so an in-place
 activation or residual add on a layer's output afterwards (torchvision's ``ReLU(inplace=True)``,
@@ -67,7 +67,7 @@ def _eligible(module: nn.Module) -> bool:
         return True
     if type(module) is nn.Conv2d:
         return module.padding_mode == "zeros" and not isinstance(module.padding, str)
-    return type(module) in NORMS and getattr(module, "weight", None) is not None
+    return is_norm(module) and getattr(module, "weight", None) is not None
 
 
 def is_norm(module: nn.Module) -> bool:
@@ -260,7 +260,9 @@ def _read_elsewhere(layer: Layer, readers: dict[int, list[object]]) -> bool:
 def plan(layers: list[Layer], k: int, max_positions: int = 4096, margin: float = 0.8) -> list[Layer]:
     """The layers whose Gramian is cheaper from activations (by ``margin``) and fits in memory."""
     chosen = []
-    for layer in filter(lambda layer: not is_norm(layer.module), layers):
+    for layer in layers:
+        if is_norm(layer.module):  # per-sample Gramians only (see NORMS)
+            continue
         direct, activations = layer.cost(k)
         if layer.n_positions() <= max_positions and activations < margin * direct and layer.intact():
             chosen.append(layer)
@@ -316,23 +318,66 @@ def weighted_gradients(prepared: Prepared, coef: list[float]) -> list[Tensor]:
 
 @dataclass
 class SampleRows:
-    """A layer's share of the per-sample Gramian, for per-sample losses of independent samples.
+    """A layer's share of the per-sample Gramian, for per-sample losses of independent samples, kept
+    as rows: few positions against the weight.
 
     Sample k's loss reaches only the rows (positions) of sample k, so the gradient of the summed
     losses w.r.t. those rows is sample k's own ``D_k`` there and zero elsewhere: the per-sample
-    Gramian needs one backward, not K (the per-example gradient trick). Two forms, chosen from the
-    shapes: few positions against the weight keep ``P`` and ``D`` (``G = (P P^T) * (D D^T)`` summed
-    by sample); otherwise the K per-sample weight gradients are formed (K x W) in the layer's own
-    layout (a conv's through a grouped convolution backward, one group per sample and group: no
-    unfolded patches) and the activations are dropped.
+    Gramian needs one backward, not K (the per-example gradient trick), and is
+    ``G = (P P^T) * (D D^T)`` summed by sample.
     """
 
     layer: Layer
-    rows: Tensor | None  # inner form: P, N x I (float32), call by call, each call's rows sample-major
-    grads: Tensor | None  # inner form: D, N x O (float32)
-    sample: Tensor | None  # inner form: the sample (objective) of each row
-    #: outer form: the K per-sample gradients of the weight (K x W) and of the bias (K x O)
-    per_sample: tuple[Tensor, Tensor | None] | None = None
+    rows: Tensor  # P, N x I (float32), call by call, each call's rows sample-major
+    grads: Tensor  # D, N x O (float32)
+    sample: Tensor  # the sample (objective) of each row
+
+    def gramian(self, k: int, dtype: torch.dtype) -> Tensor:
+        g = groups(self.layer.module)
+        rows, d = by_group(self.rows.to(dtype), g), by_group(self.grads.to(dtype), g)
+        inner = rows @ rows.transpose(1, 2)
+        if self.layer.module.bias is not None:
+            inner += 1
+        m = (inner * (d @ d.transpose(1, 2))).sum(0)
+        by_row = m.new_zeros(k, m.shape[0]).index_add_(0, self.sample, m)
+        return m.new_zeros(k, k).index_add_(1, self.sample, by_row)
+
+    def weighted(self, coef: Tensor) -> list[Tensor]:
+        """``sum_k coef_k G_k`` for the weight (and bias): each row weighted by its sample's coefficient."""
+        module = self.layer.module
+        combined = self.grads * coef.to(self.grads)[self.sample][:, None]
+        out = [weight_product(module, combined, self.rows)]
+        if module.bias is not None:
+            out.append(combined.sum(0).view_as(module.bias))
+        return out
+
+
+@dataclass
+class SampleGradients:
+    """The same share kept as the K per-sample gradients of the weight (K x W) and bias (K x O):
+    many positions against the weight. Formed in the layer's own layout (a conv's through a grouped
+    convolution backward, one group per sample and group: no unfolded patches); the activations
+    are dropped."""
+
+    layer: Layer
+    weight: Tensor
+    bias: Tensor | None
+
+    def gramian(self, k: int, dtype: torch.dtype) -> Tensor:
+        weight = self.weight.to(dtype)
+        gram = weight @ weight.T
+        if self.bias is not None:
+            bias = self.bias.to(dtype)
+            gram += bias @ bias.T
+        return gram
+
+    def weighted(self, coef: Tensor) -> list[Tensor]:
+        """``sum_k coef_k G_k`` for the weight (and bias): a combination of the per-sample gradients."""
+        module = self.layer.module
+        out = [(coef.to(self.weight) @ self.weight).view_as(module.weight)]
+        if self.bias is not None:
+            out.append((coef.to(self.bias) @ self.bias).view_as(module.bias))
+        return out
 
 
 def _inner_cheaper(module: nn.Module, n: int, k: int, max_positions: int) -> bool:
@@ -348,15 +393,15 @@ def _inner_cheaper(module: nn.Module, n: int, k: int, max_positions: int) -> boo
 
 def sample_rows(
     layer: Layer, grads: list[Tensor], k: int, scale: Tensor | float, max_positions: int = 4096
-) -> SampleRows:
-    """``grads[c]``: the summed losses' gradient at the c-th call's output, whose first dimension
-    holds the K samples."""
+) -> SampleRows | SampleGradients:
+    """The layer's share in the cheaper form. ``grads[c]``: the summed losses' gradient at the c-th
+    call's output, whose first dimension holds the K samples."""
     module = layer.module
     ds = [g.float().view_as(y) / scale for g, y in zip(grads, layer.outputs, strict=True)]
     xs = [x.float() for x in layer.inputs]
     per = [y.numel() // (k * channels(module)) for y in layer.outputs]  # positions per sample
     if not _inner_cheaper(module, k * sum(per), k, max_positions):
-        return SampleRows(layer, None, None, None, per_sample_gradients(module, xs, ds, k))
+        return SampleGradients(layer, *per_sample_gradients(module, xs, ds, k))
     rows = torch.cat([patches(module, x) for x in xs])
     d = torch.cat([positions(module, g) for g in ds])
     sample = torch.cat([torch.arange(k, device=rows.device).repeat_interleave(n) for n in per])
@@ -395,44 +440,10 @@ def _sample_channel_sums(module: nn.Module, t: Tensor, k: int) -> Tensor:
     return t.reshape(k, channels(module), -1).sum(2)
 
 
-def sample_gramian(part: SampleRows, k: int) -> Tensor:
+def sample_gramian(part: SampleRows | SampleGradients, k: int) -> Tensor:
     """The layer's K x K share (float64), float64 throughout if float32 overflows."""
     for dtype in (torch.float32, torch.float64):
-        if part.per_sample is not None:
-            weight, bias = (t.to(dtype) if t is not None else None for t in part.per_sample)
-            gram = weight @ weight.T  # type: ignore[union-attr]
-            if bias is not None:
-                gram += bias @ bias.T
-        else:
-            gram = _inner_gramian(part, part.rows.to(dtype), part.grads.to(dtype), k)  # type: ignore[union-attr]
+        gram = part.gramian(k, dtype)
         if bool(torch.isfinite(gram).all()):
             break
     return gram.double()
-
-
-def _inner_gramian(part: SampleRows, rows: Tensor, d: Tensor, k: int) -> Tensor:
-    g = groups(part.layer.module)
-    rows, d = by_group(rows, g), by_group(d, g)
-    inner = rows @ rows.transpose(1, 2)
-    if part.layer.module.bias is not None:
-        inner += 1
-    m = (inner * (d @ d.transpose(1, 2))).sum(0)
-    by_row = m.new_zeros(k, m.shape[0]).index_add_(0, part.sample, m)  # type: ignore[arg-type]
-    return m.new_zeros(k, k).index_add_(1, part.sample, by_row)  # type: ignore[arg-type]
-
-
-def sample_weighted_gradients(part: SampleRows, coef: Tensor) -> list[Tensor]:
-    """``sum_k coef_k G_k`` for the layer's weight (and bias): a combination of the per-sample
-    gradients, or each row weighted by its sample's coefficient."""
-    module = part.layer.module
-    if part.per_sample is not None:
-        weight, bias = part.per_sample
-        out = [(coef.to(weight) @ weight).view_as(module.weight)]
-        if bias is not None:
-            out.append((coef.to(bias) @ bias).view_as(module.bias))
-        return out
-    combined = part.grads * coef.to(part.grads)[part.sample][:, None]  # type: ignore[index, operator]
-    out = [weight_product(module, combined, part.rows)]  # type: ignore[arg-type]
-    if module.bias is not None:
-        out.append(combined.sum(0).view_as(module.bias))
-    return out
