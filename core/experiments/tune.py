@@ -54,7 +54,7 @@ from ..spec import from_dict
 from .builder import Experiment
 from .tuning.searches import PRUNERS, SEARCHES, from_spec
 from .tuning.space import Dimension, decoded, dimensions
-from .tuning.study import claim, give_back, heartbeat, open_study, shown, storage
+from .tuning.study import claim, give_back, heartbeat, open_study, planned, shown, storage
 from .tuning.trial import Outcome, run_trial
 
 if TYPE_CHECKING:  # imported after .tuning, which says how to install Optuna when it is missing
@@ -293,7 +293,7 @@ def summary(
     ranking, pruned, failed = [], [], []
     reruns = {retried_from(t): t.number for t in study.get_trials(deepcopy=False) if retried_from(t) is not None}
     for t in study.get_trials(deepcopy=False):
-        entry = {"trial": t.number, "params": decoded(dims, t.params), "run_dirs": t.user_attrs.get("run_dirs", [])}
+        entry = {"trial": t.number, "params": decoded(dims, planned(t)), "run_dirs": t.user_attrs.get("run_dirs", [])}
         if t.state == TrialState.COMPLETE:
             scores = t.user_attrs["scores"]
             std = float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0

@@ -16,7 +16,7 @@ from typing import Any
 
 import optuna
 from optuna.exceptions import DuplicatedStudyError, UpdateFinishedTrialError
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from ...errors import ConfigError
 
@@ -185,6 +185,12 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial, every_s: float) -> Itera
     finally:
         stop.set()
         thread.join()
+
+
+def planned(trial: FrozenTrial) -> dict[str, Any]:
+    """The values a trial runs with: those it has asked for, or, when its worker was lost before asking,
+    those its slot of the budget fixes (a grid point; none for a sampler's slot)."""
+    return trial.params or trial.system_attrs.get("fixed_params", {})
 
 
 def give_back(study: optuna.Study, trial: optuna.Trial, error: str) -> None:

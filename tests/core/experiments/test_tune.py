@@ -225,7 +225,8 @@ def test_the_trial_of_a_killed_worker_is_run_again_by_the_next_one(tmp_path):
     url = f"sqlite:///{tmp_path / 'run' / 'tune' / 'study.db'}"
     deadline = time.monotonic() + 300
     while worker.poll() is None and time.monotonic() < deadline:  # wait until it trains its first trial
-        with contextlib.suppress(KeyError, sqlalchemy.exc.OperationalError):  # not created yet
+        # not created yet, or the worker is writing its schema (the race storage() retries)
+        with contextlib.suppress(KeyError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError):
             if optuna.load_study(study_name="run", storage=url).get_trials(states=(TrialState.RUNNING,)):
                 break
         time.sleep(0.2)

@@ -12,12 +12,18 @@ import torch.distributed as dist
 from optuna.trial import TrialState
 
 from core.errors import ConfigError
-from core.experiments.tuning.study import claim, give_back, open_study, storage
+from core.experiments.tuning.study import claim, give_back, open_study, planned, storage
 
 from ...helpers import spawn
 
 
-def make(url: str, record: dict[str, Any] | None = None, slots: int = 40, heartbeat_s: int = 60) -> optuna.Study:
+def make(
+    url: str,
+    record: dict[str, Any] | None = None,
+    slots: int = 40,
+    heartbeat_s: int = 60,
+    fixed: dict[str, Any] | None = None,
+) -> optuna.Study:
     return open_study(
         storage(url, heartbeat_s=heartbeat_s),
         "s",
@@ -25,7 +31,7 @@ def make(url: str, record: dict[str, Any] | None = None, slots: int = 40, heartb
         optuna.pruners.NopPruner(),
         record or {"space": {"x": [1, 2]}},
         lambda: [{"a": {"accuracy": 0.1}}],
-        [{} for _ in range(slots)],
+        [dict(fixed or {}) for _ in range(slots)],
     )
 
 
@@ -85,10 +91,12 @@ def test_an_unfinished_trial_fails_and_its_values_go_back_into_the_budget(tmp_pa
 
 def test_a_worker_killed_right_after_its_claim_loses_the_trial_to_the_next_one(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    lost = claim(make(url, slots=1, heartbeat_s=1))  # and then nothing: no heartbeat thread ever started
+    lost = claim(make(url, slots=1, heartbeat_s=1, fixed={"x": 0.25}))  # then nothing: no heartbeat, no suggest
     assert lost is not None
     time.sleep(3.5)  # past the grace period of two heartbeats (SQLite's clock counts whole seconds)
-    study = make(url, slots=1, heartbeat_s=1)
+    study = make(url, slots=1, heartbeat_s=1, fixed={"x": 0.25})
     again = claim(study)  # Optuna fails only running trials that have a heartbeat: the claim recorded one
     assert again is not None and again.number != lost.number
-    assert study.get_trials()[lost.number].state == TrialState.FAIL
+    failed = study.get_trials()[lost.number]
+    assert failed.state == TrialState.FAIL and failed.params == {}  # killed before it asked for its values
+    assert planned(failed) == {"x": 0.25} == planned(study.get_trials()[again.number])  # its slot's, run again
